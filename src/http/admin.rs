@@ -1,0 +1,287 @@
+//! The REST admin API under `/api/v1`, guarded by the admin key
+//! (`Authorization: Bearer KEY`): create, list, inspect and close rooms, and
+//! mint tokens. Every error is `{"error": {"code", "message"}}`.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{api_error, AppState};
+use crate::auth::{constant_time_eq, MAX_NAME_CHARS};
+use crate::ids::{RoomId, UserId};
+use crate::protocol::{now_ms, ErrorCode, Role};
+use crate::room::{RegistryError, RoomHandle, RoomInfo};
+use crate::store::RoomRecord;
+
+/// Longest room title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/rooms", get(list_rooms).post(create_room))
+        .route("/api/v1/rooms/{id}", get(get_room).delete(close_room))
+        .route("/api/v1/tokens", post(mint_token))
+}
+
+fn authorized(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), app.admin_key.as_bytes()) {
+        Ok(())
+    } else {
+        Err(api_error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or wrong admin key (Authorization: Bearer KEY)",
+        ))
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Malformed,
+            &format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+fn invalid(message: &str) -> Response {
+    api_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message)
+}
+
+fn parse_room_id(id: &str) -> Result<RoomId, Response> {
+    RoomId::new(id).map_err(|e| invalid(&format!("room id: {e}")))
+}
+
+/// A room as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoomView {
+    pub id: RoomId,
+    pub title: String,
+    pub allow_guests: bool,
+    pub created_at: u64,
+    pub viewers: u32,
+    pub closed: bool,
+}
+
+impl From<&RoomHandle> for RoomView {
+    fn from(room: &RoomHandle) -> Self {
+        let info = &room.shared.info;
+        RoomView {
+            id: info.id.clone(),
+            title: info.title.clone(),
+            allow_guests: info.allow_guests,
+            created_at: info.created_at,
+            viewers: room.shared.viewers(),
+            closed: room.shared.is_closed(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRoom {
+    /// Generated when absent.
+    id: Option<String>,
+    title: String,
+    #[serde(default = "yes")]
+    allow_guests: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
+        return r;
+    }
+    let req: CreateRoom = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let id = match req.id {
+        Some(id) => match parse_room_id(&id) {
+            Ok(id) => id,
+            Err(r) => return r,
+        },
+        None => RoomId::new(&format!("room-{:010x}", rand::random::<u64>() >> 24))
+            .expect("generated ids are valid"),
+    };
+    let title = req.title.trim().to_string();
+    if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
+        return invalid(&format!("title must be 1-{MAX_TITLE_CHARS} characters"));
+    }
+    let record = RoomRecord {
+        id: id.clone(),
+        title,
+        allow_guests: req.allow_guests,
+        created_at: now_ms(),
+        closed_at: None,
+    };
+    match open_room(&app, record).await {
+        Ok(room) => (StatusCode::CREATED, Json(RoomView::from(&room))).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Opens a room in the registry and persists it. Used by the admin API and
+/// by the demo-room seeding at start-up.
+pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle, Response> {
+    let info = RoomInfo {
+        id: record.id.clone(),
+        title: record.title.clone(),
+        allow_guests: record.allow_guests,
+        created_at: record.created_at,
+    };
+    let room = app.registry.open(info, Vec::new()).map_err(|e| match e {
+        RegistryError::Exists => api_error(
+            StatusCode::CONFLICT,
+            ErrorCode::InvalidArgument,
+            "a room with this id already exists",
+        ),
+        RegistryError::LimitReached => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::LimitReached,
+            "this node already hosts max_rooms open rooms",
+        ),
+    })?;
+    let store = app.store.clone();
+    let saved = tokio::task::spawn_blocking(move || store.put_room(&record))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = saved {
+        tracing::error!(error = %e, "could not persist room");
+        app.registry.end(room.id()).await;
+        return Err(api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "could not store the room",
+        ));
+    }
+    Ok(room)
+}
+
+async fn list_rooms(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
+        return r;
+    }
+    let rooms: Vec<RoomView> = app.registry.list().iter().map(RoomView::from).collect();
+    Json(rooms).into_response()
+}
+
+fn find(app: &AppState, id: &str) -> Result<RoomHandle, Response> {
+    let id = parse_room_id(id)?;
+    app.registry.get(&id).ok_or_else(|| {
+        api_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::RoomNotFound,
+            "no such room",
+        )
+    })
+}
+
+async fn get_room(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
+        return r;
+    }
+    match find(&app, &id) {
+        Ok(room) => Json(RoomView::from(&room)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Ends the show: viewers get `show_ended` and close code 4010.
+async fn close_room(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
+        return r;
+    }
+    let room = match find(&app, &id) {
+        Ok(room) => room,
+        Err(r) => return r,
+    };
+    if !app.registry.end(room.id()).await {
+        return api_error(
+            StatusCode::CONFLICT,
+            ErrorCode::RoomClosed,
+            "the room is already closed",
+        );
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintToken {
+    room: String,
+    user_id: String,
+    name: String,
+    role: Role,
+    /// Defaults to one day; at most `max_token_ttl_secs`.
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct MintedToken {
+    pub token: String,
+    /// Seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+async fn mint_token(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
+        return r;
+    }
+    let req: MintToken = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if req.role == Role::Guest {
+        return invalid("guests join without a token; mint viewer, moderator or host");
+    }
+    let Ok(user) = UserId::new(&req.user_id) else {
+        return invalid("user_id: 1-64 characters of A-Z a-z 0-9 _ - . :");
+    };
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return invalid(&format!("name must be 1-{MAX_NAME_CHARS} characters"));
+    }
+    let ttl = req.ttl_secs.unwrap_or(24 * 3600);
+    if ttl == 0 || ttl > app.limits.max_token_ttl_secs {
+        return invalid(&format!(
+            "ttl_secs must be 1-{}",
+            app.limits.max_token_ttl_secs
+        ));
+    }
+    let room = match find(&app, &req.room) {
+        Ok(room) => room,
+        Err(r) => return r,
+    };
+    let (token, claims) = app.keys.mint(&user, name, req.role, room.id(), ttl);
+    (
+        StatusCode::CREATED,
+        Json(MintedToken {
+            token,
+            expires_at: claims.exp,
+        }),
+    )
+        .into_response()
+}

@@ -1,0 +1,131 @@
+//! Routing: the WebSocket endpoint, the REST admin API, health, metrics and
+//! the web pages. Everything below `room` and `engage` knows nothing of HTTP.
+
+pub mod admin;
+pub mod web;
+pub mod ws;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::watch;
+
+use crate::auth::TokenKeys;
+use crate::limits::{Limits, RateLimiters};
+use crate::metrics::Metrics;
+use crate::protocol::ErrorCode;
+use crate::room::{ConnId, Registry};
+use crate::store::Store;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub registry: Arc<Registry>,
+    pub keys: TokenKeys,
+    pub admin_key: String,
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn Store>,
+    pub limiters: RateLimiters,
+    /// Flips to true once, when shutdown begins.
+    pub shutdown: watch::Sender<bool>,
+    connections: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        registry: Arc<Registry>,
+        keys: TokenKeys,
+        admin_key: String,
+        store: Arc<dyn Store>,
+    ) -> Self {
+        let ctx = registry.context().clone();
+        Self(Arc::new(AppInner {
+            limiters: RateLimiters::new(&ctx.limits),
+            limits: ctx.limits.clone(),
+            metrics: ctx.metrics.clone(),
+            registry,
+            keys,
+            admin_key,
+            store,
+            shutdown: watch::channel(false).0,
+            connections: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        let flag = *self.shutdown.borrow();
+        flag
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reserves one of `max_connections`; None when the node is full.
+    fn try_connection_slot(&self) -> Option<ws::ConnectionSlot> {
+        let max = self.limits.max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ws::ConnectionSlot::new(self.clone()))
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+}
+
+pub fn router(app: AppState) -> Router {
+    let body_limit = app.limits.max_body_bytes;
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(admin::routes())
+        .merge(web::routes())
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The JSON error body every REST endpoint uses:
+/// `{"error": {"code": "...", "message": "..."}}`.
+pub fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,24 @@
+//! Flashcast: a live-commerce streaming engine.
+//!
+//! Where things live:
+//! - a WebSocket frame arrives in [`http::ws`], is decoded by [`protocol`],
+//!   checked against [`limits`] and [`auth`], and queued to its room;
+//! - [`room`] orders it (sequence numbers, history) and fans it out once per
+//!   tick; [`engage`] holds the chat, poll, Q&A and moderation rules;
+//! - [`store`] keeps what must survive a restart;
+//! - [`server`] wires it all together; [`config`] reads the settings.
+
+pub mod auth;
+pub mod config;
+pub mod engage;
+pub mod http;
+pub mod ids;
+pub mod limits;
+pub mod metrics;
+pub mod protocol;
+pub mod room;
+pub mod server;
+pub mod store;
+
+pub use config::Settings;
+pub use server::{start, Server};

@@ -1,0 +1,222 @@
+//! Every bound of the system in one place, with its default, and the rate
+//! limiters (governor) that enforce the per-user and per-address rates.
+//! docs/configuration.md mirrors this file; exceeding any bound is a
+//! documented error path, never unbounded memory.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::ids::UserId;
+
+/// Every bound in the system. Exceeding one is a documented error path.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct Limits {
+    /// Rooms that may exist at once on this node.
+    #[arg(long, env = "FLASHCAST_MAX_ROOMS", default_value_t = 1_000)]
+    pub max_rooms: usize,
+    /// WebSocket connections at once on this node.
+    #[arg(long, env = "FLASHCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// Viewers joined to one room at once.
+    #[arg(long, env = "FLASHCAST_MAX_VIEWERS_PER_ROOM", default_value_t = 20_000)]
+    pub max_viewers_per_room: usize,
+    /// Events kept per room for resume (the history ring).
+    #[arg(long, env = "FLASHCAST_HISTORY_LEN", default_value_t = 2_000)]
+    pub history_len: usize,
+    /// Most recent events sent in a fresh join's snapshot.
+    #[arg(long, env = "FLASHCAST_SNAPSHOT_EVENTS", default_value_t = 50)]
+    pub snapshot_events: usize,
+    /// Open questions listed in a snapshot.
+    #[arg(long, env = "FLASHCAST_SNAPSHOT_QUESTIONS", default_value_t = 20)]
+    pub snapshot_questions: usize,
+    /// Tick length: events of one tick go out as one frame per viewer.
+    #[arg(long, env = "FLASHCAST_TICK_MS", default_value_t = 25)]
+    pub tick_ms: u64,
+    /// Frames (ticks) a viewer may fall behind before it is closed with 4008.
+    #[arg(long, env = "FLASHCAST_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+    /// Private frames (errors, pongs) queued per connection.
+    #[arg(long, env = "FLASHCAST_DIRECT_QUEUE", default_value_t = 64)]
+    pub direct_queue: usize,
+    /// Commands queued per room before senders get `room_busy`.
+    #[arg(long, env = "FLASHCAST_ROOM_QUEUE", default_value_t = 8_192)]
+    pub room_queue: usize,
+    /// Largest client frame, in bytes (closed with 1009 above it).
+    #[arg(long, env = "FLASHCAST_MAX_FRAME_BYTES", default_value_t = 8_192)]
+    pub max_frame_bytes: usize,
+    /// Longest chat message, in characters (grapheme clusters).
+    #[arg(long, env = "FLASHCAST_MAX_CHAT_CHARS", default_value_t = 500)]
+    pub max_chat_chars: usize,
+    /// Longest question, answer or announcement, in characters.
+    #[arg(long, env = "FLASHCAST_MAX_TEXT_CHARS", default_value_t = 1_000)]
+    pub max_text_chars: usize,
+    /// Options in one poll.
+    #[arg(long, env = "FLASHCAST_MAX_POLL_OPTIONS", default_value_t = 10)]
+    pub max_poll_options: usize,
+    /// Questions kept per room.
+    #[arg(long, env = "FLASHCAST_MAX_QUESTIONS", default_value_t = 1_000)]
+    pub max_questions: usize,
+    /// Entries in a room's banned-word list.
+    #[arg(long, env = "FLASHCAST_MAX_BANNED_WORDS", default_value_t = 500)]
+    pub max_banned_words: usize,
+    /// Muted plus banned users per room.
+    #[arg(long, env = "FLASHCAST_MAX_MODERATED_USERS", default_value_t = 10_000)]
+    pub max_moderated_users: usize,
+    /// Distinct voters per poll (and upvoters per question).
+    #[arg(long, env = "FLASHCAST_MAX_VOTERS", default_value_t = 200_000)]
+    pub max_voters: usize,
+    /// Chat messages per user per second (sustained).
+    #[arg(long, env = "FLASHCAST_CHAT_PER_SEC", default_value_t = 2)]
+    pub chat_per_sec: u32,
+    /// Chat burst per user.
+    #[arg(long, env = "FLASHCAST_CHAT_BURST", default_value_t = 5)]
+    pub chat_burst: u32,
+    /// Reactions per user per second (sustained).
+    #[arg(long, env = "FLASHCAST_REACTIONS_PER_SEC", default_value_t = 10)]
+    pub reactions_per_sec: u32,
+    /// Reaction burst per user.
+    #[arg(long, env = "FLASHCAST_REACTIONS_BURST", default_value_t = 30)]
+    pub reactions_burst: u32,
+    /// WebSocket joins per client IP per second (sustained).
+    #[arg(long, env = "FLASHCAST_JOINS_PER_IP_PER_SEC", default_value_t = 50)]
+    pub joins_per_ip_per_sec: u32,
+    /// Join burst per client IP.
+    #[arg(long, env = "FLASHCAST_JOINS_PER_IP_BURST", default_value_t = 500)]
+    pub joins_per_ip_burst: u32,
+    /// Rejected frames per connection per second before it is closed with 4029.
+    #[arg(long, env = "FLASHCAST_REJECTS_PER_SEC", default_value_t = 10)]
+    pub rejects_per_sec: u32,
+    /// Burst of rejected frames per connection.
+    #[arg(long, env = "FLASHCAST_REJECTS_BURST", default_value_t = 30)]
+    pub rejects_burst: u32,
+    /// Time a single frame write may take before the viewer is dropped.
+    #[arg(long, env = "FLASHCAST_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+    /// Time from connect to `join` before the connection is closed with 4011.
+    #[arg(long, env = "FLASHCAST_JOIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub join_timeout_ms: u64,
+    /// Longest lifetime of a minted token, in seconds.
+    #[arg(long, env = "FLASHCAST_MAX_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub max_token_ttl_secs: u64,
+    /// Time given to connections to receive their close frame on shutdown.
+    #[arg(long, env = "FLASHCAST_SHUTDOWN_GRACE_MS", default_value_t = 3_000)]
+    pub shutdown_grace_ms: u64,
+    /// Largest REST request body, in bytes.
+    #[arg(long, env = "FLASHCAST_MAX_BODY_BYTES", default_value_t = 65_536)]
+    pub max_body_bytes: usize,
+}
+
+impl Limits {
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// Refuses settings that would break an invariant (a zero-sized queue,
+    /// a snapshot larger than the history...).
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_rooms", self.max_rooms),
+            ("max_connections", self.max_connections),
+            ("max_viewers_per_room", self.max_viewers_per_room),
+            ("history_len", self.history_len),
+            ("outbound_queue", self.outbound_queue),
+            ("direct_queue", self.direct_queue),
+            ("room_queue", self.room_queue),
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_chat_chars", self.max_chat_chars),
+            ("max_text_chars", self.max_text_chars),
+            ("max_poll_options", self.max_poll_options),
+            ("tick_ms", self.tick_ms as usize),
+            ("chat_per_sec", self.chat_per_sec as usize),
+            ("chat_burst", self.chat_burst as usize),
+            ("reactions_per_sec", self.reactions_per_sec as usize),
+            ("reactions_burst", self.reactions_burst as usize),
+            ("joins_per_ip_per_sec", self.joins_per_ip_per_sec as usize),
+            ("joins_per_ip_burst", self.joins_per_ip_burst as usize),
+            ("rejects_per_sec", self.rejects_per_sec as usize),
+            ("rejects_burst", self.rejects_burst as usize),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.snapshot_events > self.history_len {
+            return Err("snapshot_events must not exceed history_len".into());
+        }
+        if self.max_poll_options < 2 || self.max_poll_options > u8::MAX as usize {
+            return Err("max_poll_options must be between 2 and 255".into());
+        }
+        if self.tick_ms > 1_000 {
+            return Err("tick_ms must be at most 1000".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Settings::parse_from(["flashcast"]).limits
+    }
+}
+
+fn quota(per_sec: u32, burst: u32) -> Quota {
+    let per_sec = NonZeroU32::new(per_sec).expect("validated positive");
+    let burst = NonZeroU32::new(burst).expect("validated positive");
+    Quota::per_second(per_sec).allow_burst(burst)
+}
+
+/// The node's keyed rate limiters. Keys are forgotten by `retain_recent`,
+/// which the server calls periodically, so memory stays bounded by the
+/// users and addresses active in the last moments.
+pub struct RateLimiters {
+    pub chat: DefaultKeyedRateLimiter<UserId>,
+    pub reactions: DefaultKeyedRateLimiter<UserId>,
+    pub joins: DefaultKeyedRateLimiter<IpAddr>,
+    rejects: Quota,
+}
+
+impl RateLimiters {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            chat: RateLimiter::keyed(quota(limits.chat_per_sec, limits.chat_burst)),
+            reactions: RateLimiter::keyed(quota(limits.reactions_per_sec, limits.reactions_burst)),
+            joins: RateLimiter::keyed(quota(
+                limits.joins_per_ip_per_sec,
+                limits.joins_per_ip_burst,
+            )),
+            rejects: quota(limits.rejects_per_sec, limits.rejects_burst),
+        }
+    }
+
+    /// A fresh per-connection budget of rejected frames.
+    pub fn rejects(&self) -> DefaultDirectRateLimiter {
+        RateLimiter::direct(self.rejects)
+    }
+
+    pub fn retain_recent(&self) {
+        self.chat.retain_recent();
+        self.reactions.retain_recent();
+        self.joins.retain_recent();
+        self.chat.shrink_to_fit();
+        self.reactions.shrink_to_fit();
+        self.joins.shrink_to_fit();
+    }
+}
+
+/// Checks a keyed limiter; on refusal, how long until the next cell.
+pub fn check<K: std::hash::Hash + Eq + Clone>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+) -> Result<(), Duration> {
+    limiter
+        .check_key(key)
+        .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+}

@@ -1,0 +1,99 @@
+//! The `flashcast` binary: read settings, start the server, print where to
+//! open it, and shut down gracefully on Ctrl-C or SIGTERM.
+
+use flashcast::config::{LogFormat, Settings};
+use flashcast::ids::{RoomId, UserId};
+use flashcast::protocol::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use flashcast::protocol::Role;
+use flashcast::server::DEMO_ROOM;
+
+#[tokio::main]
+async fn main() {
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    init_tracing(settings.log_format);
+    let demo = settings.demo_room;
+    let server = match flashcast::start(settings).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("flashcast: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    print_banner(&server, demo);
+    wait_for_signal().await;
+    server.shutdown().await;
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_banner(server: &flashcast::Server, demo: bool) {
+    let base = format!("http://{}", server.addr);
+    println!();
+    println!(
+        "Flashcast {} is running at {base}",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("  admin key:  {}", server.admin_key());
+    println!("  admin API:  {base}/api/v1/rooms  (Authorization: Bearer <admin key>)");
+    println!(
+        "  WebSocket:  ws://{}/ws  (subprotocol {SUBPROTOCOL_MSGPACK} or {SUBPROTOCOL_JSON})",
+        server.addr
+    );
+    println!("  metrics:    {base}/metrics");
+    if demo {
+        let room = RoomId::new(DEMO_ROOM).expect("valid id");
+        let day = 24 * 3600;
+        let (host, _) = server.keys().mint(
+            &UserId::new("host").expect("valid id"),
+            "Demo Host",
+            Role::Host,
+            &room,
+            day,
+        );
+        let (viewer, _) = server.keys().mint(
+            &UserId::new("viewer-1").expect("valid id"),
+            "Demo Viewer",
+            Role::Viewer,
+            &room,
+            day,
+        );
+        println!();
+        println!("Demo room \"{DEMO_ROOM}\" (tokens valid 24 h):");
+        println!("  watch as a guest:  {base}/?room={DEMO_ROOM}");
+        println!("  watch as viewer:   {base}/?room={DEMO_ROOM}#token={viewer}");
+        println!("  host the show:     {base}/?room={DEMO_ROOM}#token={host}");
+        println!("  host token:   {host}");
+        println!("  viewer token: {viewer}");
+    }
+    println!();
+    println!("Press Ctrl-C to stop.");
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,115 @@
+//! Every Prometheus metric of a node, in one registry per server instance (so
+//! tests can run several servers in one process).
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub rooms: IntGauge,
+    pub viewers: IntGauge,
+    /// Client messages accepted, by message type.
+    pub events_in: IntCounterVec,
+    /// Events delivered (events x receiving viewers), by event kind.
+    pub events_out: IntCounterVec,
+    /// Frames written to sockets (batches, snapshots, errors...).
+    pub frames_out: IntCounter,
+    pub bytes_out: IntCounter,
+    pub fanout_batch_events: Histogram,
+    pub fanout_batch_bytes: Histogram,
+    pub queue_overflows: IntCounter,
+    /// Rejected client frames or joins, by error code.
+    pub rejected: IntCounterVec,
+    /// Time to build, encode and publish one tick.
+    pub tick_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("flashcast".into()), None).expect("static prefix is valid");
+        let m = Metrics {
+            connections: IntGauge::new("connections", "Open WebSocket connections").unwrap(),
+            rooms: IntGauge::new("rooms", "Rooms on this node").unwrap(),
+            viewers: IntGauge::new("viewers", "Connections joined to a room").unwrap(),
+            events_in: IntCounterVec::new(
+                Opts::new("events_in_total", "Client messages accepted, by type"),
+                &["type"],
+            )
+            .unwrap(),
+            events_out: IntCounterVec::new(
+                Opts::new(
+                    "events_out_total",
+                    "Room events delivered to viewers, by kind",
+                ),
+                &["kind"],
+            )
+            .unwrap(),
+            frames_out: IntCounter::new("frames_out_total", "Frames written to viewers").unwrap(),
+            bytes_out: IntCounter::new("bytes_out_total", "Payload bytes written to viewers")
+                .unwrap(),
+            fanout_batch_events: Histogram::with_opts(
+                HistogramOpts::new("fanout_batch_events", "Sequenced events per tick batch")
+                    .buckets(exponential_buckets(1.0, 2.0, 12).unwrap()),
+            )
+            .unwrap(),
+            fanout_batch_bytes: Histogram::with_opts(
+                HistogramOpts::new("fanout_batch_bytes", "Encoded size of a tick batch")
+                    .buckets(exponential_buckets(64.0, 2.0, 14).unwrap()),
+            )
+            .unwrap(),
+            queue_overflows: IntCounter::new(
+                "queue_overflows_total",
+                "Viewers closed because their outbound queue overflowed",
+            )
+            .unwrap(),
+            rejected: IntCounterVec::new(
+                Opts::new("rejected_total", "Rejected client frames, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
+            tick_seconds: Histogram::with_opts(
+                HistogramOpts::new("tick_seconds", "Time to encode and publish one tick")
+                    .buckets(exponential_buckets(0.000_01, 2.0, 16).unwrap()),
+            )
+            .unwrap(),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.connections.clone())).unwrap();
+        r.register(Box::new(m.rooms.clone())).unwrap();
+        r.register(Box::new(m.viewers.clone())).unwrap();
+        r.register(Box::new(m.events_in.clone())).unwrap();
+        r.register(Box::new(m.events_out.clone())).unwrap();
+        r.register(Box::new(m.frames_out.clone())).unwrap();
+        r.register(Box::new(m.bytes_out.clone())).unwrap();
+        r.register(Box::new(m.fanout_batch_events.clone())).unwrap();
+        r.register(Box::new(m.fanout_batch_bytes.clone())).unwrap();
+        r.register(Box::new(m.queue_overflows.clone())).unwrap();
+        r.register(Box::new(m.rejected.clone())).unwrap();
+        r.register(Box::new(m.tick_seconds.clone())).unwrap();
+        m
+    }
+
+    pub fn reject(&self, reason: crate::protocol::ErrorCode) {
+        self.rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// The text exposition format served at /metrics.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding to a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,441 @@
+//! Every message on the wire, in both directions. docs/protocol.md is the
+//! human version of this file; keep them in step.
+//!
+//! Field names are the same in both encodings (MessagePack maps use the JSON
+//! names), so one set of serde types serves both.
+
+pub mod codec;
+pub mod codes;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{PollId, QuestionId, RoomId, Seq, UserId};
+pub use codec::{DecodeError, Encoding};
+pub use codes::{CloseCode, ErrorCode};
+
+/// What a connection may do. Ordered by power: a check like
+/// `role >= Role::Moderator` reads as "moderator or host".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Joined without a token in a room that allows guests; a viewer with a
+    /// server-assigned id.
+    Guest,
+    Viewer,
+    Moderator,
+    Host,
+}
+
+impl Role {
+    pub fn can_moderate(self) -> bool {
+        self >= Role::Moderator
+    }
+}
+
+/// The reactions viewers can send. A closed set: reactions are counted per
+/// kind per tick, never forwarded one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReactionKind {
+    Heart,
+    Fire,
+    Laugh,
+    Wow,
+    Clap,
+}
+
+impl ReactionKind {
+    pub const ALL: [ReactionKind; 5] = [
+        ReactionKind::Heart,
+        ReactionKind::Fire,
+        ReactionKind::Laugh,
+        ReactionKind::Wow,
+        ReactionKind::Clap,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A client frame: an optional correlation number (echoed in any `error`
+/// caused by this frame) and the message itself.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ClientFrame {
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<u32>,
+    #[serde(flatten)]
+    pub msg: ClientMsg,
+}
+
+/// Messages a client sends. Viewers (and guests) may send the first group;
+/// the rest need a moderator or host token.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Must be the first message. `last_seq` asks to resume after that event.
+    Join {
+        room: RoomId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<Seq>,
+        /// The `epoch` from the earlier `joined`; a different epoch means the
+        /// room restarted and `last_seq` no longer applies (you get a gap).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+    },
+    Chat {
+        text: String,
+    },
+    React {
+        kind: ReactionKind,
+    },
+    Vote {
+        poll_id: PollId,
+        option: u8,
+    },
+    Ask {
+        text: String,
+    },
+    Upvote {
+        question_id: QuestionId,
+    },
+    /// Echoed as `pong`; `t` is returned untouched, for round-trip timing.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        t: Option<u64>,
+    },
+    Leave,
+
+    // Moderator and host only.
+    Announce {
+        text: String,
+    },
+    OpenPoll {
+        question: String,
+        options: Vec<String>,
+        /// Makes it a quiz: the index of the right option.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        correct: Option<u8>,
+        /// Quiz only: how many first correct voters to name at the end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        winners: Option<u32>,
+        /// Close automatically after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_secs: Option<u32>,
+    },
+    ClosePoll {
+        poll_id: PollId,
+    },
+    Answer {
+        question_id: QuestionId,
+        text: String,
+    },
+    /// `question_id: null` unpins.
+    PinQuestion {
+        question_id: Option<QuestionId>,
+    },
+    DeleteMessage {
+        seq: Seq,
+    },
+    Mute {
+        user_id: UserId,
+        seconds: u32,
+    },
+    Unmute {
+        user_id: UserId,
+    },
+    Ban {
+        user_id: UserId,
+    },
+    Unban {
+        user_id: UserId,
+    },
+    /// Minimum seconds between two chat messages of one viewer; 0 turns it off.
+    SlowMode {
+        seconds: u32,
+    },
+    /// Replaces the room's banned-word list (case-insensitive substrings).
+    SetBannedWords {
+        words: Vec<String>,
+    },
+    /// Host only: ends the show, closes the room for everyone.
+    EndShow,
+
+    /// Any `type` this server does not know.
+    #[serde(other, skip_serializing)]
+    Unknown,
+}
+
+impl ClientMsg {
+    /// Short name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Join { .. } => "join",
+            ClientMsg::Chat { .. } => "chat",
+            ClientMsg::React { .. } => "react",
+            ClientMsg::Vote { .. } => "vote",
+            ClientMsg::Ask { .. } => "ask",
+            ClientMsg::Upvote { .. } => "upvote",
+            ClientMsg::Ping { .. } => "ping",
+            ClientMsg::Leave => "leave",
+            ClientMsg::Announce { .. } => "announce",
+            ClientMsg::OpenPoll { .. } => "open_poll",
+            ClientMsg::ClosePoll { .. } => "close_poll",
+            ClientMsg::Answer { .. } => "answer",
+            ClientMsg::PinQuestion { .. } => "pin_question",
+            ClientMsg::DeleteMessage { .. } => "delete_message",
+            ClientMsg::Mute { .. } => "mute",
+            ClientMsg::Unmute { .. } => "unmute",
+            ClientMsg::Ban { .. } => "ban",
+            ClientMsg::Unban { .. } => "unban",
+            ClientMsg::SlowMode { .. } => "slow_mode",
+            ClientMsg::SetBannedWords { .. } => "set_banned_words",
+            ClientMsg::EndShow => "end_show",
+            ClientMsg::Unknown => "unknown",
+        }
+    }
+
+    /// The least role allowed to send this message.
+    pub fn required_role(&self) -> Role {
+        match self {
+            ClientMsg::Join { .. }
+            | ClientMsg::Chat { .. }
+            | ClientMsg::React { .. }
+            | ClientMsg::Vote { .. }
+            | ClientMsg::Ask { .. }
+            | ClientMsg::Upvote { .. }
+            | ClientMsg::Ping { .. }
+            | ClientMsg::Leave
+            | ClientMsg::Unknown => Role::Guest,
+            ClientMsg::EndShow => Role::Host,
+            _ => Role::Moderator,
+        }
+    }
+}
+
+/// Who a message is from, as shown to others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRef {
+    pub id: UserId,
+    pub name: Arc<str>,
+    pub role: Role,
+}
+
+/// A sequenced room event. Stored in the history ring, replayed on resume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: Seq,
+    /// Server time, milliseconds since the Unix epoch.
+    pub ts: u64,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    Chat {
+        user: UserRef,
+        text: String,
+        /// Set when a moderator deleted it; `text` is then empty.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+    },
+    Announcement {
+        user: UserRef,
+        text: String,
+    },
+    PollOpened {
+        poll: PollView,
+    },
+    PollClosed {
+        poll_id: PollId,
+        counts: Vec<u32>,
+        /// Quiz only: the right option and the first correct voters, in order.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        correct: Option<u8>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        winners: Vec<UserRef>,
+    },
+    QuestionAsked {
+        question: QuestionView,
+    },
+    QuestionUpvoted {
+        question_id: QuestionId,
+        upvotes: u32,
+    },
+    QuestionAnswered {
+        question_id: QuestionId,
+        answer: String,
+        by: UserRef,
+    },
+    QuestionPinned {
+        question_id: Option<QuestionId>,
+    },
+    MessageDeleted {
+        target_seq: Seq,
+        by: UserRef,
+    },
+    UserMuted {
+        user_id: UserId,
+        /// Unix ms when the mute ends.
+        until: u64,
+    },
+    UserUnmuted {
+        user_id: UserId,
+    },
+    UserBanned {
+        user_id: UserId,
+    },
+    UserUnbanned {
+        user_id: UserId,
+    },
+    SlowMode {
+        seconds: u32,
+    },
+    ShowEnded {},
+}
+
+impl EventBody {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::Chat { .. } => "chat",
+            EventBody::Announcement { .. } => "announcement",
+            EventBody::PollOpened { .. } => "poll_opened",
+            EventBody::PollClosed { .. } => "poll_closed",
+            EventBody::QuestionAsked { .. } => "question_asked",
+            EventBody::QuestionUpvoted { .. } => "question_upvoted",
+            EventBody::QuestionAnswered { .. } => "question_answered",
+            EventBody::QuestionPinned { .. } => "question_pinned",
+            EventBody::MessageDeleted { .. } => "message_deleted",
+            EventBody::UserMuted { .. } => "user_muted",
+            EventBody::UserUnmuted { .. } => "user_unmuted",
+            EventBody::UserBanned { .. } => "user_banned",
+            EventBody::UserUnbanned { .. } => "user_unbanned",
+            EventBody::SlowMode { .. } => "slow_mode",
+            EventBody::ShowEnded { .. } => "show_ended",
+        }
+    }
+}
+
+/// A poll as viewers see it. `correct` is never shown while it is open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollView {
+    pub id: PollId,
+    pub question: String,
+    pub options: Vec<String>,
+    pub quiz: bool,
+    /// Unix ms of the automatic close, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closes_at: Option<u64>,
+    pub counts: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuestionView {
+    pub id: QuestionId,
+    pub user: UserRef,
+    pub text: String,
+    pub upvotes: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+/// The current state of a room, sent on every join and resume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomState {
+    pub title: String,
+    pub viewers: u32,
+    pub slow_mode_secs: u32,
+    pub ended: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<PollView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_question: Option<QuestionId>,
+    /// Open questions, most upvoted first (at most `snapshot_questions`).
+    pub questions: Vec<QuestionView>,
+}
+
+/// Live vote counts of an open poll, sent in a batch when they changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollTally {
+    pub poll_id: PollId,
+    pub counts: Vec<u32>,
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// The answer to `join`. `seq` is the last event this client now has;
+    /// the next batch starts at `seq + 1`. `events` are either exactly the
+    /// events after the requested `last_seq` (`gap: false`) or the recent
+    /// tail of the room (fresh join, or `gap: true` when the requested
+    /// position has left the history window).
+    Joined {
+        you: UserRef,
+        room: RoomId,
+        /// Identifies this run of the room; send it back with `last_seq`.
+        epoch: u64,
+        seq: Seq,
+        gap: bool,
+        state: RoomState,
+        events: Vec<Arc<Event>>,
+    },
+    /// One tick of the room: sequenced events plus aggregated, unsequenced
+    /// counts (reactions of this tick, viewer count and tallies if changed).
+    Batch {
+        events: Vec<Arc<Event>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        viewers: Option<u32>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        reactions: BTreeMap<ReactionKind, u32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tallies: Vec<PollTally>,
+    },
+    /// A frame was rejected. `ref` echoes the client's `ref`, if it sent one.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<u32>,
+        /// For `rate_limited`, `slow_mode` and `muted`: when to try again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// Confirms a moderator action that produces no room event
+    /// (`set_banned_words`).
+    Ack {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<u32>,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        t: Option<u64>,
+        server_time: u64,
+    },
+}
+
+impl ServerMsg {
+    pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<u32>) -> Self {
+        ServerMsg::Error {
+            code,
+            message: message.into(),
+            reference,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of every wire timestamp.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

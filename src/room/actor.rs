@@ -1,0 +1,659 @@
+//! The room task. It alone mutates a room, so the order in which it applies
+//! actions is the order every viewer sees.
+//!
+//! Each tick it takes the events appended since the last tick plus the
+//! aggregated counts (reactions, viewers, poll tallies), encodes them ONCE per
+//! encoding in use, and publishes the shared frame on a bounded broadcast
+//! ring. Every viewer reads the same `Bytes`; a viewer that falls more than
+//! `outbound_queue` frames behind is closed with 4008 and resumes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+
+use super::history::History;
+use super::{Command, ConnId, JoinGrant, JoinRequest, Outgoing, RoomContext, RoomShared};
+use crate::engage::moderation::Moderation;
+use crate::engage::poll::{Poll, PollSpec};
+use crate::engage::qa::Questions;
+use crate::engage::{text, Rejection};
+use crate::ids::{PollId, RoomId, Seq, UserId};
+use crate::protocol::codec::WireFrame;
+use crate::protocol::{
+    now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
+    ServerMsg, UserRef,
+};
+
+struct Subscriber {
+    user: UserRef,
+    encoding: Encoding,
+    direct: mpsc::Sender<Outgoing>,
+}
+
+pub(crate) struct RoomActor {
+    shared: Arc<RoomShared>,
+    ctx: Arc<RoomContext>,
+    commands: mpsc::Receiver<Command>,
+    /// Distinguishes this run of the room from earlier ones (sequence numbers
+    /// restart with the process), so a resume across a restart gets a gap.
+    epoch: u64,
+    seq: Seq,
+    /// Last seq published to subscribers; joins and resumes see up to here.
+    flushed_seq: Seq,
+    history: History,
+    pending: Vec<Arc<Event>>,
+    /// One broadcast ring per encoding, indexed by `Encoding::index`.
+    frames: [broadcast::Sender<WireFrame>; 2],
+    subscribers: HashMap<ConnId, Subscriber>,
+    viewers_dirty: bool,
+    moderation: Moderation,
+    poll: Option<Poll>,
+    next_poll_id: u64,
+    questions: Questions,
+    ended: bool,
+}
+
+impl RoomActor {
+    pub(crate) fn new(
+        shared: Arc<RoomShared>,
+        ctx: Arc<RoomContext>,
+        commands: mpsc::Receiver<Command>,
+        bans: Vec<UserId>,
+    ) -> Self {
+        let limits = &ctx.limits;
+        let frames = std::array::from_fn(|_| broadcast::channel(limits.outbound_queue).0);
+        Self {
+            epoch: rand::random::<u64>() >> 11, // fits a JSON number exactly
+            history: History::new(limits.history_len),
+            moderation: Moderation::with_bans(bans),
+            shared,
+            commands,
+            seq: 0,
+            flushed_seq: 0,
+            pending: Vec::new(),
+            frames,
+            subscribers: HashMap::new(),
+            viewers_dirty: false,
+            poll: None,
+            next_poll_id: 0,
+            questions: Questions::default(),
+            ended: false,
+            ctx,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.ctx.limits.tick());
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if self.handle(cmd) {
+                        break;
+                    }
+                    // Drain what is already queued before looking at timers
+                    // again; bounded so ticks are never starved.
+                    let mut stop = false;
+                    for _ in 0..256 {
+                        match self.commands.try_recv() {
+                            Ok(cmd) => if self.handle(cmd) { stop = true; break; },
+                            Err(_) => break,
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                _ = tick.tick() => self.flush(),
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+        }
+        self.ctx.metrics.viewers.sub(self.subscribers.len() as i64);
+        self.ctx.metrics.rooms.dec();
+        self.shared
+            .viewers
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(room = %self.shared.info.id, "room task stopped");
+    }
+
+    /// Applies one command; true when the room task should stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Join(req, reply) => self.join(req, reply),
+            Command::Act {
+                conn,
+                user,
+                reference,
+                msg,
+            } => {
+                let kind = msg.kind();
+                match self.act(&user, msg) {
+                    Ok(Reply::None) => self.ctx.metrics.events_in.with_label_values(&[kind]).inc(),
+                    Ok(Reply::Ack) => {
+                        self.ctx.metrics.events_in.with_label_values(&[kind]).inc();
+                        self.send_direct(conn, &ServerMsg::Ack { reference });
+                    }
+                    Err(rejection) => {
+                        self.ctx.metrics.reject(rejection.code);
+                        let msg = ServerMsg::Error {
+                            code: rejection.code,
+                            message: rejection.message,
+                            reference,
+                            retry_after_ms: rejection.retry_after_ms,
+                        };
+                        self.send_direct(conn, &msg);
+                    }
+                }
+            }
+            Command::Leave(conn) => self.remove(conn),
+            Command::End => self.end(),
+            Command::Shutdown => {
+                self.flush();
+                self.close_all(CloseCode::ServiceRestart);
+                return true;
+            }
+        }
+        self.ended
+    }
+
+    fn join(&mut self, req: JoinRequest, reply: oneshot::Sender<Result<JoinGrant, CloseCode>>) {
+        let limits = &self.ctx.limits;
+        let refusal = if self.ended {
+            Some(CloseCode::RoomClosed)
+        } else if self.moderation.is_banned(&req.user.id) {
+            Some(CloseCode::Forbidden)
+        } else if self.subscribers.len() >= limits.max_viewers_per_room {
+            Some(CloseCode::RoomFull)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
+            let _ = reply.send(Err(code));
+            return;
+        }
+
+        let same_run = req.epoch.is_none_or(|e| e == self.epoch);
+        let (events, gap) = match req.last_seq {
+            None => (
+                self.history.tail(limits.snapshot_events, self.flushed_seq),
+                false,
+            ),
+            Some(last) if same_run && last <= self.flushed_seq => {
+                match self.history.since(last, self.flushed_seq) {
+                    Some(missed) => (missed, false),
+                    None => (
+                        self.history.tail(limits.snapshot_events, self.flushed_seq),
+                        true,
+                    ),
+                }
+            }
+            // From another run of the room, or from the future: start over.
+            Some(_) => (
+                self.history.tail(limits.snapshot_events, self.flushed_seq),
+                true,
+            ),
+        };
+        let frames = self.frames[req.encoding.index()].subscribe();
+        let joined = ServerMsg::Joined {
+            you: req.user.clone(),
+            room: self.shared.info.id.clone(),
+            epoch: self.epoch,
+            seq: self.flushed_seq,
+            gap,
+            state: self.state(self.subscribers.len() as u32 + 1),
+            events,
+        };
+        if reply.send(Ok(JoinGrant { joined, frames })).is_err() {
+            return; // the connection went away while waiting
+        }
+        self.subscribers.insert(
+            req.conn,
+            Subscriber {
+                user: req.user,
+                encoding: req.encoding,
+                direct: req.direct,
+            },
+        );
+        self.viewers_changed();
+        self.ctx.metrics.viewers.inc();
+    }
+
+    fn remove(&mut self, conn: ConnId) {
+        if self.subscribers.remove(&conn).is_some() {
+            self.viewers_changed();
+            self.ctx.metrics.viewers.dec();
+        }
+    }
+
+    fn viewers_changed(&mut self) {
+        self.viewers_dirty = true;
+        self.shared.viewers.store(
+            self.subscribers.len() as u32,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn state(&self, viewers: u32) -> RoomState {
+        RoomState {
+            title: self.shared.info.title.clone(),
+            viewers,
+            slow_mode_secs: self.moderation.slow_mode_secs(),
+            ended: self.ended,
+            poll: self.poll.as_ref().map(Poll::view),
+            pinned_question: self.questions.pinned(),
+            questions: self.questions.top(self.ctx.limits.snapshot_questions),
+        }
+    }
+
+    fn push(&mut self, body: EventBody) {
+        self.seq += 1;
+        let event = Arc::new(Event {
+            seq: self.seq,
+            ts: now_ms(),
+            body,
+        });
+        self.history.push(event.clone());
+        self.pending.push(event);
+    }
+
+    /// Applies a viewer or moderator action. Roles and sizes were checked by
+    /// the connection; room state (bans, mutes, polls...) is checked here.
+    fn act(&mut self, user: &UserRef, msg: ClientMsg) -> Result<Reply, Rejection> {
+        if self.ended {
+            return Err(Rejection::new(ErrorCode::RoomClosed, "the show has ended"));
+        }
+        let now = now_ms();
+        let limits = self.ctx.limits.clone();
+        match msg {
+            ClientMsg::Chat { text } => {
+                self.moderation.check_post(user, &text, now)?;
+                self.moderation.check_slow_mode(user, now)?;
+                self.moderation.record_chat(user, now);
+                self.push(EventBody::Chat {
+                    user: user.clone(),
+                    text,
+                    deleted: false,
+                });
+            }
+            ClientMsg::Ask { text } => {
+                self.moderation.check_post(user, &text, now)?;
+                let question = self.questions.ask(user, text, limits.max_questions)?;
+                self.push(EventBody::QuestionAsked { question });
+            }
+            ClientMsg::Vote { poll_id, option } => {
+                let poll = self
+                    .poll
+                    .as_mut()
+                    .filter(|p| p.id() == poll_id)
+                    .ok_or_else(|| Rejection::new(ErrorCode::NotFound, "no such open poll"))?;
+                poll.vote(user, option, limits.max_voters)?;
+            }
+            ClientMsg::Upvote { question_id } => {
+                let upvotes = self
+                    .questions
+                    .upvote(question_id, &user.id, limits.max_voters)?;
+                self.push(EventBody::QuestionUpvoted {
+                    question_id,
+                    upvotes,
+                });
+            }
+            ClientMsg::Announce { text } => self.push(EventBody::Announcement {
+                user: user.clone(),
+                text,
+            }),
+            ClientMsg::OpenPoll {
+                question,
+                options,
+                correct,
+                winners,
+                duration_secs,
+            } => {
+                let spec = PollSpec {
+                    question,
+                    options,
+                    correct,
+                    winners,
+                    duration_secs,
+                };
+                let poll = Poll::open(
+                    PollId(self.next_poll_id + 1),
+                    spec,
+                    limits.max_poll_options,
+                    now,
+                )?;
+                self.next_poll_id += 1;
+                if let Some(old) = self.poll.take() {
+                    self.push(old.close());
+                }
+                self.push(EventBody::PollOpened { poll: poll.view() });
+                self.poll = Some(poll);
+            }
+            ClientMsg::ClosePoll { poll_id } => {
+                if self.poll.as_ref().map(Poll::id) != Some(poll_id) {
+                    return Err(Rejection::new(ErrorCode::NotFound, "no such open poll"));
+                }
+                let poll = self.poll.take().expect("checked above");
+                self.push(poll.close());
+            }
+            ClientMsg::Answer { question_id, text } => {
+                self.questions.answer(question_id, text.clone())?;
+                self.push(EventBody::QuestionAnswered {
+                    question_id,
+                    answer: text,
+                    by: user.clone(),
+                });
+            }
+            ClientMsg::PinQuestion { question_id } => {
+                self.questions.pin(question_id)?;
+                self.push(EventBody::QuestionPinned { question_id });
+            }
+            ClientMsg::DeleteMessage { seq } => {
+                self.delete(seq)?;
+                self.push(EventBody::MessageDeleted {
+                    target_seq: seq,
+                    by: user.clone(),
+                });
+            }
+            ClientMsg::Mute { user_id, seconds } => {
+                self.protect(&user_id)?;
+                let until =
+                    self.moderation
+                        .mute(&user_id, seconds, now, limits.max_moderated_users)?;
+                self.push(EventBody::UserMuted { user_id, until });
+            }
+            ClientMsg::Unmute { user_id } => {
+                if !self.moderation.unmute(&user_id) {
+                    return Err(Rejection::new(
+                        ErrorCode::NotFound,
+                        "that user is not muted",
+                    ));
+                }
+                self.push(EventBody::UserUnmuted { user_id });
+            }
+            ClientMsg::Ban { user_id } => {
+                self.protect(&user_id)?;
+                self.moderation.ban(&user_id, limits.max_moderated_users)?;
+                self.persist(PersistBan::Add(user_id.clone()));
+                self.push(EventBody::UserBanned {
+                    user_id: user_id.clone(),
+                });
+                let kicked: Vec<ConnId> = self
+                    .subscribers
+                    .iter()
+                    .filter(|(_, s)| s.user.id == user_id)
+                    .map(|(c, _)| *c)
+                    .collect();
+                // Publish the ban event first, so the banned viewer sees why.
+                self.flush();
+                for conn in kicked {
+                    if let Some(s) = self.subscribers.get(&conn) {
+                        let _ = s.direct.try_send(Outgoing::Close(CloseCode::Forbidden));
+                    }
+                    self.remove(conn);
+                }
+            }
+            ClientMsg::Unban { user_id } => {
+                if !self.moderation.unban(&user_id) {
+                    return Err(Rejection::new(
+                        ErrorCode::NotFound,
+                        "that user is not banned",
+                    ));
+                }
+                self.persist(PersistBan::Remove(user_id.clone()));
+                self.push(EventBody::UserUnbanned { user_id });
+            }
+            ClientMsg::SlowMode { seconds } => {
+                self.moderation.set_slow_mode(seconds)?;
+                self.push(EventBody::SlowMode { seconds });
+            }
+            ClientMsg::SetBannedWords { words } => {
+                self.moderation
+                    .banned_words
+                    .set(words, limits.max_banned_words)?;
+                return Ok(Reply::Ack);
+            }
+            ClientMsg::EndShow => self.end(),
+            ClientMsg::Join { .. }
+            | ClientMsg::React { .. }
+            | ClientMsg::Ping { .. }
+            | ClientMsg::Leave
+            | ClientMsg::Unknown => {
+                debug_assert!(false, "connection-level message reached the room");
+                return Err(Rejection::new(ErrorCode::Internal, "unexpected message"));
+            }
+        }
+        Ok(Reply::None)
+    }
+
+    /// Moderators and hosts who are in the room cannot be muted or banned.
+    fn protect(&self, target: &UserId) -> Result<(), Rejection> {
+        let is_staff = self
+            .subscribers
+            .values()
+            .any(|s| &s.user.id == target && s.user.role.can_moderate());
+        if is_staff {
+            return Err(Rejection::new(
+                ErrorCode::Forbidden,
+                "moderators and hosts cannot be muted or banned",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Redacts a chat message or question in the history.
+    fn delete(&mut self, seq: Seq) -> Result<(), Rejection> {
+        if seq == 0 || seq > self.seq {
+            return Err(Rejection::new(ErrorCode::NotFound, "no such message"));
+        }
+        if self.history.is_before_window(seq) {
+            return Ok(()); // too old to redact here; clients still hear about it
+        }
+        let slot = self
+            .history
+            .get_mut(seq)
+            .ok_or_else(|| Rejection::new(ErrorCode::NotFound, "no such message"))?;
+        let mut redacted = (**slot).clone();
+        match &mut redacted.body {
+            EventBody::Chat { text, deleted, .. } => {
+                if *deleted {
+                    return Err(Rejection::new(ErrorCode::NotFound, "already deleted"));
+                }
+                text.clear();
+                *deleted = true;
+            }
+            EventBody::QuestionAsked { question } => {
+                let id = question.id;
+                question.text.clear();
+                self.questions.remove(id);
+            }
+            _ => {
+                return Err(Rejection::new(
+                    ErrorCode::InvalidArgument,
+                    "only chat messages and questions can be deleted",
+                ))
+            }
+        }
+        *slot = Arc::new(redacted);
+        Ok(())
+    }
+
+    fn persist(&self, op: PersistBan) {
+        let store = self.ctx.store.clone();
+        let room = self.shared.info.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = match &op {
+                PersistBan::Add(u) => store.add_ban(&room, u),
+                PersistBan::Remove(u) => store.remove_ban(&room, u),
+            };
+            if let Err(e) = result {
+                tracing::error!(%room, error = %e, "could not persist ban change");
+            }
+        });
+    }
+
+    fn end(&mut self) {
+        if self.ended {
+            return;
+        }
+        if let Some(poll) = self.poll.take() {
+            self.push(poll.close());
+        }
+        self.push(EventBody::ShowEnded {});
+        self.flush();
+        self.ended = true;
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.close_all(CloseCode::RoomClosed);
+        let store = self.ctx.store.clone();
+        let room: RoomId = self.shared.info.id.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.close_room(&room, now_ms()) {
+                tracing::error!(%room, error = %e, "could not persist room close");
+            }
+        });
+        tracing::info!(room = %self.shared.info.id, "show ended");
+    }
+
+    fn close_all(&mut self, code: CloseCode) {
+        for (_, s) in self.subscribers.drain() {
+            let _ = s.direct.try_send(Outgoing::Close(code));
+            self.ctx.metrics.viewers.dec();
+        }
+        self.viewers_dirty = true;
+    }
+
+    /// Sends a private message; a connection whose private queue is full is
+    /// dropped from the room (it sees its queue close and gets 4008).
+    fn send_direct(&mut self, conn: ConnId, msg: &ServerMsg) {
+        let Some(sub) = self.subscribers.get(&conn) else {
+            return;
+        };
+        let frame = match sub.encoding.encode(msg) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "encode failed");
+                return;
+            }
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = sub.direct.try_send(Outgoing::Frame(frame))
+        {
+            self.ctx.metrics.queue_overflows.inc();
+            self.remove(conn);
+        }
+    }
+
+    /// Publishes this tick: one encoded frame per encoding in use.
+    fn flush(&mut self) {
+        let started = Instant::now();
+        let now = now_ms();
+        if self.poll.as_ref().is_some_and(|p| p.due(now)) {
+            let poll = self.poll.take().expect("checked above");
+            self.push(poll.close());
+        }
+        let counts = self.shared.take_reactions();
+        let reactions: BTreeMap<ReactionKind, u32> = ReactionKind::ALL
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (*k, n))
+            .collect();
+        let tallies: Vec<_> = self
+            .poll
+            .as_mut()
+            .and_then(Poll::take_tally)
+            .into_iter()
+            .collect();
+        let viewers =
+            std::mem::take(&mut self.viewers_dirty).then_some(self.subscribers.len() as u32);
+        if self.pending.is_empty()
+            && reactions.is_empty()
+            && tallies.is_empty()
+            && viewers.is_none()
+        {
+            return;
+        }
+        let events = std::mem::take(&mut self.pending);
+        let n_events = events.len();
+        let kinds: Vec<&'static str> = events.iter().map(|e| e.body.kind()).collect();
+        let batch = ServerMsg::Batch {
+            events,
+            viewers,
+            reactions,
+            tallies,
+        };
+        let metrics = &self.ctx.metrics;
+        for encoding in Encoding::ALL {
+            let ring = &self.frames[encoding.index()];
+            let receivers = ring.receiver_count();
+            if receivers == 0 {
+                continue;
+            }
+            match encoding.encode(&batch) {
+                Ok(frame) => {
+                    metrics.fanout_batch_bytes.observe(frame.len() as f64);
+                    metrics.frames_out.inc_by(receivers as u64);
+                    metrics.bytes_out.inc_by((frame.len() * receivers) as u64);
+                    for kind in &kinds {
+                        metrics
+                            .events_out
+                            .with_label_values(&[kind])
+                            .inc_by(receivers as u64);
+                    }
+                    let _ = ring.send(frame);
+                }
+                Err(e) => tracing::error!(error = %e, "batch encode failed"),
+            }
+        }
+        metrics.fanout_batch_events.observe(n_events as f64);
+        self.flushed_seq = self.seq;
+        metrics
+            .tick_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn housekeeping(&mut self) {
+        self.moderation.prune(now_ms());
+        let gone: Vec<ConnId> = self
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.direct.is_closed())
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in gone {
+            self.remove(conn);
+        }
+    }
+}
+
+enum Reply {
+    None,
+    Ack,
+}
+
+enum PersistBan {
+    Add(UserId),
+    Remove(UserId),
+}
+
+/// Cleans user text for the actions that carry some; shared by the
+/// connection (which checks before queueing) and tests.
+pub fn clean_action_text(
+    msg: &mut ClientMsg,
+    limits: &crate::config::Limits,
+) -> Result<(), Rejection> {
+    match msg {
+        ClientMsg::Chat { text } => *text = text::clean(text, limits.max_chat_chars)?,
+        ClientMsg::Ask { text } | ClientMsg::Announce { text } | ClientMsg::Answer { text, .. } => {
+            *text = text::clean(text, limits.max_text_chars)?
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The sharded broadcast core. One actor task per room owns all of the room's
+//! state (sequence, history, polls, Q&A, moderation, subscribers), so nothing
+//! in a room needs a lock; connections talk to it through a bounded queue.
+//!
+//! - `registry`: the sharded map of rooms on this node.
+//! - `actor`: the room task: applies actions, assigns sequence numbers, and
+//!   once per tick encodes the tick's events once per encoding and publishes
+//!   the shared frame to every subscriber.
+//! - `history`: the bounded ring used for resume and snapshots.
+//!
+//! A chat message arrives in `http::ws`, is checked there (role, rate, size),
+//! then becomes a `Command::Act` here.
+
+pub mod actor;
+pub mod history;
+pub mod registry;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config::Limits;
+use crate::engage::Rejection;
+use crate::ids::{RoomId, Seq};
+use crate::metrics::Metrics;
+use crate::protocol::codec::WireFrame;
+use crate::protocol::{
+    ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, ServerMsg, UserRef,
+};
+use crate::store::Store;
+
+pub use registry::{Registry, RegistryError};
+
+/// Identifies one WebSocket connection on this node.
+pub type ConnId = u64;
+
+/// What a room sends privately to one connection.
+#[derive(Debug)]
+pub enum Outgoing {
+    Frame(WireFrame),
+    /// Send this close code (after any room frames already published).
+    Close(CloseCode),
+}
+
+/// What every room on a node shares.
+pub struct RoomContext {
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn Store>,
+}
+
+/// The fixed facts of a room.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomInfo {
+    pub id: RoomId,
+    pub title: String,
+    pub allow_guests: bool,
+    pub created_at: u64,
+}
+
+/// State the room shares with connections without going through its queue:
+/// reactions are counted here lock-free and collected by the actor each tick.
+pub struct RoomShared {
+    pub info: RoomInfo,
+    reactions: [AtomicU32; ReactionKind::ALL.len()],
+    viewers: AtomicU32,
+    closed: AtomicBool,
+}
+
+impl RoomShared {
+    fn new(info: RoomInfo) -> Self {
+        Self {
+            info,
+            reactions: Default::default(),
+            viewers: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn viewers(&self) -> u32 {
+        self.viewers.load(Ordering::Relaxed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Takes this tick's reaction counts, leaving zeros.
+    fn take_reactions(&self) -> [u32; ReactionKind::ALL.len()] {
+        std::array::from_fn(|i| self.reactions[i].swap(0, Ordering::Relaxed))
+    }
+}
+
+/// A connection's request to join, answered with a grant or a close code.
+pub struct JoinRequest {
+    pub conn: ConnId,
+    pub user: UserRef,
+    pub encoding: Encoding,
+    pub last_seq: Option<Seq>,
+    pub epoch: Option<u64>,
+    pub direct: mpsc::Sender<Outgoing>,
+}
+
+/// A successful join: the `joined` message to send, and the shared stream
+/// of tick frames that continues right after it.
+pub struct JoinGrant {
+    pub joined: ServerMsg,
+    pub frames: broadcast::Receiver<WireFrame>,
+}
+
+pub(crate) enum Command {
+    Join(JoinRequest, oneshot::Sender<Result<JoinGrant, CloseCode>>),
+    Act {
+        conn: ConnId,
+        user: UserRef,
+        reference: Option<u32>,
+        msg: ClientMsg,
+    },
+    Leave(ConnId),
+    /// Ends the show (admin close or host `end_show` arriving by REST).
+    End,
+    /// The node is shutting down: tell everyone to reconnect elsewhere.
+    Shutdown,
+}
+
+/// A cheap, cloneable handle on a room.
+#[derive(Clone)]
+pub struct RoomHandle {
+    pub shared: Arc<RoomShared>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl RoomHandle {
+    pub fn id(&self) -> &RoomId {
+        &self.shared.info.id
+    }
+
+    /// Counts one reaction; it goes out aggregated with the next tick.
+    pub fn react(&self, kind: ReactionKind) {
+        self.shared.reactions[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinGrant, CloseCode> {
+        if self.shared.is_closed() {
+            return Err(CloseCode::RoomClosed);
+        }
+        let (tx, rx) = oneshot::channel();
+        match self.commands.try_send(Command::Join(req, tx)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(CloseCode::RoomFull),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(CloseCode::RoomClosed),
+        }
+        rx.await.unwrap_or(Err(CloseCode::RoomClosed))
+    }
+
+    /// Hands an action to the room without waiting; a full queue is an error
+    /// for the sender, never a stall.
+    pub fn act(
+        &self,
+        conn: ConnId,
+        user: UserRef,
+        reference: Option<u32>,
+        msg: ClientMsg,
+    ) -> Result<(), Rejection> {
+        self.commands
+            .try_send(Command::Act {
+                conn,
+                user,
+                reference,
+                msg,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    Rejection::new(ErrorCode::RoomBusy, "room is busy, try again")
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    Rejection::new(ErrorCode::RoomClosed, "the show has ended")
+                }
+            })
+    }
+
+    /// Best effort: if the queue is full, the actor still notices the closed
+    /// connection on its next housekeeping pass.
+    pub fn leave(&self, conn: ConnId) {
+        let _ = self.commands.try_send(Command::Leave(conn));
+    }
+
+    async fn send(&self, cmd: Command) {
+        let _ = self.commands.send(cmd).await;
+    }
+}
