@@ -13,7 +13,7 @@ pub use crate::limits::Limits;
 
 /// Flashcast: a live-commerce streaming engine.
 #[derive(Debug, Clone, Parser, Serialize, Deserialize)]
-#[command(name = "flashcast", version, about, long_about = None)]
+#[command(name = "flashcast", version, about, long_about = None, args_override_self = true)]
 pub struct Settings {
     /// TOML file with any of the options below (keys as the long flag names,
     /// with '_' for '-'). Flags and environment variables win over the file.
@@ -62,8 +62,10 @@ pub enum LogFormat {
 impl Settings {
     /// Reads flags and environment, then fills what they left at its default
     /// from the `--config` file.
+    /// On `--help`, `--version` or a flag error, clap prints and exits.
     pub fn load() -> Result<Settings, String> {
-        Self::load_from(std::env::args_os())
+        let matches = Settings::command().get_matches();
+        Self::from_matches(&matches)
     }
 
     pub fn load_from<I, T>(args: I) -> Result<Settings, String>
@@ -74,7 +76,11 @@ impl Settings {
         let matches = Settings::command()
             .try_get_matches_from(args)
             .map_err(|e| e.to_string())?;
-        let mut settings = Settings::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+        Self::from_matches(&matches)
+    }
+
+    fn from_matches(matches: &clap::ArgMatches) -> Result<Settings, String> {
+        let mut settings = Settings::from_arg_matches(matches).map_err(|e| e.to_string())?;
         if let Some(path) = settings.config.clone() {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;

@@ -96,6 +96,11 @@ pub struct Limits {
     /// Burst of rejected frames per connection.
     #[arg(long, env = "FLASHCAST_REJECTS_BURST", default_value_t = 30)]
     pub rejects_burst: u32,
+    /// Kernel send buffer per connection (SO_SNDBUF), in bytes. Bounds the
+    /// memory a stalled viewer can pin and makes its backlog visible to the
+    /// outbound queue; 0 leaves the kernel's autotuning on.
+    #[arg(long, env = "FLASHCAST_SOCKET_SEND_BUFFER", default_value_t = 262_144)]
+    pub socket_send_buffer: usize,
     /// Time a single frame write may take before the viewer is dropped.
     #[arg(long, env = "FLASHCAST_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,

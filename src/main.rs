@@ -17,6 +17,8 @@ async fn main() {
         }
     };
     init_tracing(settings.log_format);
+    // Install the handlers before anything can be told to stop us.
+    let stop = wait_for_signal();
     let demo = settings.demo_room;
     let server = match flashcast::start(settings).await {
         Ok(s) => s,
@@ -26,7 +28,7 @@ async fn main() {
         }
     };
     print_banner(&server, demo);
-    wait_for_signal().await;
+    stop.await;
     server.shutdown().await;
 }
 
@@ -83,17 +85,19 @@ fn print_banner(server: &flashcast::Server, demo: bool) {
     println!("Press Ctrl-C to stop.");
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers Ctrl-C and SIGTERM handlers now; the future resolves on either.
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    let ctrl_c = tokio::spawn(tokio::signal::ctrl_c());
+    async move {
+        #[cfg(unix)]
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
         }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

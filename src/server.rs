@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -101,6 +102,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
+    let send_buffer = settings.limits.socket_send_buffer;
+    let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
     let router = http::router(app.clone());
     let mut shutdown = app.shutdown.subscribe();
     let serve = tokio::spawn(async move {
@@ -128,6 +131,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
 
     tracing::info!(%addr, "flashcast listening");
     Ok(Server { addr, app, serve })
+}
+
+/// Low latency for small frames, and a bounded kernel send buffer.
+fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    if send_buffer > 0 {
+        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+            tracing::debug!(error = %e, "could not set SO_SNDBUF");
+        }
+    }
 }
 
 impl Server {

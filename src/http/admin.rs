@@ -235,7 +235,7 @@ struct MintToken {
     user_id: String,
     name: String,
     role: Role,
-    /// Defaults to one day; at most `max_token_ttl_secs`.
+    /// Defaults to one day (or `max_token_ttl_secs` if shorter).
     ttl_secs: Option<u64>,
 }
 
@@ -264,7 +264,9 @@ async fn mint_token(State(app): State<AppState>, headers: HeaderMap, body: Bytes
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return invalid(&format!("name must be 1-{MAX_NAME_CHARS} characters"));
     }
-    let ttl = req.ttl_secs.unwrap_or(24 * 3600);
+    let ttl = req
+        .ttl_secs
+        .unwrap_or(app.limits.max_token_ttl_secs.min(24 * 3600));
     if ttl == 0 || ttl > app.limits.max_token_ttl_secs {
         return invalid(&format!(
             "ttl_secs must be 1-{}",

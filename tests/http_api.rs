@@ -1,0 +1,239 @@
+//! The REST admin API, health and metrics, node limits, persistence across a
+//! restart, and graceful shutdown.
+
+mod common;
+
+use common::*;
+use flashcast::protocol::{Encoding, ErrorCode, Role};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn error_code(resp: reqwest::Response) -> String {
+    let body: Value = resp.json().await.expect("JSON error body");
+    body["error"]["code"].as_str().expect("error.code").to_string()
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_key_and_manages_rooms() {
+    let srv = TestServer::start(&[]).await;
+    let rooms = srv.http("/api/v1/rooms");
+
+    let resp = http().get(&rooms).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(resp).await, "unauthorized");
+    let resp = http().get(&rooms).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
+        .json(&json!({"id": "spring-sale", "title": "Spring sale"})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let room: Value = resp.json().await.unwrap();
+    assert_eq!(room["id"], "spring-sale");
+    assert_eq!(room["allow_guests"], true);
+    assert_eq!(room["closed"], false);
+
+    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
+        .json(&json!({"id": "spring-sale", "title": "again"})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
+        .json(&json!({"id": "bad id!", "title": "x"})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(resp).await, "invalid_argument");
+    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": ""})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json").body("{nope").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(resp).await, "malformed");
+    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": "t", "colour": "red"})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "unknown fields are refused");
+    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": "x".repeat(100_000)})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": "Generated id"})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let generated: Value = resp.json().await.unwrap();
+    assert!(generated["id"].as_str().unwrap().starts_with("room-"));
+
+    let list: Vec<Value> = http().get(&rooms).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = list.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"demo") && ids.contains(&"spring-sale"));
+
+    let resp = http().get(srv.http("/api/v1/rooms/nope")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(resp).await, "room_not_found");
+
+    let mut viewer = srv.joined(Encoding::Json, "spring-sale", "v", Role::Viewer).await;
+    let one: Value = http().get(srv.http("/api/v1/rooms/spring-sale")).bearer_auth(ADMIN_KEY)
+        .send().await.unwrap().json().await.unwrap();
+    assert_eq!(one["viewers"], 1);
+
+    let resp = http().delete(srv.http("/api/v1/rooms/spring-sale")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    viewer.expect_close(4010).await;
+    let resp = http().delete(srv.http("/api/v1/rooms/spring-sale")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(resp).await, "room_closed");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn minted_tokens_work_and_bad_requests_are_refused() {
+    let srv = TestServer::start(&["--max-token-ttl-secs", "3600"]).await;
+    let tokens = srv.http("/api/v1/tokens");
+    let resp = http().post(&tokens).bearer_auth(ADMIN_KEY)
+        .json(&json!({"room": "demo", "user_id": "mod-1", "name": "Mina", "role": "moderator", "ttl_secs": 600}))
+        .send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let minted: Value = resp.json().await.unwrap();
+    let token = minted["token"].as_str().unwrap().to_string();
+    assert!(minted["expires_at"].as_u64().unwrap() > flashcast::protocol::now_ms() / 1000);
+
+    let mut c = srv.client(Encoding::MsgPack).await;
+    match c.join("demo", Some(&token), None).await {
+        flashcast::protocol::ServerMsg::Joined { you, .. } => {
+            assert_eq!(you.id.as_str(), "mod-1");
+            assert_eq!(&*you.name, "Mina");
+            assert_eq!(you.role, Role::Moderator);
+        }
+        _ => unreachable!(),
+    }
+
+    for (body, status, code) in [
+        (json!({"room": "demo", "user_id": "g", "name": "G", "role": "guest"}), 400, "invalid_argument"),
+        (json!({"room": "demo", "user_id": "g", "name": "G", "role": "emperor"}), 400, "malformed"),
+        (json!({"room": "demo", "user_id": "has space", "name": "G", "role": "viewer"}), 400, "invalid_argument"),
+        (json!({"room": "demo", "user_id": "g", "name": "", "role": "viewer"}), 400, "invalid_argument"),
+        (json!({"room": "demo", "user_id": "g", "name": "G", "role": "viewer", "ttl_secs": 3601}), 400, "invalid_argument"),
+        (json!({"room": "nowhere", "user_id": "g", "name": "G", "role": "viewer"}), 404, "room_not_found"),
+    ] {
+        let resp = http().post(&tokens).bearer_auth(ADMIN_KEY).json(&body).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{body}");
+        assert_eq!(error_code(resp).await, code, "{body}");
+    }
+    let resp = http().post(&tokens).json(&json!({})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let srv = TestServer::start(&[]).await;
+    assert_eq!(http().get(srv.http("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http().get(srv.http("/readyz")).send().await.unwrap().status(), 200);
+    let mut c = srv.joined(Encoding::MsgPack, "demo", "m", Role::Viewer).await;
+    c.chat("counted").await;
+    c.wait_event(|_| true).await;
+    c.send(json!({"type": "teleport"})).await;
+    c.expect_error(ErrorCode::UnknownType).await;
+    let text = http().get(srv.http("/metrics")).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        "flashcast_connections 1",
+        "flashcast_rooms 1",
+        "flashcast_viewers 1",
+        "flashcast_events_in_total{type=\"chat\"} 1",
+        "flashcast_events_out_total{kind=\"chat\"} 1",
+        "flashcast_rejected_total{reason=\"unknown_type\"} 1",
+        "flashcast_tick_seconds_count",
+        "flashcast_fanout_batch_events_count",
+        "flashcast_queue_overflows_total 0",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn node_limits_refuse_cleanly() {
+    // Joins per address.
+    let srv = TestServer::start(&["--joins-per-ip-per-sec", "1", "--joins-per-ip-burst", "2"]).await;
+    let _a = srv.client(Encoding::Json).await;
+    let _b = srv.client(Encoding::Json).await;
+    match tokio_tungstenite::connect_async(srv.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected HTTP 429, got {:?}", other.map(|_| ())),
+    }
+    srv.stop().await;
+
+    // Connections per node.
+    let srv = TestServer::start(&["--max-connections", "2"]).await;
+    let _a = srv.client(Encoding::Json).await;
+    let _b = srv.client(Encoding::Json).await;
+    match tokio_tungstenite::connect_async(srv.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
+    }
+    srv.stop().await;
+
+    // Viewers per room, and rooms per node.
+    let srv = TestServer::start(&["--max-viewers-per-room", "1", "--max-rooms", "1"]).await;
+    let _first = srv.guest(Encoding::Json).await;
+    let mut second = srv.client(Encoding::Json).await;
+    second.send(json!({"type": "join", "room": "demo"})).await;
+    second.expect_error(ErrorCode::RoomFull).await;
+    second.expect_close(4009).await;
+    let resp = http().post(srv.http("/api/v1/rooms")).bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": "one too many"})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(resp).await, "limit_reached");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_bans_and_closed_shows_survive_a_restart() {
+    let srv = TestServer::start(&[]).await;
+    for (id, title) in [("kept", "Kept room"), ("ended", "Ended room")] {
+        let resp = http().post(srv.http("/api/v1/rooms")).bearer_auth(ADMIN_KEY)
+            .json(&json!({"id": id, "title": title})).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    let mut host = srv.joined(Encoding::Json, "kept", "host", Role::Host).await;
+    host.send(json!({"type": "ban", "user_id": "troll"})).await;
+    host.wait_event(|e| matches!(e.body, flashcast::protocol::EventBody::UserBanned { .. })).await;
+    let resp = http().delete(srv.http("/api/v1/rooms/ended")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // Let the background persistence of the ban land before stopping.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let dir = srv.stop().await;
+    host.expect_close(1012).await;
+
+    let srv = TestServer::start_in(dir, &[]).await;
+    let one: Value = http().get(srv.http("/api/v1/rooms/kept")).bearer_auth(ADMIN_KEY)
+        .send().await.unwrap().json().await.unwrap();
+    assert_eq!(one["title"], "Kept room");
+    assert_eq!(one["closed"], false);
+    let mut troll = srv.client(Encoding::Json).await;
+    let token = srv.token("kept", "troll", Role::Viewer);
+    troll.send(json!({"type": "join", "room": "kept", "token": token})).await;
+    troll.expect_close(4003).await;
+    let mut late = srv.client(Encoding::Json).await;
+    late.send(json!({"type": "join", "room": "ended"})).await;
+    late.expect_close(4010).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_viewers_to_reconnect_elsewhere() {
+    let srv = TestServer::start(&[]).await;
+    let mut joined = srv.guest(Encoding::MsgPack).await;
+    let mut waiting = srv.client(Encoding::Json).await; // connected, not joined yet
+    let addr = srv.addr;
+    let stopping = tokio::spawn(srv.stop());
+    joined.expect_error(ErrorCode::ShuttingDown).await;
+    joined.expect_close(1012).await;
+    waiting.expect_error(ErrorCode::ShuttingDown).await;
+    waiting.expect_close(1012).await;
+    stopping.await.unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener is closed");
+}
