@@ -35,27 +35,38 @@ async fn main() {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }
 
+/// Prints where to open Flashcast. Written in one go, ignoring errors: a
+/// closed stdout must never take the server down.
 fn print_banner(server: &flashcast::Server, demo: bool) {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let base = format!("http://{}", server.addr);
-    println!();
-    println!(
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "Flashcast {} is running at {base}",
         env!("CARGO_PKG_VERSION")
     );
-    println!("  admin key:  {}", server.admin_key());
-    println!("  admin API:  {base}/api/v1/rooms  (Authorization: Bearer <admin key>)");
-    println!(
+    let _ = writeln!(out, "  admin key:  {}", server.admin_key());
+    let _ = writeln!(
+        out,
+        "  admin API:  {base}/api/v1/rooms  (Authorization: Bearer <admin key>)"
+    );
+    let _ = writeln!(
+        out,
         "  WebSocket:  ws://{}/ws  (subprotocol {SUBPROTOCOL_MSGPACK} or {SUBPROTOCOL_JSON})",
         server.addr
     );
-    println!("  metrics:    {base}/metrics");
+    let _ = writeln!(out, "  metrics:    {base}/metrics");
     if demo {
         let room = RoomId::new(DEMO_ROOM).expect("valid id");
         let day = 24 * 3600;
@@ -73,16 +84,26 @@ fn print_banner(server: &flashcast::Server, demo: bool) {
             &room,
             day,
         );
-        println!();
-        println!("Demo room \"{DEMO_ROOM}\" (tokens valid 24 h):");
-        println!("  watch as a guest:  {base}/?room={DEMO_ROOM}");
-        println!("  watch as viewer:   {base}/?room={DEMO_ROOM}#token={viewer}");
-        println!("  host the show:     {base}/?room={DEMO_ROOM}#token={host}");
-        println!("  host token:   {host}");
-        println!("  viewer token: {viewer}");
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Demo room \"{DEMO_ROOM}\" (tokens valid 24 h):");
+        let _ = writeln!(out, "  watch as a guest:  {base}/?room={DEMO_ROOM}");
+        let _ = writeln!(
+            out,
+            "  watch as viewer:   {base}/?room={DEMO_ROOM}#token={viewer}"
+        );
+        let _ = writeln!(
+            out,
+            "  host the show:     {base}/?room={DEMO_ROOM}#token={host}"
+        );
+        let _ = writeln!(out, "  host token:   {host}");
+        let _ = writeln!(out, "  viewer token: {viewer}");
     }
-    println!();
-    println!("Press Ctrl-C to stop.");
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Press Ctrl-C to stop.");
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
 }
 
 /// Registers Ctrl-C and SIGTERM handlers now; the future resolves on either.

@@ -95,7 +95,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         };
         http::admin::open_room(&app, record)
             .await
-            .map_err(|_| anyhow::anyhow!("could not create the demo room"))?;
+            .map_err(|e| anyhow::anyhow!("could not create the demo room: {}", e.message))?;
     }
 
     let listener = TcpListener::bind(settings.listen)

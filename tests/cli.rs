@@ -18,10 +18,17 @@ fn help_documents_the_operator_options() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for needle in [
-        "--listen", "FLASHCAST_LISTEN", "127.0.0.1:8080",
-        "--data-dir", "FLASHCAST_DATA_DIR",
-        "--admin-key", "FLASHCAST_ADMIN_KEY",
-        "--config", "--history-len", "--max-frame-bytes", "--tick-ms",
+        "--listen",
+        "FLASHCAST_LISTEN",
+        "127.0.0.1:8080",
+        "--data-dir",
+        "FLASHCAST_DATA_DIR",
+        "--admin-key",
+        "FLASHCAST_ADMIN_KEY",
+        "--config",
+        "--history-len",
+        "--max-frame-bytes",
+        "--tick-ms",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
@@ -54,18 +61,38 @@ async fn binary_prints_where_to_go_serves_the_demo_room_and_stops_on_sigterm() {
         }
         lines
     });
-    let banner = tokio::time::timeout(Duration::from_secs(30), banner).await.unwrap().unwrap();
+    let banner = tokio::time::timeout(Duration::from_secs(30), banner)
+        .await
+        .unwrap()
+        .unwrap();
     let find = |key: &str| {
-        banner.iter().find(|l| l.contains(key)).unwrap_or_else(|| panic!("banner lacks {key}: {banner:#?}")).clone()
+        banner
+            .iter()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("banner lacks {key}: {banner:#?}"))
+            .clone()
     };
     assert!(find("admin key:").ends_with("key-from-env"));
-    let base = find("is running at").split_whitespace().last().unwrap().to_string();
+    let base = find("is running at")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
     assert!(find("host the show:").contains(&format!("{base}/?room=demo#token=")));
-    let host_token = find("host token:").split_whitespace().last().unwrap().to_string();
+    let host_token = find("host token:")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
 
     let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
-    let page = reqwest::get(format!("{base}/")).await.unwrap().text().await.unwrap();
+    let page = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.to_lowercase().contains("<!doctype html"));
 
     let ws = format!("{}/ws", base.replace("http://", "ws://"));
@@ -75,10 +102,16 @@ async fn binary_prints_where_to_go_serves_the_demo_room_and_stops_on_sigterm() {
         _ => unreachable!(),
     }
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     host.expect_close(1012).await;
     let exit = tokio::task::spawn_blocking(move || child.wait().unwrap());
-    let exit = tokio::time::timeout(Duration::from_secs(10), exit).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), exit)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
 }

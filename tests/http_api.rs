@@ -14,7 +14,10 @@ fn http() -> reqwest::Client {
 
 async fn error_code(resp: reqwest::Response) -> String {
     let body: Value = resp.json().await.expect("JSON error body");
-    body["error"]["code"].as_str().expect("error.code").to_string()
+    body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_string()
 }
 
 #[tokio::test]
@@ -25,61 +28,143 @@ async fn admin_api_requires_the_key_and_manages_rooms() {
     let resp = http().get(&rooms).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(error_code(resp).await, "unauthorized");
-    let resp = http().get(&rooms).bearer_auth("wrong").send().await.unwrap();
+    let resp = http()
+        .get(&rooms)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
-    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
-        .json(&json!({"id": "spring-sale", "title": "Spring sale"})).send().await.unwrap();
+    let resp = http()
+        .post(&rooms)
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"id": "spring-sale", "title": "Spring sale"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     let room: Value = resp.json().await.unwrap();
     assert_eq!(room["id"], "spring-sale");
     assert_eq!(room["allow_guests"], true);
     assert_eq!(room["closed"], false);
 
-    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
-        .json(&json!({"id": "spring-sale", "title": "again"})).send().await.unwrap();
+    let resp = http()
+        .post(&rooms)
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"id": "spring-sale", "title": "again"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::CONFLICT);
-    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
-        .json(&json!({"id": "bad id!", "title": "x"})).send().await.unwrap();
+    let resp = http()
+        .post(&rooms)
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"id": "bad id!", "title": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(resp).await, "invalid_argument");
-    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": ""})).send().await.unwrap();
+    let resp = http()
+        .post(&rooms)
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": ""}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
-        .header("content-type", "application/json").body("{nope").send().await.unwrap();
+    let resp = http()
+        .post(&rooms)
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(resp).await, "malformed");
-    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": "t", "colour": "red"})).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "unknown fields are refused");
-    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": "x".repeat(100_000)})).send().await.unwrap();
+    let resp = http()
+        .post(&rooms)
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": "t", "colour": "red"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused"
+    );
+    let resp = http()
+        .post(&rooms)
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": "x".repeat(100_000)}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    let resp = http().post(&rooms).bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": "Generated id"})).send().await.unwrap();
+    let resp = http()
+        .post(&rooms)
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": "Generated id"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     let generated: Value = resp.json().await.unwrap();
     assert!(generated["id"].as_str().unwrap().starts_with("room-"));
 
-    let list: Vec<Value> = http().get(&rooms).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+    let list: Vec<Value> = http()
+        .get(&rooms)
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let ids: Vec<&str> = list.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"demo") && ids.contains(&"spring-sale"));
 
-    let resp = http().get(srv.http("/api/v1/rooms/nope")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    let resp = http()
+        .get(srv.http("/api/v1/rooms/nope"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(resp).await, "room_not_found");
 
-    let mut viewer = srv.joined(Encoding::Json, "spring-sale", "v", Role::Viewer).await;
-    let one: Value = http().get(srv.http("/api/v1/rooms/spring-sale")).bearer_auth(ADMIN_KEY)
-        .send().await.unwrap().json().await.unwrap();
+    let mut viewer = srv
+        .joined(Encoding::Json, "spring-sale", "v", Role::Viewer)
+        .await;
+    let one: Value = http()
+        .get(srv.http("/api/v1/rooms/spring-sale"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(one["viewers"], 1);
 
-    let resp = http().delete(srv.http("/api/v1/rooms/spring-sale")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    let resp = http()
+        .delete(srv.http("/api/v1/rooms/spring-sale"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     viewer.expect_close(4010).await;
-    let resp = http().delete(srv.http("/api/v1/rooms/spring-sale")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    let resp = http()
+        .delete(srv.http("/api/v1/rooms/spring-sale"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(resp).await, "room_closed");
     srv.stop().await;
@@ -108,14 +193,44 @@ async fn minted_tokens_work_and_bad_requests_are_refused() {
     }
 
     for (body, status, code) in [
-        (json!({"room": "demo", "user_id": "g", "name": "G", "role": "guest"}), 400, "invalid_argument"),
-        (json!({"room": "demo", "user_id": "g", "name": "G", "role": "emperor"}), 400, "malformed"),
-        (json!({"room": "demo", "user_id": "has space", "name": "G", "role": "viewer"}), 400, "invalid_argument"),
-        (json!({"room": "demo", "user_id": "g", "name": "", "role": "viewer"}), 400, "invalid_argument"),
-        (json!({"room": "demo", "user_id": "g", "name": "G", "role": "viewer", "ttl_secs": 3601}), 400, "invalid_argument"),
-        (json!({"room": "nowhere", "user_id": "g", "name": "G", "role": "viewer"}), 404, "room_not_found"),
+        (
+            json!({"room": "demo", "user_id": "g", "name": "G", "role": "guest"}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            json!({"room": "demo", "user_id": "g", "name": "G", "role": "emperor"}),
+            400,
+            "malformed",
+        ),
+        (
+            json!({"room": "demo", "user_id": "has space", "name": "G", "role": "viewer"}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            json!({"room": "demo", "user_id": "g", "name": "", "role": "viewer"}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            json!({"room": "demo", "user_id": "g", "name": "G", "role": "viewer", "ttl_secs": 3601}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            json!({"room": "nowhere", "user_id": "g", "name": "G", "role": "viewer"}),
+            404,
+            "room_not_found",
+        ),
     ] {
-        let resp = http().post(&tokens).bearer_auth(ADMIN_KEY).json(&body).send().await.unwrap();
+        let resp = http()
+            .post(&tokens)
+            .bearer_auth(ADMIN_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), status, "{body}");
         assert_eq!(error_code(resp).await, code, "{body}");
     }
@@ -127,14 +242,39 @@ async fn minted_tokens_work_and_bad_requests_are_refused() {
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let srv = TestServer::start(&[]).await;
-    assert_eq!(http().get(srv.http("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(http().get(srv.http("/readyz")).send().await.unwrap().status(), 200);
-    let mut c = srv.joined(Encoding::MsgPack, "demo", "m", Role::Viewer).await;
+    assert_eq!(
+        http()
+            .get(srv.http("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http()
+            .get(srv.http("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut c = srv
+        .joined(Encoding::MsgPack, "demo", "m", Role::Viewer)
+        .await;
     c.chat("counted").await;
     c.wait_event(|_| true).await;
     c.send(json!({"type": "teleport"})).await;
     c.expect_error(ErrorCode::UnknownType).await;
-    let text = http().get(srv.http("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = http()
+        .get(srv.http("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "flashcast_connections 1",
         "flashcast_rooms 1",
@@ -154,7 +294,8 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn node_limits_refuse_cleanly() {
     // Joins per address.
-    let srv = TestServer::start(&["--joins-per-ip-per-sec", "1", "--joins-per-ip-burst", "2"]).await;
+    let srv =
+        TestServer::start(&["--joins-per-ip-per-sec", "1", "--joins-per-ip-burst", "2"]).await;
     let _a = srv.client(Encoding::Json).await;
     let _b = srv.client(Encoding::Json).await;
     match tokio_tungstenite::connect_async(srv.ws_url()).await {
@@ -183,8 +324,13 @@ async fn node_limits_refuse_cleanly() {
     second.send(json!({"type": "join", "room": "demo"})).await;
     second.expect_error(ErrorCode::RoomFull).await;
     second.expect_close(4009).await;
-    let resp = http().post(srv.http("/api/v1/rooms")).bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": "one too many"})).send().await.unwrap();
+    let resp = http()
+        .post(srv.http("/api/v1/rooms"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"title": "one too many"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_code(resp).await, "limit_reached");
     srv.stop().await;
@@ -194,14 +340,25 @@ async fn node_limits_refuse_cleanly() {
 async fn rooms_bans_and_closed_shows_survive_a_restart() {
     let srv = TestServer::start(&[]).await;
     for (id, title) in [("kept", "Kept room"), ("ended", "Ended room")] {
-        let resp = http().post(srv.http("/api/v1/rooms")).bearer_auth(ADMIN_KEY)
-            .json(&json!({"id": id, "title": title})).send().await.unwrap();
+        let resp = http()
+            .post(srv.http("/api/v1/rooms"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"id": id, "title": title}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
     }
     let mut host = srv.joined(Encoding::Json, "kept", "host", Role::Host).await;
     host.send(json!({"type": "ban", "user_id": "troll"})).await;
-    host.wait_event(|e| matches!(e.body, flashcast::protocol::EventBody::UserBanned { .. })).await;
-    let resp = http().delete(srv.http("/api/v1/rooms/ended")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    host.wait_event(|e| matches!(e.body, flashcast::protocol::EventBody::UserBanned { .. }))
+        .await;
+    let resp = http()
+        .delete(srv.http("/api/v1/rooms/ended"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     // Let the background persistence of the ban land before stopping.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -209,13 +366,22 @@ async fn rooms_bans_and_closed_shows_survive_a_restart() {
     host.expect_close(1012).await;
 
     let srv = TestServer::start_in(dir, &[]).await;
-    let one: Value = http().get(srv.http("/api/v1/rooms/kept")).bearer_auth(ADMIN_KEY)
-        .send().await.unwrap().json().await.unwrap();
+    let one: Value = http()
+        .get(srv.http("/api/v1/rooms/kept"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(one["title"], "Kept room");
     assert_eq!(one["closed"], false);
     let mut troll = srv.client(Encoding::Json).await;
     let token = srv.token("kept", "troll", Role::Viewer);
-    troll.send(json!({"type": "join", "room": "kept", "token": token})).await;
+    troll
+        .send(json!({"type": "join", "room": "kept", "token": token}))
+        .await;
     troll.expect_close(4003).await;
     let mut late = srv.client(Encoding::Json).await;
     late.send(json!({"type": "join", "room": "ended"})).await;
@@ -235,5 +401,8 @@ async fn shutdown_tells_viewers_to_reconnect_elsewhere() {
     waiting.expect_error(ErrorCode::ShuttingDown).await;
     waiting.expect_close(1012).await;
     stopping.await.unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener is closed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener is closed"
+    );
 }

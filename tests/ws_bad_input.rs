@@ -5,19 +5,21 @@ mod common;
 
 use common::*;
 use flashcast::protocol::{Encoding, ErrorCode, EventBody, Role, ServerMsg};
-use serde_json::json;
 use futures_util::SinkExt;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 /// An observer that must see every event, contiguous, while others misbehave.
 async fn observer(srv: &TestServer) -> Client {
-    srv.joined(Encoding::MsgPack, "demo", "observer", Role::Viewer).await
+    srv.joined(Encoding::MsgPack, "demo", "observer", Role::Viewer)
+        .await
 }
 
 async fn room_still_works(srv: &TestServer, obs: &mut Client, marker: &str) {
     let mut host = srv.joined(Encoding::Json, "demo", "host", Role::Host).await;
     host.chat(marker).await;
-    obs.wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == marker)).await;
+    obs.wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == marker))
+        .await;
     host.send(json!({"type": "leave"})).await;
 }
 
@@ -39,7 +41,9 @@ async fn malformed_unknown_and_wrong_encoding_frames_get_errors_and_keep_the_con
     let srv = TestServer::start(&[]).await;
     let mut obs = observer(&srv).await;
     for enc in Encoding::ALL {
-        let mut c = srv.joined(enc, "demo", &format!("bad-{enc:?}"), Role::Viewer).await;
+        let mut c = srv
+            .joined(enc, "demo", &format!("bad-{enc:?}"), Role::Viewer)
+            .await;
         let garbage = match enc {
             Encoding::MsgPack => Message::Binary(vec![0xc1, 0x00, 0xff].into()),
             Encoding::Json => Message::Text("{\"type\": \"chat\", ".into()),
@@ -55,7 +59,11 @@ async fn malformed_unknown_and_wrong_encoding_frames_get_errors_and_keep_the_con
 
         let wrong = match enc {
             Encoding::MsgPack => Message::Text("{\"type\":\"ping\"}".into()),
-            Encoding::Json => Message::Binary(rmp_serde::to_vec_named(&json!({"type": "ping"})).unwrap().into()),
+            Encoding::Json => Message::Binary(
+                rmp_serde::to_vec_named(&json!({"type": "ping"}))
+                    .unwrap()
+                    .into(),
+            ),
         };
         c.send_raw(wrong).await;
         c.expect_error(ErrorCode::WrongEncoding).await;
@@ -68,7 +76,10 @@ async fn malformed_unknown_and_wrong_encoding_frames_get_errors_and_keep_the_con
         c.chat(&"가".repeat(501)).await;
         c.expect_error(ErrorCode::InvalidText).await;
         c.chat(&"가".repeat(500)).await; // exactly at the limit, in characters not bytes
-        obs.wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text.chars().count() == 500)).await;
+        obs.wait_event(
+            |e| matches!(&e.body, EventBody::Chat { text, .. } if text.chars().count() == 500),
+        )
+        .await;
 
         still_alive(&mut c).await;
         c.send(json!({"type": "leave"})).await;
@@ -87,6 +98,11 @@ async fn oversize_frames_are_refused_with_1009() {
         c.chat(&text).await;
         c.expect_error(ErrorCode::FrameTooLarge).await;
         c.expect_close(1009).await;
+        // Far beyond the limit, the WebSocket layer stops reading; still 1009.
+        let mut huge = srv.guest(enc).await;
+        huge.chat(&"y".repeat(10_000)).await;
+        huge.expect_error(ErrorCode::FrameTooLarge).await;
+        huge.expect_close(1009).await;
     }
     room_still_works(&srv, &mut obs, "after oversize").await;
     srv.stop().await;
@@ -119,7 +135,10 @@ async fn viewers_cannot_send_host_actions() {
         still_alive(&mut v).await;
     }
     room_still_works(&srv, &mut obs, "after forbidden actions").await;
-    assert!(obs.events.iter().all(|e| !matches!(e.body, EventBody::Announcement { .. } | EventBody::UserBanned { .. })));
+    assert!(obs.events.iter().all(|e| !matches!(
+        e.body,
+        EventBody::Announcement { .. } | EventBody::UserBanned { .. }
+    )));
     srv.stop().await;
 }
 
@@ -134,7 +153,14 @@ fn expired_token(room: &str) -> String {
         iat: u64,
     }
     let now = flashcast::protocol::now_ms() / 1000;
-    let claims = Claims { sub: "old", name: "Old", role: "viewer", room, exp: now - 60, iat: now - 120 };
+    let claims = Claims {
+        sub: "old",
+        name: "Old",
+        role: "viewer",
+        room,
+        exp: now - 60,
+        iat: now - 120,
+    };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -166,12 +192,36 @@ async fn bad_tokens_and_rooms_are_refused_with_their_close_codes() {
         )
         .0;
     let cases: Vec<(serde_json::Value, ErrorCode, u16)> = vec![
-        (json!({"type": "join", "room": "demo", "token": "garbage"}), ErrorCode::Unauthorized, 4001),
-        (json!({"type": "join", "room": "demo", "token": other_secret}), ErrorCode::Unauthorized, 4001),
-        (json!({"type": "join", "room": "demo", "token": expired_token("demo")}), ErrorCode::TokenExpired, 4002),
-        (json!({"type": "join", "room": "demo", "token": srv.token("private", "v", Role::Viewer)}), ErrorCode::Forbidden, 4003),
-        (json!({"type": "join", "room": "nowhere"}), ErrorCode::RoomNotFound, 4004),
-        (json!({"type": "join", "room": "private"}), ErrorCode::Unauthorized, 4001),
+        (
+            json!({"type": "join", "room": "demo", "token": "garbage"}),
+            ErrorCode::Unauthorized,
+            4001,
+        ),
+        (
+            json!({"type": "join", "room": "demo", "token": other_secret}),
+            ErrorCode::Unauthorized,
+            4001,
+        ),
+        (
+            json!({"type": "join", "room": "demo", "token": expired_token("demo")}),
+            ErrorCode::TokenExpired,
+            4002,
+        ),
+        (
+            json!({"type": "join", "room": "demo", "token": srv.token("private", "v", Role::Viewer)}),
+            ErrorCode::Forbidden,
+            4003,
+        ),
+        (
+            json!({"type": "join", "room": "nowhere"}),
+            ErrorCode::RoomNotFound,
+            4004,
+        ),
+        (
+            json!({"type": "join", "room": "private"}),
+            ErrorCode::Unauthorized,
+            4001,
+        ),
     ];
     for enc in Encoding::ALL {
         for (join, error, close) in &cases {
@@ -182,7 +232,9 @@ async fn bad_tokens_and_rooms_are_refused_with_their_close_codes() {
         }
     }
     // A valid token for the private room works.
-    let mut ok = srv.joined(Encoding::Json, "private", "member", Role::Viewer).await;
+    let mut ok = srv
+        .joined(Encoding::Json, "private", "member", Role::Viewer)
+        .await;
     ok.send(json!({"type": "leave"})).await;
     room_still_works(&srv, &mut obs, "after bad tokens").await;
     srv.stop().await;
@@ -207,14 +259,20 @@ async fn chat_flood_is_rate_limited_then_closed_as_flood() {
     let srv = TestServer::start(&[]).await;
     let mut obs = observer(&srv).await;
     for enc in Encoding::ALL {
-        let mut v = srv.joined(enc, "demo", &format!("flooder-{enc:?}"), Role::Viewer).await;
+        let mut v = srv
+            .joined(enc, "demo", &format!("flooder-{enc:?}"), Role::Viewer)
+            .await;
         for i in 0..8 {
             v.chat(&format!("flood {i}")).await;
         }
         // The burst (5) passes, the rest are refused with a retry hint.
         let code = loop {
             match v.recv().await {
-                Incoming::Msg(ServerMsg::Error { code, retry_after_ms, .. }) => {
+                Incoming::Msg(ServerMsg::Error {
+                    code,
+                    retry_after_ms,
+                    ..
+                }) => {
                     assert!(retry_after_ms.is_some_and(|ms| ms > 0));
                     break code;
                 }
@@ -232,9 +290,23 @@ async fn chat_flood_is_rate_limited_then_closed_as_flood() {
         }
         v.expect_close(4029).await;
     }
-    obs.read_until(|c| chat_texts(&c.events).iter().filter(|t| t.starts_with("flood ")).count() == 10).await;
+    obs.read_until(|c| {
+        chat_texts(&c.events)
+            .iter()
+            .filter(|t| t.starts_with("flood "))
+            .count()
+            == 10
+    })
+    .await;
     room_still_works(&srv, &mut obs, "after the flood").await;
-    let flood_accepted: Vec<String> = chat_texts(&obs.events).into_iter().filter(|t| t.starts_with("flood ")).collect();
-    assert_eq!(flood_accepted.len(), 10, "5 per flooder passed the burst, nothing else");
+    let flood_accepted: Vec<String> = chat_texts(&obs.events)
+        .into_iter()
+        .filter(|t| t.starts_with("flood "))
+        .collect();
+    assert_eq!(
+        flood_accepted.len(),
+        10,
+        "5 per flooder passed the burst, nothing else"
+    );
     srv.stop().await;
 }

@@ -11,8 +11,15 @@ async fn fifty_clients_see_one_identical_order() {
     let srv = TestServer::start(&["--chat-per-sec", "1000", "--chat-burst", "1000"]).await;
     let mut clients = Vec::new();
     for i in 0..50 {
-        let enc = if i % 2 == 0 { Encoding::MsgPack } else { Encoding::Json };
-        clients.push(srv.joined(enc, "demo", &format!("watcher-{i}"), Role::Viewer).await);
+        let enc = if i % 2 == 0 {
+            Encoding::MsgPack
+        } else {
+            Encoding::Json
+        };
+        clients.push(
+            srv.joined(enc, "demo", &format!("watcher-{i}"), Role::Viewer)
+                .await,
+        );
     }
     let start_seq = clients[0].last_seq;
     assert!(clients.iter().all(|c| c.last_seq == start_seq));
@@ -22,7 +29,12 @@ async fn fifty_clients_see_one_identical_order() {
     let mut senders = Vec::new();
     for s in 0..SENDERS {
         let mut c = srv
-            .joined(Encoding::MsgPack, "demo", &format!("sender-{s}"), Role::Viewer)
+            .joined(
+                Encoding::MsgPack,
+                "demo",
+                &format!("sender-{s}"),
+                Role::Viewer,
+            )
             .await;
         senders.push(tokio::spawn(async move {
             for n in 0..PER_SENDER {
@@ -56,9 +68,16 @@ async fn fifty_clients_see_one_identical_order() {
     }
     // Each sender's own messages keep their send order within the room order.
     for s in 0..SENDERS {
-        let mine: Vec<&String> = first.iter().map(|(_, b)| b).filter(|b| b.contains(&format!("\"s{s}-m"))).collect();
+        let mine: Vec<&String> = first
+            .iter()
+            .map(|(_, b)| b)
+            .filter(|b| b.contains(&format!("\"s{s}-m")))
+            .collect();
         for (n, body) in mine.iter().enumerate() {
-            assert!(body.contains(&format!("\"s{s}-m{n}\"")), "sender {s} out of order at {n}");
+            assert!(
+                body.contains(&format!("\"s{s}-m{n}\"")),
+                "sender {s} out of order at {n}"
+            );
         }
     }
     srv.stop().await;

@@ -17,7 +17,8 @@ async fn resume_returns_exactly_the_missed_events() {
         let mut host = srv.joined(enc, "demo", "host", Role::Host).await;
         let mut v = srv.joined(enc, "demo", "v", Role::Viewer).await;
         host.chat("before").await;
-        v.wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == "before")).await;
+        v.wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == "before"))
+            .await;
         let (last, epoch) = (v.last_seq, v.epoch);
         drop(v); // the connection drops without a goodbye
 
@@ -30,18 +31,32 @@ async fn resume_returns_exactly_the_missed_events() {
         back.epoch = epoch;
         let token = srv.token("demo", "v", Role::Viewer);
         match back.join("demo", Some(&token), Some(last)).await {
-            ServerMsg::Joined { gap, events, seq, .. } => {
-                assert!(!gap, "no gap when the history still holds the missed events");
+            ServerMsg::Joined {
+                gap, events, seq, ..
+            } => {
+                assert!(
+                    !gap,
+                    "no gap when the history still holds the missed events"
+                );
                 assert_eq!(seqs(&events), (last + 1..=last + 5).collect::<Vec<_>>());
                 let texts = chat_texts(&events.iter().map(|e| (**e).clone()).collect::<Vec<_>>());
-                assert_eq!(texts, (0..5).map(|i| format!("missed {i}")).collect::<Vec<_>>());
+                assert_eq!(
+                    texts,
+                    (0..5).map(|i| format!("missed {i}")).collect::<Vec<_>>()
+                );
                 assert_eq!(seq, last + 5);
             }
             _ => unreachable!(),
         }
         host.chat("after").await;
-        let after = back.wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == "after")).await;
-        assert_eq!(after.seq, last + 6, "stream continues right after the resumed events");
+        let after = back
+            .wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == "after"))
+            .await;
+        assert_eq!(
+            after.seq,
+            last + 6,
+            "stream continues right after the resumed events"
+        );
         back.send(serde_json::json!({"type": "leave"})).await;
         host.send(serde_json::json!({"type": "leave"})).await;
     }
@@ -51,14 +66,23 @@ async fn resume_returns_exactly_the_missed_events() {
 #[tokio::test]
 async fn resume_outside_the_history_window_gets_a_gap_marker_and_snapshot() {
     let srv = TestServer::start(&[
-        "--history-len", "10", "--snapshot-events", "4",
-        "--chat-per-sec", "1000", "--chat-burst", "1000",
+        "--history-len",
+        "10",
+        "--snapshot-events",
+        "4",
+        "--chat-per-sec",
+        "1000",
+        "--chat-burst",
+        "1000",
     ])
     .await;
-    let mut host = srv.joined(Encoding::MsgPack, "demo", "host", Role::Host).await;
+    let mut host = srv
+        .joined(Encoding::MsgPack, "demo", "host", Role::Host)
+        .await;
     let mut v = srv.joined(Encoding::Json, "demo", "v", Role::Viewer).await;
     host.chat("seen").await;
-    v.wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == "seen")).await;
+    v.wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == "seen"))
+        .await;
     let (last, epoch) = (v.last_seq, v.epoch);
     drop(v);
     for i in 0..30 {
@@ -69,15 +93,26 @@ async fn resume_outside_the_history_window_gets_a_gap_marker_and_snapshot() {
     let mut back = srv.client(Encoding::Json).await;
     back.epoch = epoch;
     match back.join("demo", None, Some(last)).await {
-        ServerMsg::Joined { gap, events, seq, .. } => {
-            assert!(gap, "the missed events left the 10-event window: gap must be explicit");
+        ServerMsg::Joined {
+            gap, events, seq, ..
+        } => {
+            assert!(
+                gap,
+                "the missed events left the 10-event window: gap must be explicit"
+            );
             assert_eq!(seq, last + 30);
-            assert_eq!(seqs(&events), (last + 27..=last + 30).collect::<Vec<_>>(), "snapshot tail");
+            assert_eq!(
+                seqs(&events),
+                (last + 27..=last + 30).collect::<Vec<_>>(),
+                "snapshot tail"
+            );
         }
         _ => unreachable!(),
     }
     host.chat("next").await;
-    let next = back.wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == "next")).await;
+    let next = back
+        .wait_event(|e| matches!(&e.body, EventBody::Chat { text, .. } if text == "next"))
+        .await;
     assert_eq!(next.seq, last + 31);
     srv.stop().await;
 }
@@ -85,7 +120,9 @@ async fn resume_outside_the_history_window_gets_a_gap_marker_and_snapshot() {
 #[tokio::test]
 async fn resume_from_another_epoch_or_the_future_is_a_gap() {
     let srv = TestServer::start(&[]).await;
-    let mut host = srv.joined(Encoding::MsgPack, "demo", "host", Role::Host).await;
+    let mut host = srv
+        .joined(Encoding::MsgPack, "demo", "host", Role::Host)
+        .await;
     host.chat("one").await;
     host.wait_seq(1).await;
 
@@ -110,7 +147,9 @@ async fn resume_from_another_epoch_or_the_future_is_a_gap() {
 #[tokio::test]
 async fn resume_after_restart_of_the_server_is_a_gap() {
     let srv = TestServer::start(&[]).await;
-    let mut host = srv.joined(Encoding::MsgPack, "demo", "host", Role::Host).await;
+    let mut host = srv
+        .joined(Encoding::MsgPack, "demo", "host", Role::Host)
+        .await;
     host.chat("before restart").await;
     host.wait_seq(1).await;
     let (last, epoch) = (host.last_seq, host.epoch);
@@ -122,7 +161,11 @@ async fn resume_after_restart_of_the_server_is_a_gap() {
     back.epoch = epoch;
     let token = srv.token("demo", "host", Role::Host);
     match back.join("demo", Some(&token), Some(last)).await {
-        ServerMsg::Joined { gap, epoch: new_epoch, .. } => {
+        ServerMsg::Joined {
+            gap,
+            epoch: new_epoch,
+            ..
+        } => {
             assert!(gap);
             assert_ne!(new_epoch, epoch);
         }

@@ -17,8 +17,10 @@ async fn tiny_window_client(srv: &TestServer) -> Client {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(srv.addr).await.unwrap();
     let mut req = srv.ws_url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("sec-websocket-protocol", HeaderValue::from_static(subprotocol(Encoding::MsgPack)));
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(subprotocol(Encoding::MsgPack)),
+    );
     let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
         .await
         .unwrap();
@@ -38,12 +40,22 @@ async fn tiny_window_client(srv: &TestServer) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_viewer_is_closed_while_others_lose_nothing() {
     let srv = TestServer::start(&[
-        "--outbound-queue", "4",
-        "--tick-ms", "10",
-        "--chat-per-sec", "100000", "--chat-burst", "100000",
-        "--max-chat-chars", "2000", "--max-frame-bytes", "16384",
-        "--write-timeout-ms", "60000",
-        "--socket-send-buffer", "16384",
+        "--outbound-queue",
+        "4",
+        "--tick-ms",
+        "10",
+        "--chat-per-sec",
+        "100000",
+        "--chat-burst",
+        "100000",
+        "--max-chat-chars",
+        "2000",
+        "--max-frame-bytes",
+        "16384",
+        "--write-timeout-ms",
+        "60000",
+        "--socket-send-buffer",
+        "16384",
     ])
     .await;
     let mut slow = tiny_window_client(&srv).await;
@@ -55,21 +67,33 @@ async fn slow_viewer_is_closed_while_others_lose_nothing() {
     let target = start + MESSAGES;
     let mut readers = Vec::new();
     for i in 0..100 {
-        let enc = if i % 2 == 0 { Encoding::MsgPack } else { Encoding::Json };
-        let mut c = srv.joined(enc, "demo", &format!("fast-{i}"), Role::Viewer).await;
+        let enc = if i % 2 == 0 {
+            Encoding::MsgPack
+        } else {
+            Encoding::Json
+        };
+        let mut c = srv
+            .joined(enc, "demo", &format!("fast-{i}"), Role::Viewer)
+            .await;
         readers.push(tokio::spawn(async move {
             c.wait_seq(target).await;
             c.events.len()
         }));
     }
 
-    let mut host = srv.joined(Encoding::MsgPack, "demo", "host", Role::Host).await;
+    let mut host = srv
+        .joined(Encoding::MsgPack, "demo", "host", Role::Host)
+        .await;
     let filler = "ß".repeat(1_500);
     for i in 0..MESSAGES {
         host.chat(&format!("{i} {filler}")).await;
     }
     for r in readers {
-        assert_eq!(r.await.unwrap(), MESSAGES as usize, "a fast viewer missed events");
+        assert_eq!(
+            r.await.unwrap(),
+            MESSAGES as usize,
+            "a fast viewer missed events"
+        );
     }
 
     // The slow viewer reads again: what it got is contiguous (checked on
@@ -89,7 +113,9 @@ async fn slow_viewer_is_closed_while_others_lose_nothing() {
     let mut back = srv.client(Encoding::MsgPack).await;
     back.epoch = slow.epoch;
     match back.join("demo", Some(&token), Some(slow.last_seq)).await {
-        ServerMsg::Joined { gap, events, seq, .. } => {
+        ServerMsg::Joined {
+            gap, events, seq, ..
+        } => {
             assert!(!gap);
             assert_eq!(seq, target);
             let got: Vec<u64> = events.iter().map(|e| e.seq).collect();

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{api_error, AppState};
+use super::{ApiError, AppState};
 use crate::auth::{constant_time_eq, MAX_NAME_CHARS};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{now_ms, ErrorCode, Role};
@@ -27,7 +27,9 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/tokens", post(mint_token))
 }
 
-fn authorized(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+type ApiResult = Result<Response, ApiError>;
+
+fn authorized(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -36,7 +38,7 @@ fn authorized(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if constant_time_eq(given.as_bytes(), app.admin_key.as_bytes()) {
         Ok(())
     } else {
-        Err(api_error(
+        Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "missing or wrong admin key (Authorization: Bearer KEY)",
@@ -44,21 +46,21 @@ fn authorized(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Response> {
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        api_error(
+        ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::Malformed,
-            &format!("invalid JSON body: {e}"),
+            format!("invalid JSON body: {e}"),
         )
     })
 }
 
-fn invalid(message: &str) -> Response {
-    api_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message)
+fn invalid(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message)
 }
 
-fn parse_room_id(id: &str) -> Result<RoomId, Response> {
+fn parse_room_id(id: &str) -> Result<RoomId, ApiError> {
     RoomId::new(id).map_err(|e| invalid(&format!("room id: {e}")))
 }
 
@@ -101,25 +103,19 @@ fn yes() -> bool {
     true
 }
 
-async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return r;
-    }
-    let req: CreateRoom = match parse(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    authorized(&app, &headers)?;
+    let req: CreateRoom = parse(&body)?;
     let id = match req.id {
-        Some(id) => match parse_room_id(&id) {
-            Ok(id) => id,
-            Err(r) => return r,
-        },
+        Some(id) => parse_room_id(&id)?,
         None => RoomId::new(&format!("room-{:010x}", rand::random::<u64>() >> 24))
             .expect("generated ids are valid"),
     };
     let title = req.title.trim().to_string();
     if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
-        return invalid(&format!("title must be 1-{MAX_TITLE_CHARS} characters"));
+        return Err(invalid(&format!(
+            "title must be 1-{MAX_TITLE_CHARS} characters"
+        )));
     }
     let record = RoomRecord {
         id: id.clone(),
@@ -128,15 +124,13 @@ async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Byte
         created_at: now_ms(),
         closed_at: None,
     };
-    match open_room(&app, record).await {
-        Ok(room) => (StatusCode::CREATED, Json(RoomView::from(&room))).into_response(),
-        Err(r) => r,
-    }
+    let room = open_room(&app, record).await?;
+    Ok((StatusCode::CREATED, Json(RoomView::from(&room))).into_response())
 }
 
 /// Opens a room in the registry and persists it. Used by the admin API and
 /// by the demo-room seeding at start-up.
-pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle, Response> {
+pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle, ApiError> {
     let info = RoomInfo {
         id: record.id.clone(),
         title: record.title.clone(),
@@ -144,12 +138,12 @@ pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle,
         created_at: record.created_at,
     };
     let room = app.registry.open(info, Vec::new()).map_err(|e| match e {
-        RegistryError::Exists => api_error(
+        RegistryError::Exists => ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::InvalidArgument,
             "a room with this id already exists",
         ),
-        RegistryError::LimitReached => api_error(
+        RegistryError::LimitReached => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::LimitReached,
             "this node already hosts max_rooms open rooms",
@@ -163,7 +157,7 @@ pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle,
     if let Err(e) = saved {
         tracing::error!(error = %e, "could not persist room");
         app.registry.end(room.id()).await;
-        return Err(api_error(
+        return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
             "could not store the room",
@@ -172,18 +166,16 @@ pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle,
     Ok(room)
 }
 
-async fn list_rooms(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return r;
-    }
+async fn list_rooms(State(app): State<AppState>, headers: HeaderMap) -> ApiResult {
+    authorized(&app, &headers)?;
     let rooms: Vec<RoomView> = app.registry.list().iter().map(RoomView::from).collect();
-    Json(rooms).into_response()
+    Ok(Json(rooms).into_response())
 }
 
-fn find(app: &AppState, id: &str) -> Result<RoomHandle, Response> {
+fn find(app: &AppState, id: &str) -> Result<RoomHandle, ApiError> {
     let id = parse_room_id(id)?;
     app.registry.get(&id).ok_or_else(|| {
-        api_error(
+        ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::RoomNotFound,
             "no such room",
@@ -195,14 +187,9 @@ async fn get_room(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return r;
-    }
-    match find(&app, &id) {
-        Ok(room) => Json(RoomView::from(&room)).into_response(),
-        Err(r) => r,
-    }
+) -> ApiResult {
+    authorized(&app, &headers)?;
+    Ok(Json(RoomView::from(&find(&app, &id)?)).into_response())
 }
 
 /// Ends the show: viewers get `show_ended` and close code 4010.
@@ -210,22 +197,17 @@ async fn close_room(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return r;
-    }
-    let room = match find(&app, &id) {
-        Ok(room) => room,
-        Err(r) => return r,
-    };
+) -> ApiResult {
+    authorized(&app, &headers)?;
+    let room = find(&app, &id)?;
     if !app.registry.end(room.id()).await {
-        return api_error(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::RoomClosed,
             "the room is already closed",
-        );
+        ));
     }
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]
@@ -246,44 +228,32 @@ pub struct MintedToken {
     pub expires_at: u64,
 }
 
-async fn mint_token(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return r;
-    }
-    let req: MintToken = match parse(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+async fn mint_token(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    authorized(&app, &headers)?;
+    let req: MintToken = parse(&body)?;
     if req.role == Role::Guest {
-        return invalid("guests join without a token; mint viewer, moderator or host");
-    }
-    let Ok(user) = UserId::new(&req.user_id) else {
-        return invalid("user_id: 1-64 characters of A-Z a-z 0-9 _ - . :");
-    };
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return invalid(&format!("name must be 1-{MAX_NAME_CHARS} characters"));
-    }
-    let ttl = req
-        .ttl_secs
-        .unwrap_or(app.limits.max_token_ttl_secs.min(24 * 3600));
-    if ttl == 0 || ttl > app.limits.max_token_ttl_secs {
-        return invalid(&format!(
-            "ttl_secs must be 1-{}",
-            app.limits.max_token_ttl_secs
+        return Err(invalid(
+            "guests join without a token; mint viewer, moderator or host",
         ));
     }
-    let room = match find(&app, &req.room) {
-        Ok(room) => room,
-        Err(r) => return r,
-    };
+    let user = UserId::new(&req.user_id)
+        .map_err(|_| invalid("user_id: 1-64 characters of A-Z a-z 0-9 _ - . :"))?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(invalid(&format!(
+            "name must be 1-{MAX_NAME_CHARS} characters"
+        )));
+    }
+    let max_ttl = app.limits.max_token_ttl_secs;
+    let ttl = req.ttl_secs.unwrap_or(max_ttl.min(24 * 3600));
+    if ttl == 0 || ttl > max_ttl {
+        return Err(invalid(&format!("ttl_secs must be 1-{max_ttl}")));
+    }
+    let room = find(&app, &req.room)?;
     let (token, claims) = app.keys.mint(&user, name, req.role, room.id(), ttl);
-    (
-        StatusCode::CREATED,
-        Json(MintedToken {
-            token,
-            expires_at: claims.exp,
-        }),
-    )
-        .into_response()
+    let minted = MintedToken {
+        token,
+        expires_at: claims.exp,
+    };
+    Ok((StatusCode::CREATED, Json(minted)).into_response())
 }

@@ -123,9 +123,32 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The JSON error body every REST endpoint uses:
-/// `{"error": {"code": "...", "message": "..."}}`.
+/// A refused HTTP request. Renders as the JSON error body every REST
+/// endpoint uses: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
 pub fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    (status, Json(body)).into_response()
+    ApiError::new(status, code, message).into_response()
 }

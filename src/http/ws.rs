@@ -152,7 +152,8 @@ impl Connection {
                 _ = shutting_down(&mut shutdown) => return Err(Some(CloseCode::ServiceRestart)),
             };
             let msg = match msg {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(None),
+                Some(Err(e)) => return Err(read_error_close(e)),
+                Some(Ok(Message::Close(_))) | None => return Err(None),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(m)) => m,
             };
@@ -270,7 +271,8 @@ impl Connection {
             tokio::select! {
                 incoming = socket.recv() => {
                     let msg = match incoming {
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                        Some(Err(e)) => return read_error_close(e),
+                        Some(Ok(Message::Close(_))) | None => return None,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(m)) => m,
                     };
@@ -453,6 +455,16 @@ impl Connection {
             while let Some(Ok(_)) = socket.recv().await {}
         })
         .await;
+    }
+}
+
+/// A frame too large even for the WebSocket layer (over 4x
+/// `max_frame_bytes`) still gets its 1009; other read errors mean the peer
+/// is gone or broke the protocol, and the socket is just dropped.
+fn read_error_close(e: axum::Error) -> Option<CloseCode> {
+    match e.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Some(CloseCode::MessageTooBig),
+        _ => None,
     }
 }
 

@@ -384,7 +384,7 @@ pub enum ServerMsg {
         epoch: u64,
         seq: Seq,
         gap: bool,
-        state: RoomState,
+        state: Box<RoomState>,
         events: Vec<Arc<Event>>,
     },
     /// One tick of the room: sequenced events plus aggregated, unsequenced

@@ -206,7 +206,7 @@ impl RoomActor {
             epoch: self.epoch,
             seq: self.flushed_seq,
             gap,
-            state: self.state(self.subscribers.len() as u32 + 1),
+            state: Box::new(self.state(self.subscribers.len() as u32 + 1)),
             events,
         };
         if reply.send(Ok(JoinGrant { joined, frames })).is_err() {

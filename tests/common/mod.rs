@@ -207,17 +207,29 @@ impl Client {
                     return Incoming::Close(code, reason);
                 }
                 Some(Ok(Message::Binary(b))) => {
-                    assert_eq!(self.enc, Encoding::MsgPack, "binary frame on JSON connection");
+                    assert_eq!(
+                        self.enc,
+                        Encoding::MsgPack,
+                        "binary frame on JSON connection"
+                    );
                     b.to_vec()
                 }
                 Some(Ok(Message::Text(t))) => {
-                    assert_eq!(self.enc, Encoding::Json, "text frame on MessagePack connection");
+                    assert_eq!(
+                        self.enc,
+                        Encoding::Json,
+                        "text frame on MessagePack connection"
+                    );
                     t.as_bytes().to_vec()
                 }
                 Some(Ok(_)) => continue,
             };
-            let msg: ServerMsg = decode_server(self.enc, &bytes)
-                .unwrap_or_else(|| panic!("undecodable server frame {:?}", String::from_utf8_lossy(&bytes)));
+            let msg: ServerMsg = decode_server(self.enc, &bytes).unwrap_or_else(|| {
+                panic!(
+                    "undecodable server frame {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            });
             self.track(&msg);
             return Incoming::Msg(msg);
         }
@@ -251,7 +263,11 @@ impl Client {
                     self.viewers = *viewers;
                 }
                 for (k, n) in reactions {
-                    let key = serde_json::to_value(k).unwrap().as_str().unwrap().to_string();
+                    let key = serde_json::to_value(k)
+                        .unwrap()
+                        .as_str()
+                        .unwrap()
+                        .to_string();
                     *self.reactions.entry(key).or_default() += n;
                 }
                 for t in tallies {
@@ -263,7 +279,12 @@ impl Client {
     }
 
     /// Sends join and returns the `joined` message.
-    pub async fn join(&mut self, room: &str, token: Option<&str>, last_seq: Option<u64>) -> ServerMsg {
+    pub async fn join(
+        &mut self,
+        room: &str,
+        token: Option<&str>,
+        last_seq: Option<u64>,
+    ) -> ServerMsg {
         let mut msg = json!({"type": "join", "room": room});
         if let Some(t) = token {
             msg["token"] = json!(t);
@@ -301,7 +322,10 @@ impl Client {
         while self.last_seq < seq {
             match self.recv().await {
                 Incoming::Msg(_) => {}
-                other => panic!("connection ended at seq {} waiting for {seq}: {other:?}", self.last_seq),
+                other => panic!(
+                    "connection ended at seq {} waiting for {seq}: {other:?}",
+                    self.last_seq
+                ),
             }
         }
     }
@@ -310,7 +334,9 @@ impl Client {
     pub async fn expect_error(&mut self, code: ErrorCode) -> Option<u32> {
         loop {
             match self.recv().await {
-                Incoming::Msg(ServerMsg::Error { code: c, reference, .. }) => {
+                Incoming::Msg(ServerMsg::Error {
+                    code: c, reference, ..
+                }) => {
                     assert_eq!(c, code, "unexpected error code");
                     return reference;
                 }
