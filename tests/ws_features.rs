@@ -381,6 +381,17 @@ async fn ending_the_show_tells_everyone_and_closes_the_room() {
                 .await;
             c.expect_close(4010).await;
         }
+        let info: serde_json::Value = reqwest::Client::new()
+            .get(srv.http(&format!("/api/v1/rooms/{room}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["closed"], true);
+        assert_eq!(info["viewers"], 0);
         let mut late = srv.client(enc).await;
         let token = srv.token(&room, "late", Role::Viewer);
         late.send(json!({"type": "join", "room": room, "token": token}))

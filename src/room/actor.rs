@@ -526,7 +526,7 @@ impl RoomActor {
             let _ = s.direct.try_send(Outgoing::Close(code));
             self.ctx.metrics.viewers.dec();
         }
-        self.viewers_dirty = true;
+        self.viewers_changed();
     }
 
     /// Sends a private message; a connection whose private queue is full is
