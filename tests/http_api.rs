@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use flashcast::protocol::{Encoding, ErrorCode, Role};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 fn http() -> reqwest::Client {
@@ -174,7 +174,7 @@ async fn admin_api_requires_the_key_and_manages_rooms() {
 async fn minted_tokens_work_and_bad_requests_are_refused() {
     let srv = TestServer::start(&["--max-token-ttl-secs", "3600"]).await;
     let tokens = srv.http("/api/v1/tokens");
-    let resp = http().post(&tokens).bearer_auth(ADMIN_KEY)
+    let resp = srv.admin(Method::POST, "/api/v1/tokens")
         .json(&json!({"room": "demo", "user_id": "mod-1", "name": "Mina", "role": "moderator", "ttl_secs": 600}))
         .send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);

@@ -173,13 +173,9 @@ fn expired_token(room: &str) -> String {
 async fn bad_tokens_and_rooms_are_refused_with_their_close_codes() {
     let srv = TestServer::start(&[]).await;
     let mut obs = observer(&srv).await;
-    let resp = reqwest::Client::new()
-        .post(srv.http("/api/v1/rooms"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"id": "private", "title": "Members only", "allow_guests": false}))
-        .send()
-        .await
-        .unwrap();
+    let resp = srv
+        .create_room(json!({"id": "private", "title": "Members only", "allow_guests": false}))
+        .await;
     assert_eq!(resp.status(), 201);
 
     let other_secret = flashcast::auth::TokenKeys::new(b"not the server's secret")

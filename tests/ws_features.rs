@@ -363,13 +363,9 @@ async fn ending_the_show_tells_everyone_and_closes_the_room() {
     let srv = TestServer::start(&[]).await;
     for (i, enc) in Encoding::ALL.into_iter().enumerate() {
         let room = format!("show-{i}");
-        let resp = reqwest::Client::new()
-            .post(srv.http("/api/v1/rooms"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&json!({"id": room, "title": "Night sale", "allow_guests": false}))
-            .send()
-            .await
-            .unwrap();
+        let resp = srv
+            .create_room(json!({"id": room, "title": "Night sale", "allow_guests": false}))
+            .await;
         assert_eq!(resp.status(), 201);
         let mut host = srv.joined(enc, &room, "host", Role::Host).await;
         let mut v = srv.joined(other(enc), &room, "v", Role::Viewer).await;
@@ -381,9 +377,8 @@ async fn ending_the_show_tells_everyone_and_closes_the_room() {
                 .await;
             c.expect_close(4010).await;
         }
-        let info: serde_json::Value = reqwest::Client::new()
-            .get(srv.http(&format!("/api/v1/rooms/{room}")))
-            .bearer_auth(ADMIN_KEY)
+        let info: serde_json::Value = srv
+            .admin(reqwest::Method::GET, &format!("/api/v1/rooms/{room}"))
             .send()
             .await
             .unwrap()

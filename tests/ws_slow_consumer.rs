@@ -24,17 +24,7 @@ async fn tiny_window_client(srv: &TestServer) -> Client {
     let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
         .await
         .unwrap();
-    Client {
-        ws,
-        enc: Encoding::MsgPack,
-        last_seq: 0,
-        epoch: 0,
-        events: Vec::new(),
-        others: Vec::new(),
-        reactions: Default::default(),
-        viewers: None,
-        tallies: Vec::new(),
-    }
+    Client::from_stream(ws, Encoding::MsgPack)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,6 +107,22 @@ impl TestServer {
         c
     }
 
+    /// An admin API request with the admin key.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, self.http(path))
+            .bearer_auth(ADMIN_KEY)
+    }
+
+    /// Creates a room through the admin API; returns the response.
+    pub async fn create_room(&self, body: Value) -> reqwest::Response {
+        self.admin(reqwest::Method::POST, "/api/v1/rooms")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn stop(mut self) -> tempfile::TempDir {
         self.server.take().unwrap().shutdown().await;
         self.dir
@@ -159,6 +175,10 @@ impl Client {
             Some(subprotocol(enc)),
             "server selects the requested subprotocol"
         );
+        Client::from_stream(ws, enc)
+    }
+
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, enc: Encoding) -> Client {
         Client {
             ws,
             enc,
