@@ -406,3 +406,37 @@ async fn shutdown_tells_viewers_to_reconnect_elsewhere() {
         "listener is closed"
     );
 }
+
+#[tokio::test]
+async fn ended_rooms_are_remembered_up_to_max_rooms() {
+    let srv = TestServer::start(&["--max-rooms", "2", "--demo-room", "false"]).await;
+    for i in 0..4 {
+        let resp = srv
+            .create_room(json!({"id": format!("show-{i}"), "title": "t"}))
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let resp = srv
+            .admin(Method::DELETE, &format!("/api/v1/rooms/show-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let list: Vec<Value> = srv
+        .admin(Method::GET, "/api/v1/rooms")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list.len() <= 3, "ended rooms are bounded: {list:?}");
+    let mut newest = srv.client(Encoding::Json).await;
+    newest.send(json!({"type": "join", "room": "show-3"})).await;
+    newest.expect_close(4010).await;
+    let mut oldest = srv.client(Encoding::Json).await;
+    oldest.send(json!({"type": "join", "room": "show-0"})).await;
+    oldest.expect_close(4004).await;
+    srv.stop().await;
+}

@@ -44,6 +44,9 @@ impl Registry {
         if self.open_rooms() >= self.ctx.limits.max_rooms {
             return Err(RegistryError::LimitReached);
         }
+        // Before taking the entry: iterating while holding a shard lock
+        // would deadlock.
+        self.forget_oldest_closed(self.ctx.limits.max_rooms);
         let entry = match self.rooms.entry(info.id.clone()) {
             dashmap::Entry::Occupied(_) => return Err(RegistryError::Exists),
             dashmap::Entry::Vacant(v) => v,
@@ -62,8 +65,11 @@ impl Registry {
     }
 
     /// Keeps an ended room's id known, so joins get "room closed" rather
-    /// than "not found", without running a task for it.
+    /// than "not found", without running a task for it. At most `max_rooms`
+    /// ended rooms are remembered; older ones are forgotten (joins then get
+    /// "room not found").
     pub fn remember_closed(&self, info: RoomInfo) {
+        self.forget_oldest_closed(self.ctx.limits.max_rooms.saturating_sub(1));
         let (tx, _) = mpsc::channel(1);
         let shared = Arc::new(RoomShared::new(info));
         shared
@@ -76,6 +82,23 @@ impl Registry {
                 commands: tx,
             },
         );
+    }
+
+    /// Drops the oldest ended rooms until at most `keep` remain.
+    fn forget_oldest_closed(&self, keep: usize) {
+        let mut closed: Vec<(u64, RoomId)> = self
+            .rooms
+            .iter()
+            .filter(|r| r.shared.is_closed())
+            .map(|r| (r.shared.info.created_at, r.key().clone()))
+            .collect();
+        if closed.len() <= keep {
+            return;
+        }
+        closed.sort();
+        for (_, id) in &closed[..closed.len() - keep] {
+            self.rooms.remove_if(id, |_, r| r.shared.is_closed());
+        }
     }
 
     pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
