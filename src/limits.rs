@@ -101,6 +101,11 @@ pub struct Limits {
     /// outbound queue; 0 leaves the kernel's autotuning on.
     #[arg(long, env = "FLASHCAST_SOCKET_SEND_BUFFER", default_value_t = 262_144)]
     pub socket_send_buffer: usize,
+    /// WebSocket read and write buffer per connection, in bytes. Larger
+    /// frames still pass (they are assembled separately, up to the frame
+    /// limits); this is the memory every idle connection holds.
+    #[arg(long, env = "FLASHCAST_WS_BUFFER_BYTES", default_value_t = 8_192)]
+    pub ws_buffer_bytes: usize,
     /// Time a single frame write may take before the viewer is dropped.
     #[arg(long, env = "FLASHCAST_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
@@ -135,6 +140,7 @@ impl Limits {
             ("direct_queue", self.direct_queue),
             ("room_queue", self.room_queue),
             ("max_frame_bytes", self.max_frame_bytes),
+            ("ws_buffer_bytes", self.ws_buffer_bytes),
             ("max_chat_chars", self.max_chat_chars),
             ("max_text_chars", self.max_text_chars),
             ("max_poll_options", self.max_poll_options),

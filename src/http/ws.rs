@@ -69,7 +69,9 @@ pub async fn upgrade(
         // Frames up to 4x the limit are read and refused politely; beyond
         // that the WebSocket layer itself stops reading.
         .max_message_size(max_frame * 4)
-        .max_frame_size(max_frame * 4);
+        .max_frame_size(max_frame * 4)
+        .read_buffer_size(app.limits.ws_buffer_bytes)
+        .write_buffer_size(app.limits.ws_buffer_bytes);
     let chosen = ws
         .selected_protocol()
         .and_then(|p| p.to_str().ok())

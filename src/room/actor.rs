@@ -27,6 +27,9 @@ use crate::protocol::{
     ServerMsg, UserRef,
 };
 
+/// Viewer counts go out at most this often (when they changed).
+pub const VIEWER_COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Subscriber {
     user: UserRef,
     encoding: Encoding,
@@ -49,6 +52,7 @@ pub(crate) struct RoomActor {
     frames: [broadcast::Sender<WireFrame>; 2],
     subscribers: HashMap<ConnId, Subscriber>,
     viewers_dirty: bool,
+    viewers_sent_at: Instant,
     moderation: Moderation,
     poll: Option<Poll>,
     next_poll_id: u64,
@@ -77,6 +81,9 @@ impl RoomActor {
             frames,
             subscribers: HashMap::new(),
             viewers_dirty: false,
+            viewers_sent_at: Instant::now()
+                .checked_sub(VIEWER_COUNT_INTERVAL)
+                .unwrap_or_else(Instant::now),
             poll: None,
             next_poll_id: 0,
             questions: Questions::default(),
@@ -570,8 +577,17 @@ impl RoomActor {
             .and_then(Poll::take_tally)
             .into_iter()
             .collect();
+        // The viewer count is conflated: during a join storm it changes every
+        // tick, and resending it to everyone each tick would cost
+        // viewers x ticks for a number nobody reads that fast.
         let viewers =
-            std::mem::take(&mut self.viewers_dirty).then_some(self.subscribers.len() as u32);
+            if self.viewers_dirty && self.viewers_sent_at.elapsed() >= VIEWER_COUNT_INTERVAL {
+                self.viewers_dirty = false;
+                self.viewers_sent_at = started;
+                Some(self.subscribers.len() as u32)
+            } else {
+                None
+            };
         if self.pending.is_empty()
             && reactions.is_empty()
             && tallies.is_empty()
