@@ -9,6 +9,7 @@
 //! - [`server`] wires it all together; [`config`] reads the settings.
 
 pub mod auth;
+pub mod commerce;
 pub mod config;
 pub mod engage;
 pub mod http;
