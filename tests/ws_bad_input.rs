@@ -306,3 +306,30 @@ async fn chat_flood_is_rate_limited_then_closed_as_flood() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_cleanly() {
+    use tokio_tungstenite::tungstenite::protocol::{
+        frame::coding::CloseCode as WsCode, CloseFrame,
+    };
+    let srv = TestServer::start(&[]).await;
+    for joined in [false, true] {
+        let mut c = srv.client(Encoding::Json).await;
+        if joined {
+            c.join("demo", None, None).await;
+        }
+        c.ws.close(Some(CloseFrame {
+            code: WsCode::from(4000),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+        match c.recv().await {
+            Incoming::Close(code, _) => {
+                assert_eq!(code, 4000, "the server echoes the client's code")
+            }
+            other => panic!("expected the close to be answered, got {other:?}"),
+        }
+    }
+    srv.stop().await;
+}

@@ -396,3 +396,73 @@ async fn ending_the_show_tells_everyone_and_closes_the_room() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn snapshot_state_never_runs_ahead_of_its_seq() {
+    let srv = TestServer::start(&["--chat-per-sec", "1000", "--chat-burst", "1000"]).await;
+    let mut asker = srv
+        .joined(Encoding::MsgPack, "demo", "asker", Role::Viewer)
+        .await;
+    for i in 0..20 {
+        // A question and a join race within one tick: whatever the joiner's
+        // state shows must be covered by its seq, never re-sent after it.
+        asker
+            .send(json!({"type": "ask", "text": format!("q{i}")}))
+            .await;
+        let mut c = srv.client(Encoding::Json).await;
+        match c.join("demo", None, None).await {
+            ServerMsg::Joined { seq, state, .. } => {
+                for q in &state.questions {
+                    assert!(
+                        q.seq <= seq,
+                        "state shows question seq {} but joined.seq is {seq}",
+                        q.seq
+                    );
+                }
+            }
+            _ => unreachable!(),
+        }
+        asker.wait_event(|e| matches!(&e.body, EventBody::QuestionAsked { question } if question.text == format!("q{i}"))).await;
+        c.send(json!({"type": "leave"})).await;
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_question_known_from_the_snapshot_can_be_deleted() {
+    let srv = TestServer::start(&[]).await;
+    let mut v = srv.joined(Encoding::Json, "demo", "v", Role::Viewer).await;
+    v.send(json!({"type": "ask", "text": "rude question"}))
+        .await;
+    v.wait_event(|e| matches!(e.body, EventBody::QuestionAsked { .. }))
+        .await;
+
+    let mut host = srv.client(Encoding::MsgPack).await;
+    let token = srv.token("demo", "host", Role::Host);
+    let seq = match host.join("demo", Some(&token), None).await {
+        ServerMsg::Joined { state, .. } => state.questions[0].seq,
+        _ => unreachable!(),
+    };
+    host.send(json!({"type": "delete_message", "seq": seq}))
+        .await;
+    v.wait_event(
+        |e| matches!(e.body, EventBody::MessageDeleted { target_seq, .. } if target_seq == seq),
+    )
+    .await;
+
+    let mut late = srv.client(Encoding::Json).await;
+    match late.join("demo", None, None).await {
+        ServerMsg::Joined { state, events, .. } => {
+            assert!(
+                state.questions.is_empty(),
+                "deleted questions leave the list"
+            );
+            let asked = events.iter().find(|e| e.seq == seq).expect("in snapshot");
+            assert!(
+                matches!(&asked.body, EventBody::QuestionAsked { question } if question.deleted && question.text.is_empty())
+            );
+        }
+        _ => unreachable!(),
+    }
+    srv.stop().await;
+}

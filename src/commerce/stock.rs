@@ -29,7 +29,10 @@ impl Stock {
     /// Stock of `initial` units, of which `available` are left (fewer when
     /// rebuilt after a restart from the live orders).
     pub fn new(initial: u32, available: u32) -> Self {
-        assert!(available <= initial, "available stock exceeds initial stock");
+        assert!(
+            available <= initial,
+            "available stock exceeds initial stock"
+        );
         Self {
             available: AtomicU32::new(available),
             initial,

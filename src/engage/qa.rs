@@ -29,6 +29,7 @@ impl Questions {
         &mut self,
         user: &UserRef,
         text: String,
+        seq: crate::ids::Seq,
         max_questions: usize,
     ) -> Result<QuestionView, Rejection> {
         if self.by_id.len() >= max_questions {
@@ -40,10 +41,12 @@ impl Questions {
         self.next_id += 1;
         let view = QuestionView {
             id: QuestionId(self.next_id),
+            seq,
             user: user.clone(),
             text,
             upvotes: 0,
             answer: None,
+            deleted: false,
         };
         self.by_id.insert(
             view.id,
@@ -138,8 +141,8 @@ mod tests {
     #[test]
     fn ask_upvote_answer_pin() {
         let mut q = Questions::default();
-        let a = q.ask(&user(1), "size?".into(), 10).unwrap();
-        let b = q.ask(&user(2), "colour?".into(), 10).unwrap();
+        let a = q.ask(&user(1), "size?".into(), 1, 10).unwrap();
+        let b = q.ask(&user(2), "colour?".into(), 1, 10).unwrap();
         assert_eq!(q.upvote(b.id, &user(3).id, 10).unwrap(), 1);
         assert_eq!(
             q.upvote(b.id, &user(3).id, 10).unwrap_err().code,
@@ -159,9 +162,9 @@ mod tests {
         );
         q.remove(a.id);
         assert_eq!(q.pinned(), None);
-        q.ask(&user(1), "x".into(), 10).unwrap();
+        q.ask(&user(1), "x".into(), 1, 10).unwrap();
         assert_eq!(
-            q.ask(&user(1), "y".into(), 2).unwrap_err().code,
+            q.ask(&user(1), "y".into(), 1, 2).unwrap_err().code,
             ErrorCode::LimitReached
         );
     }

@@ -155,7 +155,11 @@ impl Connection {
             };
             let msg = match msg {
                 Some(Err(e)) => return Err(read_error_close(e)),
-                Some(Ok(Message::Close(_))) | None => return Err(None),
+                Some(Ok(Message::Close(_))) => {
+                    answer_close(socket).await;
+                    return Err(None);
+                }
+                None => return Err(None),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(m)) => m,
             };
@@ -274,7 +278,11 @@ impl Connection {
                 incoming = socket.recv() => {
                     let msg = match incoming {
                         Some(Err(e)) => return read_error_close(e),
-                        Some(Ok(Message::Close(_))) | None => return None,
+                        Some(Ok(Message::Close(_))) => {
+                            answer_close(socket).await;
+                            return None;
+                        }
+                        None => return None,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(m)) => m,
                     };
@@ -468,6 +476,13 @@ fn read_error_close(e: axum::Error) -> Option<CloseCode> {
         Some(tungstenite::Error::Capacity(_)) => Some(CloseCode::MessageTooBig),
         _ => None,
     }
+}
+
+/// The WebSocket layer queues the reply to a client's close frame; flush it
+/// so the client sees a clean close with its own code.
+async fn answer_close(socket: &mut WebSocket) {
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), futures_util::SinkExt::flush(socket)).await;
 }
 
 /// Resolves once the server starts shutting down.

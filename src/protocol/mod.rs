@@ -339,11 +339,16 @@ pub struct PollView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuestionView {
     pub id: QuestionId,
+    /// The seq of its `question_asked` event: what `delete_message` takes.
+    pub seq: Seq,
     pub user: UserRef,
     pub text: String,
     pub upvotes: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// Set when a moderator deleted it; `text` is then empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// The current state of a room, sent on every join and resume.

@@ -51,6 +51,9 @@ pub(crate) struct RoomActor {
     /// One broadcast ring per encoding, indexed by `Encoding::index`.
     frames: [broadcast::Sender<WireFrame>; 2],
     subscribers: HashMap<ConnId, Subscriber>,
+    /// Joins wait for the end of the tick, so that their snapshot and their
+    /// `seq` describe the same moment (nothing published half-way).
+    pending_joins: Vec<(JoinRequest, JoinReply)>,
     viewers_dirty: bool,
     viewers_sent_at: Instant,
     moderation: Moderation,
@@ -80,6 +83,7 @@ impl RoomActor {
             pending: Vec::new(),
             frames,
             subscribers: HashMap::new(),
+            pending_joins: Vec::new(),
             viewers_dirty: false,
             viewers_sent_at: Instant::now()
                 .checked_sub(VIEWER_COUNT_INTERVAL)
@@ -117,7 +121,10 @@ impl RoomActor {
                         break;
                     }
                 }
-                _ = tick.tick() => self.flush(),
+                _ = tick.tick() => {
+                    self.flush();
+                    self.admit_joins();
+                }
                 _ = housekeeping.tick() => self.housekeeping(),
             }
         }
@@ -132,7 +139,13 @@ impl RoomActor {
     /// Applies one command; true when the room task should stop.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Join(req, reply) => self.join(req, reply),
+            Command::Join(req, reply) => {
+                if self.pending_joins.len() >= self.ctx.limits.room_queue {
+                    let _ = reply.send(Err(CloseCode::RoomFull));
+                } else {
+                    self.pending_joins.push((req, reply));
+                }
+            }
             Command::Act {
                 conn,
                 user,
@@ -161,6 +174,7 @@ impl RoomActor {
             Command::Leave(conn) => self.remove(conn),
             Command::End => self.end(),
             Command::Shutdown => {
+                self.refuse_pending_joins(CloseCode::ServiceRestart);
                 self.flush();
                 self.close_all(CloseCode::ServiceRestart);
                 return true;
@@ -169,7 +183,21 @@ impl RoomActor {
         self.ended
     }
 
-    fn join(&mut self, req: JoinRequest, reply: oneshot::Sender<Result<JoinGrant, CloseCode>>) {
+    /// Admits the joins of this tick, right after its frame was published.
+    fn admit_joins(&mut self) {
+        debug_assert!(self.pending.is_empty(), "joins are admitted after a flush");
+        for (req, reply) in std::mem::take(&mut self.pending_joins) {
+            self.join(req, reply);
+        }
+    }
+
+    fn refuse_pending_joins(&mut self, code: CloseCode) {
+        for (_, reply) in self.pending_joins.drain(..) {
+            let _ = reply.send(Err(code));
+        }
+    }
+
+    fn join(&mut self, req: JoinRequest, reply: JoinReply) {
         let limits = &self.ctx.limits;
         let refusal = if self.ended {
             Some(CloseCode::RoomClosed)
@@ -290,7 +318,8 @@ impl RoomActor {
             }
             ClientMsg::Ask { text } => {
                 self.moderation.check_post(user, &text, now)?;
-                let question = self.questions.ask(user, text, limits.max_questions)?;
+                let seq = self.seq + 1; // the seq its question_asked event gets
+                let question = self.questions.ask(user, text, seq, limits.max_questions)?;
                 self.push(EventBody::QuestionAsked { question });
             }
             ClientMsg::Vote { poll_id, option } => {
@@ -475,8 +504,12 @@ impl RoomActor {
                 *deleted = true;
             }
             EventBody::QuestionAsked { question } => {
+                if question.deleted {
+                    return Err(Rejection::new(ErrorCode::NotFound, "already deleted"));
+                }
                 let id = question.id;
                 question.text.clear();
+                question.deleted = true;
                 self.questions.remove(id);
             }
             _ => {
@@ -508,6 +541,7 @@ impl RoomActor {
         if self.ended {
             return;
         }
+        self.refuse_pending_joins(CloseCode::RoomClosed);
         if let Some(poll) = self.poll.take() {
             self.push(poll.close());
         }
@@ -647,6 +681,8 @@ impl RoomActor {
         }
     }
 }
+
+type JoinReply = oneshot::Sender<Result<JoinGrant, CloseCode>>;
 
 enum Reply {
     None,
