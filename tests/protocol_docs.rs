@@ -31,28 +31,33 @@ fn kinds(source: &str, enum_name: &str) -> Vec<String> {
     names
 }
 
+/// True if some table row of the doc starts with `cell`.
+fn has_row(doc: &str, cell: &str) -> bool {
+    doc.lines().any(|l| l.starts_with(cell))
+}
+
 #[test]
 fn every_code_type_and_kind_is_documented() {
     let doc = read("docs/protocol.md");
     let source = read("src/protocol/mod.rs");
     let mut missing = Vec::new();
     for code in ErrorCode::ALL {
-        if !doc.contains(&format!("| `{}` |", code.as_str())) {
+        if !has_row(&doc, &format!("| `{}` |", code.as_str())) {
             missing.push(format!("error code {}", code.as_str()));
         }
     }
     for code in CloseCode::ALL {
-        if !doc.contains(&format!("| {} | `{}` |", code.code(), code.reason())) {
+        if !has_row(&doc, &format!("| {} | `{}` |", code.code(), code.reason())) {
             missing.push(format!("close code {} ({})", code.code(), code.reason()));
         }
     }
     for kind in kinds(&source, "ClientMsg") {
-        if kind != "unknown" && !doc.contains(&format!("| `{kind}` |")) {
+        if kind != "unknown" && !has_row(&doc, &format!("| `{kind}` |")) {
             missing.push(format!("client message {kind}"));
         }
     }
     for kind in kinds(&source, "EventBody") {
-        if !doc.contains(&format!("| `{kind}` |")) {
+        if !has_row(&doc, &format!("| `{kind}` |")) {
             missing.push(format!("event kind {kind}"));
         }
     }
