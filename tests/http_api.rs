@@ -36,47 +36,28 @@ async fn admin_api_requires_the_key_and_manages_rooms() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
-    let resp = http()
-        .post(&rooms)
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"id": "spring-sale", "title": "Spring sale"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = srv
+        .create_room(json!({"id": "spring-sale", "title": "Spring sale"}))
+        .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let room: Value = resp.json().await.unwrap();
     assert_eq!(room["id"], "spring-sale");
     assert_eq!(room["allow_guests"], true);
     assert_eq!(room["closed"], false);
 
-    let resp = http()
-        .post(&rooms)
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"id": "spring-sale", "title": "again"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = srv
+        .create_room(json!({"id": "spring-sale", "title": "again"}))
+        .await;
     assert_eq!(resp.status(), StatusCode::CONFLICT);
-    let resp = http()
-        .post(&rooms)
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"id": "bad id!", "title": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = srv
+        .create_room(json!({"id": "bad id!", "title": "x"}))
+        .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(resp).await, "invalid_argument");
-    let resp = http()
-        .post(&rooms)
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": ""}))
-        .send()
-        .await
-        .unwrap();
+    let resp = srv.create_room(json!({"title": ""})).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let resp = http()
-        .post(&rooms)
-        .bearer_auth(ADMIN_KEY)
+    let resp = srv
+        .admin(Method::POST, "/api/v1/rooms")
         .header("content-type", "application/json")
         .body("{nope")
         .send()
@@ -84,53 +65,28 @@ async fn admin_api_requires_the_key_and_manages_rooms() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(resp).await, "malformed");
-    let resp = http()
-        .post(&rooms)
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": "t", "colour": "red"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = srv
+        .create_room(json!({"title": "t", "colour": "red"}))
+        .await;
     assert_eq!(
         resp.status(),
         StatusCode::BAD_REQUEST,
         "unknown fields are refused"
     );
-    let resp = http()
-        .post(&rooms)
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": "x".repeat(100_000)}))
-        .send()
-        .await
-        .unwrap();
+    let resp = srv.create_room(json!({"title": "x".repeat(100_000)})).await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    let resp = http()
-        .post(&rooms)
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": "Generated id"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = srv.create_room(json!({"title": "Generated id"})).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let generated: Value = resp.json().await.unwrap();
     assert!(generated["id"].as_str().unwrap().starts_with("room-"));
 
-    let list: Vec<Value> = http()
-        .get(&rooms)
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = srv.admin_get("/api/v1/rooms").await;
     let ids: Vec<&str> = list.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"demo") && ids.contains(&"spring-sale"));
 
-    let resp = http()
-        .get(srv.http("/api/v1/rooms/nope"))
-        .bearer_auth(ADMIN_KEY)
+    let resp = srv
+        .admin(Method::GET, "/api/v1/rooms/nope")
         .send()
         .await
         .unwrap();
@@ -140,28 +96,18 @@ async fn admin_api_requires_the_key_and_manages_rooms() {
     let mut viewer = srv
         .joined(Encoding::Json, "spring-sale", "v", Role::Viewer)
         .await;
-    let one: Value = http()
-        .get(srv.http("/api/v1/rooms/spring-sale"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = srv.admin_get("/api/v1/rooms/spring-sale").await;
     assert_eq!(one["viewers"], 1);
 
-    let resp = http()
-        .delete(srv.http("/api/v1/rooms/spring-sale"))
-        .bearer_auth(ADMIN_KEY)
+    let resp = srv
+        .admin(Method::DELETE, "/api/v1/rooms/spring-sale")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     viewer.expect_close(4010).await;
-    let resp = http()
-        .delete(srv.http("/api/v1/rooms/spring-sale"))
-        .bearer_auth(ADMIN_KEY)
+    let resp = srv
+        .admin(Method::DELETE, "/api/v1/rooms/spring-sale")
         .send()
         .await
         .unwrap();
@@ -324,13 +270,7 @@ async fn node_limits_refuse_cleanly() {
     second.send(json!({"type": "join", "room": "demo"})).await;
     second.expect_error(ErrorCode::RoomFull).await;
     second.expect_close(4009).await;
-    let resp = http()
-        .post(srv.http("/api/v1/rooms"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"title": "one too many"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = srv.create_room(json!({"title": "one too many"})).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_code(resp).await, "limit_reached");
     srv.stop().await;
@@ -340,22 +280,15 @@ async fn node_limits_refuse_cleanly() {
 async fn rooms_bans_and_closed_shows_survive_a_restart() {
     let srv = TestServer::start(&[]).await;
     for (id, title) in [("kept", "Kept room"), ("ended", "Ended room")] {
-        let resp = http()
-            .post(srv.http("/api/v1/rooms"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&json!({"id": id, "title": title}))
-            .send()
-            .await
-            .unwrap();
+        let resp = srv.create_room(json!({"id": id, "title": title})).await;
         assert_eq!(resp.status(), StatusCode::CREATED);
     }
     let mut host = srv.joined(Encoding::Json, "kept", "host", Role::Host).await;
     host.send(json!({"type": "ban", "user_id": "troll"})).await;
     host.wait_event(|e| matches!(e.body, flashcast::protocol::EventBody::UserBanned { .. }))
         .await;
-    let resp = http()
-        .delete(srv.http("/api/v1/rooms/ended"))
-        .bearer_auth(ADMIN_KEY)
+    let resp = srv
+        .admin(Method::DELETE, "/api/v1/rooms/ended")
         .send()
         .await
         .unwrap();
@@ -366,15 +299,7 @@ async fn rooms_bans_and_closed_shows_survive_a_restart() {
     host.expect_close(1012).await;
 
     let srv = TestServer::start_in(dir, &[]).await;
-    let one: Value = http()
-        .get(srv.http("/api/v1/rooms/kept"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = srv.admin_get("/api/v1/rooms/kept").await;
     assert_eq!(one["title"], "Kept room");
     assert_eq!(one["closed"], false);
     let mut troll = srv.client(Encoding::Json).await;
@@ -423,14 +348,7 @@ async fn ended_rooms_are_remembered_up_to_max_rooms() {
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let list: Vec<Value> = srv
-        .admin(Method::GET, "/api/v1/rooms")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = srv.admin_get("/api/v1/rooms").await;
     assert!(list.len() <= 3, "ended rooms are bounded: {list:?}");
     let mut newest = srv.client(Encoding::Json).await;
     newest.send(json!({"type": "join", "room": "show-3"})).await;

@@ -377,14 +377,7 @@ async fn ending_the_show_tells_everyone_and_closes_the_room() {
                 .await;
             c.expect_close(4010).await;
         }
-        let info: serde_json::Value = srv
-            .admin(reqwest::Method::GET, &format!("/api/v1/rooms/{room}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info: serde_json::Value = srv.admin_get(&format!("/api/v1/rooms/{room}")).await;
         assert_eq!(info["closed"], true);
         assert_eq!(info["viewers"], 0);
         let mut late = srv.client(enc).await;

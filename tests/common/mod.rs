@@ -114,6 +114,17 @@ impl TestServer {
             .bearer_auth(ADMIN_KEY)
     }
 
+    /// GETs an admin API path and decodes its JSON body.
+    pub async fn admin_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.admin(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Creates a room through the admin API; returns the response.
     pub async fn create_room(&self, body: Value) -> reqwest::Response {
         self.admin(reqwest::Method::POST, "/api/v1/rooms")
