@@ -35,3 +35,13 @@ impl Rejection {
         self
     }
 }
+
+/// A viewer `u{n}`, for the engage modules' tests.
+#[cfg(test)]
+pub(crate) fn test_viewer(n: u32) -> crate::protocol::UserRef {
+    crate::protocol::UserRef {
+        id: crate::ids::UserId::new(&format!("u{n}")).unwrap(),
+        name: std::sync::Arc::from("x"),
+        role: crate::protocol::Role::Viewer,
+    }
+}

@@ -127,16 +127,7 @@ impl Questions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Role;
-    use std::sync::Arc;
-
-    fn user(n: u32) -> UserRef {
-        UserRef {
-            id: UserId::new(&format!("u{n}")).unwrap(),
-            name: Arc::from("x"),
-            role: Role::Viewer,
-        }
-    }
+    use crate::engage::test_viewer as user;
 
     #[test]
     fn ask_upvote_answer_pin() {
