@@ -5,6 +5,7 @@
 //! `tokio::task::spawn_blocking`. Nothing on the chat hot path touches the
 //! store; rooms, bans and secrets change rarely.
 
+pub mod group_commit;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
