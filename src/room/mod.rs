@@ -151,7 +151,15 @@ impl RoomHandle {
             Err(mpsc::error::TrySendError::Full(_)) => return Err(CloseCode::RoomFull),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(CloseCode::RoomClosed),
         }
-        rx.await.unwrap_or(Err(CloseCode::RoomClosed))
+        // No answer: the room task stopped. It was either ended (closed) or
+        // stopped by a shutdown, after which the viewer should reconnect.
+        rx.await.unwrap_or_else(|_| {
+            Err(if self.shared.is_closed() {
+                CloseCode::RoomClosed
+            } else {
+                CloseCode::ServiceRestart
+            })
+        })
     }
 
     /// Hands an action to the room without waiting; a full queue is an error
