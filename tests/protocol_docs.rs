@@ -1,70 +1,780 @@
-//! docs/protocol.md must name every error code, close code, client message
-//! type and event kind the code has. Names are read from the code itself, so
-//! adding a variant without documenting it fails here.
+//! docs/protocol.md must stay in step with the code:
+//!
+//! - every error code (wire name) and close code (number, reason text and the
+//!   error sent before it) has its table row;
+//! - every client message type, event kind and server message type is
+//!   documented, with every field it serializes. The names are derived by
+//!   serializing sample values, and the samples are built by exhaustive
+//!   matches, so adding a variant breaks this test until it is documented;
+//! - every example message on the page decodes as the server would decode it
+//!   and re-encodes to the same JSON (no misspelled or invented fields);
+//! - the defaults quoted in the limits table are the defaults in
+//!   `src/limits.rs`;
+//! - the decoding rules the page states (unknown fields ignored, `null` for
+//!   absent, ...) hold.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::extract::ws::Message;
+use bytes::Bytes;
+use flashcast::config::Limits;
+use flashcast::ids::{PollId, QuestionId, RoomId, UserId};
 use flashcast::protocol::codes::{CloseCode, ErrorCode};
+use flashcast::protocol::{
+    ClientFrame, ClientMsg, Encoding, Event, EventBody, PollTally, PollView, QuestionView,
+    ReactionKind, Role, RoomState, ServerMsg, UserRef,
+};
+use serde_json::Value;
 
-fn read(path: &str) -> String {
-    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+fn doc() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
 
-/// The wire names in the `kind()` match of `enum_name` in src/protocol/mod.rs
-/// (`ClientMsg::Chat { .. } => "chat",`).
-fn kinds(source: &str, enum_name: &str) -> Vec<String> {
-    let prefix = format!("{enum_name}::");
-    let names: Vec<String> = source
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with(&prefix) && l.contains("=> \""))
-        .filter_map(|l| {
-            l.split("=> \"")
-                .nth(1)?
-                .split('"')
-                .next()
-                .map(str::to_string)
-        })
+/// The text of the `## title` section, up to the next `## ` heading.
+fn section<'a>(doc: &'a str, title: &str) -> &'a str {
+    let heading = format!("\n## {title}\n");
+    let start = doc
+        .find(&heading)
+        .unwrap_or_else(|| panic!("docs/protocol.md has no section `## {title}`"))
+        + 1;
+    let rest = &doc[start + heading.len() - 1..];
+    let end = rest.find("\n## ").map_or(rest.len(), |i| i + 1);
+    &doc[start..start + heading.len() - 1 + end]
+}
+
+/// The first table row of `text` starting with `prefix`.
+fn row<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.lines().find(|l| l.starts_with(prefix))
+}
+
+// ---------------------------------------------------------------- samples
+
+fn user(id: &str, role: Role) -> UserRef {
+    UserRef {
+        id: UserId::new(id).unwrap(),
+        name: Arc::from(id),
+        role,
+    }
+}
+
+fn poll_view() -> PollView {
+    PollView {
+        id: PollId(1),
+        question: "q".into(),
+        options: vec!["a".into(), "b".into()],
+        quiz: true,
+        closes_at: Some(1),
+        counts: vec![0, 0],
+    }
+}
+
+fn question_view() -> QuestionView {
+    QuestionView {
+        id: QuestionId(1),
+        seq: 1,
+        user: user("u", Role::Viewer),
+        text: "t".into(),
+        upvotes: 0,
+        answer: Some("a".into()),
+        deleted: true,
+    }
+}
+
+/// One value of every client message, every optional field set. The match
+/// has no wildcard: a new variant does not compile until it is added here.
+fn client_samples() -> Vec<ClientMsg> {
+    let room = RoomId::new("r").unwrap();
+    let uid = UserId::new("u").unwrap();
+    let all = vec![
+        ClientMsg::Join {
+            room,
+            token: Some("t".into()),
+            last_seq: Some(1),
+            epoch: Some(1),
+        },
+        ClientMsg::Chat { text: "t".into() },
+        ClientMsg::React {
+            kind: ReactionKind::Heart,
+        },
+        ClientMsg::Vote {
+            poll_id: PollId(1),
+            option: 0,
+        },
+        ClientMsg::Ask { text: "t".into() },
+        ClientMsg::Upvote {
+            question_id: QuestionId(1),
+        },
+        ClientMsg::Ping { t: Some(1) },
+        ClientMsg::Leave,
+        ClientMsg::Announce { text: "t".into() },
+        ClientMsg::OpenPoll {
+            question: "q".into(),
+            options: vec!["a".into(), "b".into()],
+            correct: Some(0),
+            winners: Some(1),
+            duration_secs: Some(1),
+        },
+        ClientMsg::ClosePoll { poll_id: PollId(1) },
+        ClientMsg::Answer {
+            question_id: QuestionId(1),
+            text: "t".into(),
+        },
+        ClientMsg::PinQuestion {
+            question_id: Some(QuestionId(1)),
+        },
+        ClientMsg::DeleteMessage { seq: 1 },
+        ClientMsg::Mute {
+            user_id: uid.clone(),
+            seconds: 1,
+        },
+        ClientMsg::Unmute {
+            user_id: uid.clone(),
+        },
+        ClientMsg::Ban {
+            user_id: uid.clone(),
+        },
+        ClientMsg::Unban { user_id: uid },
+        ClientMsg::SlowMode { seconds: 1 },
+        ClientMsg::SetBannedWords {
+            words: vec!["w".into()],
+        },
+        ClientMsg::EndShow,
+    ];
+    let mut seen = BTreeSet::new();
+    for msg in &all {
+        // Exhaustive on purpose.
+        let slot = match msg {
+            ClientMsg::Join { .. } => 0,
+            ClientMsg::Chat { .. } => 1,
+            ClientMsg::React { .. } => 2,
+            ClientMsg::Vote { .. } => 3,
+            ClientMsg::Ask { .. } => 4,
+            ClientMsg::Upvote { .. } => 5,
+            ClientMsg::Ping { .. } => 6,
+            ClientMsg::Leave => 7,
+            ClientMsg::Announce { .. } => 8,
+            ClientMsg::OpenPoll { .. } => 9,
+            ClientMsg::ClosePoll { .. } => 10,
+            ClientMsg::Answer { .. } => 11,
+            ClientMsg::PinQuestion { .. } => 12,
+            ClientMsg::DeleteMessage { .. } => 13,
+            ClientMsg::Mute { .. } => 14,
+            ClientMsg::Unmute { .. } => 15,
+            ClientMsg::Ban { .. } => 16,
+            ClientMsg::Unban { .. } => 17,
+            ClientMsg::SlowMode { .. } => 18,
+            ClientMsg::SetBannedWords { .. } => 19,
+            ClientMsg::EndShow => 20,
+            // Not a message anyone sends: what an unknown `type` decodes to.
+            ClientMsg::Unknown => unreachable!(),
+        };
+        seen.insert(slot);
+    }
+    assert_eq!(seen.len(), 21, "one sample per client message");
+    all
+}
+
+/// One value of every event kind, every optional field set.
+fn event_samples() -> Vec<EventBody> {
+    let u = || user("u", Role::Viewer);
+    let uid = || UserId::new("u").unwrap();
+    let all = vec![
+        EventBody::Chat {
+            user: u(),
+            text: String::new(),
+            deleted: true,
+        },
+        EventBody::Announcement {
+            user: u(),
+            text: "t".into(),
+        },
+        EventBody::PollOpened { poll: poll_view() },
+        EventBody::PollClosed {
+            poll_id: PollId(1),
+            counts: vec![1, 0],
+            correct: Some(0),
+            winners: vec![u()],
+        },
+        EventBody::QuestionAsked {
+            question: question_view(),
+        },
+        EventBody::QuestionUpvoted {
+            question_id: QuestionId(1),
+            upvotes: 1,
+        },
+        EventBody::QuestionAnswered {
+            question_id: QuestionId(1),
+            answer: "a".into(),
+            by: u(),
+        },
+        EventBody::QuestionPinned {
+            question_id: Some(QuestionId(1)),
+        },
+        EventBody::MessageDeleted {
+            target_seq: 1,
+            by: u(),
+        },
+        EventBody::UserMuted {
+            user_id: uid(),
+            until: 1,
+        },
+        EventBody::UserUnmuted { user_id: uid() },
+        EventBody::UserBanned { user_id: uid() },
+        EventBody::UserUnbanned { user_id: uid() },
+        EventBody::SlowMode { seconds: 1 },
+        EventBody::ShowEnded {},
+    ];
+    let mut seen = BTreeSet::new();
+    for body in &all {
+        let slot = match body {
+            EventBody::Chat { .. } => 0,
+            EventBody::Announcement { .. } => 1,
+            EventBody::PollOpened { .. } => 2,
+            EventBody::PollClosed { .. } => 3,
+            EventBody::QuestionAsked { .. } => 4,
+            EventBody::QuestionUpvoted { .. } => 5,
+            EventBody::QuestionAnswered { .. } => 6,
+            EventBody::QuestionPinned { .. } => 7,
+            EventBody::MessageDeleted { .. } => 8,
+            EventBody::UserMuted { .. } => 9,
+            EventBody::UserUnmuted { .. } => 10,
+            EventBody::UserBanned { .. } => 11,
+            EventBody::UserUnbanned { .. } => 12,
+            EventBody::SlowMode { .. } => 13,
+            EventBody::ShowEnded {} => 14,
+        };
+        seen.insert(slot);
+    }
+    assert_eq!(seen.len(), 15, "one sample per event kind");
+    all
+}
+
+/// One value of every server message, every optional field set.
+fn server_samples() -> Vec<ServerMsg> {
+    let event = Arc::new(Event {
+        seq: 1,
+        ts: 1,
+        body: EventBody::SlowMode { seconds: 0 },
+    });
+    let all = vec![
+        ServerMsg::Joined {
+            you: user("u", Role::Guest),
+            room: RoomId::new("r").unwrap(),
+            epoch: 1,
+            seq: 1,
+            gap: false,
+            state: Box::new(RoomState {
+                title: "t".into(),
+                viewers: 1,
+                slow_mode_secs: 0,
+                ended: false,
+                poll: Some(poll_view()),
+                pinned_question: Some(QuestionId(1)),
+                questions: vec![question_view()],
+            }),
+            events: vec![event.clone()],
+        },
+        ServerMsg::Batch {
+            events: vec![event],
+            viewers: Some(1),
+            reactions: [(ReactionKind::Heart, 1)].into(),
+            tallies: vec![PollTally {
+                poll_id: PollId(1),
+                counts: vec![1],
+            }],
+        },
+        ServerMsg::Error {
+            code: ErrorCode::Internal,
+            message: "m".into(),
+            reference: Some(1),
+            retry_after_ms: Some(1),
+        },
+        ServerMsg::Ack { reference: Some(1) },
+        ServerMsg::Pong {
+            t: Some(1),
+            server_time: 1,
+        },
+    ];
+    let mut seen = BTreeSet::new();
+    for msg in &all {
+        let slot = match msg {
+            ServerMsg::Joined { .. } => 0,
+            ServerMsg::Batch { .. } => 1,
+            ServerMsg::Error { .. } => 2,
+            ServerMsg::Ack { .. } => 3,
+            ServerMsg::Pong { .. } => 4,
+        };
+        seen.insert(slot);
+    }
+    assert_eq!(seen.len(), 5, "one sample per server message");
+    all
+}
+
+fn object(v: impl serde::Serialize) -> serde_json::Map<String, Value> {
+    match serde_json::to_value(v).unwrap() {
+        Value::Object(map) => map,
+        other => panic!("expected an object, got {other}"),
+    }
+}
+
+fn name_of(v: &Value) -> String {
+    v.as_str().expect("a string").to_string()
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn every_error_code_has_its_row() {
+    let doc = doc();
+    let table = section(&doc, "Error codes");
+    let missing: Vec<&str> = ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .filter(|name| row(table, &format!("| `{name}` |")).is_none())
         .collect();
     assert!(
-        names.len() > 10,
-        "found too few {enum_name} kinds: {names:?}"
+        missing.is_empty(),
+        "the error code table of docs/protocol.md lacks {missing:?}"
     );
-    names
-}
-
-/// True if some table row of the doc starts with `cell`.
-fn has_row(doc: &str, cell: &str) -> bool {
-    doc.lines().any(|l| l.starts_with(cell))
+    for code in ErrorCode::ALL {
+        let wire = serde_json::to_value(code).unwrap();
+        assert_eq!(wire, Value::from(code.as_str()), "as_str matches serde");
+    }
 }
 
 #[test]
-fn every_code_type_and_kind_is_documented() {
-    let doc = read("docs/protocol.md");
-    let source = read("src/protocol/mod.rs");
-    let mut missing = Vec::new();
-    for code in ErrorCode::ALL {
-        if !has_row(&doc, &format!("| `{}` |", code.as_str())) {
-            missing.push(format!("error code {}", code.as_str()));
-        }
-    }
+fn every_close_code_has_its_row_with_reason_and_error() {
+    let doc = doc();
+    let table = section(&doc, "Close codes");
+    let mut wrong = Vec::new();
     for code in CloseCode::ALL {
-        if !has_row(&doc, &format!("| {} | `{}` |", code.code(), code.reason())) {
-            missing.push(format!("close code {} ({})", code.code(), code.reason()));
+        let error = match code.error_code() {
+            Some(e) => format!("`{}`", e.as_str()),
+            None => "none".to_string(),
+        };
+        let expected = format!("| {} | `{}` | {} |", code.code(), code.reason(), error);
+        if row(table, &expected).is_none() {
+            wrong.push(expected);
         }
     }
-    for kind in kinds(&source, "ClientMsg") {
-        if kind != "unknown" && !has_row(&doc, &format!("| `{kind}` |")) {
-            missing.push(format!("client message {kind}"));
+    assert!(
+        wrong.is_empty(),
+        "the close code table of docs/protocol.md lacks rows starting {wrong:#?}"
+    );
+}
+
+#[test]
+fn every_client_message_is_documented_with_its_fields() {
+    let doc = doc();
+    let text = section(&doc, "Client messages");
+    let mut problems = Vec::new();
+    for msg in client_samples() {
+        let obj = object(ClientFrame {
+            reference: Some(1),
+            msg: msg.clone(),
+        });
+        let name = name_of(&obj["type"]);
+        assert_eq!(name, msg.kind(), "kind() matches the wire name");
+        let Some(line) = row(text, &format!("| `{name}` |")) else {
+            problems.push(format!("no row for client message `{name}`"));
+            continue;
+        };
+        for field in obj.keys().filter(|k| *k != "type" && *k != "ref") {
+            if !line.contains(&format!("`{field}`")) {
+                problems.push(format!("`{name}` row does not name field `{field}`"));
+            }
         }
     }
-    for kind in kinds(&source, "EventBody") {
-        if !has_row(&doc, &format!("| `{kind}` |")) {
-            missing.push(format!("event kind {kind}"));
+    for kind in ReactionKind::ALL {
+        let name = name_of(&serde_json::to_value(kind).unwrap());
+        if !text.contains(&format!("`{name}`")) {
+            problems.push(format!("reaction kind `{name}`"));
         }
     }
-    for server_msg in ["joined", "batch", "error", "ack", "pong"] {
-        if !doc.contains(&format!("### `{server_msg}`")) {
-            missing.push(format!("server message {server_msg}"));
+    for role in [Role::Guest, Role::Viewer, Role::Moderator, Role::Host] {
+        let name = name_of(&serde_json::to_value(role).unwrap());
+        if row(&doc, &format!("| `{name}` |")).is_none() {
+            problems.push(format!("no roles-table row for `{name}`"));
         }
     }
-    assert!(missing.is_empty(), "docs/protocol.md lacks: {missing:#?}");
+    assert!(problems.is_empty(), "docs/protocol.md: {problems:#?}");
+}
+
+#[test]
+fn every_event_kind_is_documented_with_its_fields() {
+    let doc = doc();
+    let text = section(&doc, "Events");
+    let mut problems = Vec::new();
+    for body in event_samples() {
+        let obj = object(Event {
+            seq: 1,
+            ts: 1,
+            body: body.clone(),
+        });
+        let name = name_of(&obj["kind"]);
+        assert_eq!(name, body.kind(), "kind() matches the wire name");
+        let Some(line) = row(text, &format!("| `{name}` |")) else {
+            problems.push(format!("no row for event kind `{name}`"));
+            continue;
+        };
+        for field in obj
+            .keys()
+            .filter(|k| !["seq", "ts", "kind"].contains(&k.as_str()))
+        {
+            if !line.contains(&format!("`{field}`")) {
+                problems.push(format!("`{name}` row does not name field `{field}`"));
+            }
+        }
+    }
+    for field in ["seq", "ts", "kind"] {
+        if row(text, &format!("| `{field}` |")).is_none() {
+            problems.push(format!("no row for the common event field `{field}`"));
+        }
+    }
+    // The nested shapes: user, poll, question.
+    let shapes = [
+        ("user", object(user("u", Role::Viewer))),
+        ("poll", object(poll_view())),
+        ("question", object(question_view())),
+    ];
+    for (shape, obj) in shapes {
+        let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with(&format!("- **{shape}**:")))
+        else {
+            problems.push(format!("no shape line for {shape}"));
+            continue;
+        };
+        for field in obj.keys() {
+            if !line.contains(&format!("\"{field}\"")) {
+                problems.push(format!("{shape} shape does not name `{field}`"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "docs/protocol.md: {problems:#?}");
+}
+
+#[test]
+fn every_server_message_is_documented_with_its_fields() {
+    let doc = doc();
+    let text = section(&doc, "Server messages");
+    let mut problems = Vec::new();
+    for msg in server_samples() {
+        let obj = object(&msg);
+        let name = name_of(&obj["type"]);
+        let heading = format!("\n### `{name}`\n");
+        let Some(start) = text.find(&heading) else {
+            problems.push(format!("no `### `{name}`` heading"));
+            continue;
+        };
+        let rest = &text[start + heading.len()..];
+        let sub = &rest[..rest.find("\n### ").unwrap_or(rest.len())];
+        let mut fields: Vec<String> = obj.keys().filter(|k| *k != "type").cloned().collect();
+        if let Some(Value::Object(state)) = obj.get("state") {
+            fields.extend(state.keys().cloned());
+        }
+        for field in fields {
+            if !sub.contains(&format!("`{field}`")) {
+                problems.push(format!("`{name}` section does not name field `{field}`"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "docs/protocol.md: {problems:#?}");
+}
+
+/// The lines inside ``` fences.
+fn fenced_lines(text: &str) -> Vec<&str> {
+    let mut inside = false;
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            inside = !inside;
+        } else if inside {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+/// Decodes a client frame exactly as a connection does.
+fn decode_client(json: &str) -> Result<ClientFrame, ErrorCode> {
+    Encoding::Json
+        .decode(&Message::Text(json.to_string().into()))
+        .map_err(|e| e.code)
+}
+
+fn is_server_type(v: &Value) -> bool {
+    let names: Vec<String> = server_samples()
+        .iter()
+        .map(|m| name_of(&object(m)["type"]))
+        .collect();
+    v.get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| names.iter().any(|n| n == t))
+}
+
+/// Checks one example message: it decodes as the right kind of message and
+/// re-encodes to the same JSON (so no field is misspelled or invented).
+fn check_example(json: &str, server: Option<bool>) -> Result<(), String> {
+    let value: Value = serde_json::from_str(json).map_err(|e| format!("not JSON ({e}): {json}"))?;
+    let server = server.unwrap_or_else(|| is_server_type(&value));
+    let again = if server {
+        let msg: ServerMsg = serde_json::from_value(value.clone())
+            .map_err(|e| format!("not a server message ({e}): {json}"))?;
+        serde_json::to_value(&msg).unwrap()
+    } else {
+        let frame = decode_client(json).map_err(|code| format!("refused ({code:?}): {json}"))?;
+        serde_json::to_value(&frame).unwrap()
+    };
+    if again != value {
+        return Err(format!(
+            "re-encodes differently:\n  doc:  {json}\n  code: {again}"
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn every_example_message_decodes_and_round_trips() {
+    let doc = doc();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+
+    // Single-message ```json blocks anywhere on the page.
+    let mut in_json = false;
+    for line in doc.lines() {
+        if line.trim_start().starts_with("```") {
+            in_json = line.trim() == "```json";
+            continue;
+        }
+        if in_json && line.trim_start().starts_with('{') {
+            checked += 1;
+            if let Err(e) = check_example(line.trim(), None) {
+                problems.push(e);
+            }
+        }
+    }
+
+    // The example session: `name → {...}`, `name ← {...}`, `name ← close N "reason"`.
+    let session = section(&doc, "Example session");
+    let mut arrows = 0;
+    for line in fenced_lines(session) {
+        let (sent, rest) = match (line.find(" → "), line.find(" ← ")) {
+            (Some(i), _) => (true, &line[i + " → ".len()..]),
+            (None, Some(i)) => (false, &line[i + " ← ".len()..]),
+            _ => continue,
+        };
+        let rest = rest.trim();
+        arrows += 1;
+        if rest.starts_with('{') {
+            checked += 1;
+            if let Err(e) = check_example(rest, Some(!sent)) {
+                problems.push(e);
+            }
+        } else if let Some(close) = rest.strip_prefix("close ") {
+            let (num, reason) = close.split_once(' ').unwrap_or((close, ""));
+            let num: u16 = num.parse().unwrap_or(0);
+            match CloseCode::ALL.iter().find(|c| c.code() == num) {
+                Some(c) if reason == format!("\"{}\"", c.reason()) => {}
+                _ => problems.push(format!("bad close line: {line}")),
+            }
+        } else if !rest.starts_with('(') {
+            problems.push(format!("unreadable session line: {line}"));
+        }
+    }
+    assert!(
+        arrows >= 30,
+        "the example session looks too short ({arrows} lines)"
+    );
+    assert!(checked >= 40, "too few example messages found ({checked})");
+    assert!(
+        problems.is_empty(),
+        "docs/protocol.md examples: {problems:#?}"
+    );
+}
+
+/// Every example batch in the session that goes to one receiver continues
+/// that receiver's `seq` by exactly one, as the protocol promises.
+#[test]
+fn example_session_sequence_numbers_are_contiguous() {
+    let doc = doc();
+    let session = section(&doc, "Example session");
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for line in fenced_lines(session) {
+        let Some(i) = line.find(" ← {") else {
+            continue;
+        };
+        let who = line[..i].trim().to_string();
+        let msg: ServerMsg = match serde_json::from_str(line[i + " ← ".len()..].trim()) {
+            Ok(m) => m,
+            Err(_) => continue, // reported by the round-trip test
+        };
+        let receivers: Vec<String> = if who == "all" {
+            last.keys().cloned().collect()
+        } else {
+            vec![who.clone()]
+        };
+        match msg {
+            ServerMsg::Joined { seq, events, .. } => {
+                if let Some(first) = events.first() {
+                    if events.last().unwrap().seq != seq
+                        || events.iter().zip(first.seq..).any(|(e, s)| e.seq != s)
+                    {
+                        problems.push(format!("{who}: joined events do not end at seq {seq}"));
+                    }
+                }
+                last.insert(who, seq);
+            }
+            ServerMsg::Batch { events, .. } => {
+                for r in receivers {
+                    let at = last.entry(r.clone()).or_insert(0);
+                    for e in &events {
+                        if e.seq != *at + 1 {
+                            problems.push(format!("{r}: seq {} after {}", e.seq, at));
+                        }
+                        *at = e.seq;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(problems.is_empty(), "example session: {problems:#?}");
+}
+
+/// Every default quoted in the limits table (`| ... (\`option\`...) | default |`)
+/// is the default in src/limits.rs.
+#[test]
+fn limit_defaults_match_the_code() {
+    let doc = doc();
+    let text = section(&doc, "Limits and rates");
+    let defaults = object(Limits::default());
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for line in text.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        if cells.len() < 3 {
+            continue;
+        }
+        let numbers: BTreeSet<u64> = cells[1]
+            .split(|c: char| !c.is_ascii_digit() && c != ',')
+            .filter_map(|n| n.replace(',', "").parse().ok())
+            .collect();
+        for name in cells[0].split('`').skip(1).step_by(2) {
+            let Some(value) = defaults.get(name).and_then(Value::as_u64) else {
+                continue;
+            };
+            checked += 1;
+            if !numbers.contains(&value) {
+                problems.push(format!(
+                    "`{name}` defaults to {value}, the doc says {}",
+                    cells[1]
+                ));
+            }
+        }
+    }
+    assert!(
+        checked >= 20,
+        "too few limits found in the table ({checked})"
+    );
+    assert!(
+        problems.is_empty(),
+        "docs/protocol.md limits: {problems:#?}"
+    );
+}
+
+/// The decoding rules the page states.
+#[test]
+fn documented_decoding_rules_hold() {
+    // Unknown fields are ignored; `null` means absent.
+    let f = decode_client(r#"{"type":"chat","text":"hi","color":"red","ref":3}"#).unwrap();
+    assert_eq!(f.reference, Some(3));
+    let f = decode_client(r#"{"type":"join","room":"demo","token":null,"last_seq":null}"#).unwrap();
+    assert!(matches!(
+        f.msg,
+        ClientMsg::Join {
+            token: None,
+            last_seq: None,
+            ..
+        }
+    ));
+    // `pin_question` with `null` or without the field unpins.
+    for json in [
+        r#"{"type":"pin_question","question_id":null}"#,
+        r#"{"type":"pin_question"}"#,
+    ] {
+        assert!(matches!(
+            decode_client(json).unwrap().msg,
+            ClientMsg::PinQuestion { question_id: None }
+        ));
+    }
+    // Malformed: missing field, out-of-range integer, bad id, non-u32 ref, no type.
+    for json in [
+        r#"{"type":"chat"}"#,
+        r#"{"type":"vote","poll_id":1,"option":300}"#,
+        r#"{"type":"join","room":"has space"}"#,
+        r#"{"type":"ping","ref":-1}"#,
+        r#"{"type":"ping","ref":4294967296}"#,
+        r#"{"text":"no type"}"#,
+        r#"not json"#,
+    ] {
+        assert_eq!(
+            decode_client(json).unwrap_err(),
+            ErrorCode::Malformed,
+            "{json}"
+        );
+    }
+    assert_eq!(
+        decode_client(r#"{"type":"teleport","ref":1}"#).unwrap_err(),
+        ErrorCode::UnknownType
+    );
+    // Wrong frame kind for the encoding.
+    assert_eq!(
+        Encoding::Json
+            .decode(&Message::Binary(Bytes::from_static(b"{}")))
+            .unwrap_err()
+            .code,
+        ErrorCode::WrongEncoding
+    );
+    assert_eq!(
+        Encoding::MsgPack
+            .decode(&Message::Text("{}".into()))
+            .unwrap_err()
+            .code,
+        ErrorCode::WrongEncoding
+    );
+    // MessagePack: maps with the JSON field names.
+    let packed = rmp_serde::to_vec_named(&serde_json::json!({
+        "type": "vote", "poll_id": 2, "option": 1, "ref": 9
+    }))
+    .unwrap();
+    let f = Encoding::MsgPack
+        .decode(&Message::Binary(Bytes::from(packed)))
+        .unwrap();
+    assert_eq!(f.reference, Some(9));
+    assert!(matches!(f.msg, ClientMsg::Vote { option: 1, .. }));
+    // The subprotocols and the default.
+    assert_eq!(
+        Encoding::from_subprotocol(None),
+        Some(Encoding::MsgPack),
+        "MessagePack is the default"
+    );
+    assert_eq!(
+        Encoding::from_subprotocol(Some("flashcast.json.v1")),
+        Some(Encoding::Json)
+    );
+    assert_eq!(
+        Encoding::from_subprotocol(Some("flashcast.msgpack.v1")),
+        Some(Encoding::MsgPack)
+    );
+    let doc = doc();
+    for name in [
+        flashcast::protocol::codec::SUBPROTOCOL_JSON,
+        flashcast::protocol::codec::SUBPROTOCOL_MSGPACK,
+    ] {
+        assert!(doc.contains(&format!("`{name}`")), "subprotocol {name}");
+    }
 }

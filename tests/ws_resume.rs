@@ -173,3 +173,23 @@ async fn resume_after_restart_of_the_server_is_a_gap() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn resume_without_epoch_is_a_gap() {
+    let srv = TestServer::start(&[]).await;
+    let mut host = srv
+        .joined(Encoding::MsgPack, "demo", "host", Role::Host)
+        .await;
+    host.chat("one").await;
+    host.wait_seq(1).await;
+    let mut c = srv.client(Encoding::Json).await;
+    c.send(serde_json::json!({"type": "join", "room": "demo", "last_seq": 0}))
+        .await;
+    match c.recv().await {
+        Incoming::Msg(ServerMsg::Joined { gap, .. }) => {
+            assert!(gap, "last_seq without epoch cannot be trusted")
+        }
+        other => panic!("expected joined, got {other:?}"),
+    }
+    srv.stop().await;
+}

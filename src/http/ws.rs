@@ -361,7 +361,10 @@ impl Connection {
                 }),
             _ if msg.required_role() > j.user.role => Err(Rejection::new(
                 ErrorCode::Forbidden,
-                format!("{} needs a moderator or host token", msg.kind()),
+                match msg.required_role() {
+                    Role::Host => format!("{} needs a host token", msg.kind()),
+                    _ => format!("{} needs a moderator or host token", msg.kind()),
+                },
             )),
             _ => {
                 let rate = match &msg {

@@ -213,7 +213,9 @@ impl RoomActor {
             return;
         }
 
-        let same_run = req.epoch.is_none_or(|e| e == self.epoch);
+        // Without the epoch the server cannot tell this run from an earlier
+        // one, so it must not trust last_seq: that would be a silent hole.
+        let same_run = req.epoch == Some(self.epoch);
         let (events, gap) = match req.last_seq {
             None => (
                 self.history.tail(limits.snapshot_events, self.flushed_seq),
