@@ -39,6 +39,11 @@ pub struct Settings {
     #[arg(long, env = "FLASHCAST_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
 
+    /// HMAC-SHA256 secret of the payment webhook (see docs/commerce.md).
+    /// Generated and stored in the data directory when unset.
+    #[arg(long, env = "FLASHCAST_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
     /// Create the demo room `demo` (guests allowed) at start-up if missing.
     #[arg(long, env = "FLASHCAST_DEMO_ROOM", default_value_t = true, action = clap::ArgAction::Set)]
     pub demo_room: bool,

@@ -64,6 +64,16 @@ macro_rules! string_id {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some("^[A-Za-z0-9_.:-]{1,64}$"))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $name {}
+
         impl std::str::FromStr for $name {
             type Err = InvalidId;
             fn from_str(s: &str) -> Result<Self, InvalidId> {
@@ -80,6 +90,16 @@ string_id!(
 string_id!(
     /// A person (or a guest session) as named by a token's `sub` claim.
     UserId
+);
+string_id!(
+    /// A stock-keeping unit: one variant of a product (size, colour),
+    /// unique within its room. Chosen by the merchant, e.g. `TEE-RED-M`.
+    Sku
+);
+string_id!(
+    /// A buyer's idempotency key: the same key for the same buy returns the
+    /// same order, however often it is retried.
+    IdemKey
 );
 
 /// Position of an event in its room's ordered stream. Starts at 1; 0 means
@@ -98,6 +118,19 @@ macro_rules! number_id {
                 write!(f, "{}", self.0)
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::Integer)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Int64,
+                    )))
+                    .minimum(Some(0))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $name {}
     };
 }
 
@@ -108,6 +141,22 @@ number_id!(
 number_id!(
     /// A question in the room's Q&A, unique within its room.
     QuestionId
+);
+number_id!(
+    /// A product in the catalog, unique on this node's store.
+    ProductId
+);
+number_id!(
+    /// A flash sale, unique on this node's store.
+    SaleId
+);
+number_id!(
+    /// A coupon drop, unique on this node's store.
+    CouponId
+);
+number_id!(
+    /// An order, unique on this node's store.
+    OrderId
 );
 
 #[cfg(test)]

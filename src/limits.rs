@@ -121,6 +121,63 @@ pub struct Limits {
     /// Largest REST request body, in bytes.
     #[arg(long, env = "FLASHCAST_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
+
+    // Commerce.
+    /// Products in one room's catalog.
+    #[arg(long, env = "FLASHCAST_MAX_PRODUCTS_PER_ROOM", default_value_t = 500)]
+    pub max_products_per_room: usize,
+    /// Flash sales per room (over the whole show, ended ones included).
+    #[arg(long, env = "FLASHCAST_MAX_SALES_PER_ROOM", default_value_t = 500)]
+    pub max_sales_per_room: usize,
+    /// Coupon drops per room (over the whole show).
+    #[arg(long, env = "FLASHCAST_MAX_COUPONS_PER_ROOM", default_value_t = 500)]
+    pub max_coupons_per_room: usize,
+    /// Units one sale may start with.
+    #[arg(long, env = "FLASHCAST_MAX_SALE_STOCK", default_value_t = 1_000_000)]
+    pub max_sale_stock: u32,
+    /// Coupons in one drop.
+    #[arg(long, env = "FLASHCAST_MAX_COUPON_COUNT", default_value_t = 1_000_000)]
+    pub max_coupon_count: u32,
+    /// Units in one buy (and the largest per-user limit a sale may set).
+    #[arg(long, env = "FLASHCAST_MAX_BUY_QTY", default_value_t = 100)]
+    pub max_buy_qty: u32,
+    /// Orders (and idempotency keys) one sale keeps; buys beyond get `limit_reached`.
+    #[arg(
+        long,
+        env = "FLASHCAST_MAX_ORDERS_PER_SALE",
+        default_value_t = 1_000_000
+    )]
+    pub max_orders_per_sale: usize,
+    /// Longest sale, in seconds.
+    #[arg(long, env = "FLASHCAST_MAX_SALE_SECS", default_value_t = 7 * 24 * 3600)]
+    pub max_sale_secs: u64,
+    /// Payment window of a sale that does not set one, in seconds.
+    #[arg(long, env = "FLASHCAST_PAYMENT_WINDOW_SECS", default_value_t = 600)]
+    pub payment_window_secs: u64,
+    /// Longest payment window a sale may set, in seconds.
+    #[arg(long, env = "FLASHCAST_MAX_PAYMENT_WINDOW_SECS", default_value_t = 24 * 3600)]
+    pub max_payment_window_secs: u64,
+    /// How often unpaid reservations past their deadline are expired.
+    #[arg(long, env = "FLASHCAST_EXPIRY_SWEEP_MS", default_value_t = 250)]
+    pub expiry_sweep_ms: u64,
+    /// Buys and coupon claims per user per second (sustained).
+    #[arg(long, env = "FLASHCAST_BUYS_PER_SEC", default_value_t = 5)]
+    pub buys_per_sec: u32,
+    /// Burst of buys and coupon claims per user.
+    #[arg(long, env = "FLASHCAST_BUYS_BURST", default_value_t = 10)]
+    pub buys_burst: u32,
+    /// Durable writes waiting for the group-commit writer; callers wait beyond.
+    #[arg(long, env = "FLASHCAST_COMMIT_QUEUE", default_value_t = 8_192)]
+    pub commit_queue: usize,
+    /// Most writes committed in one transaction.
+    #[arg(long, env = "FLASHCAST_COMMIT_BATCH", default_value_t = 1_024)]
+    pub commit_batch: usize,
+    /// Accepted clock difference of a payment webhook's signature timestamp, in seconds.
+    #[arg(long, env = "FLASHCAST_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    pub webhook_tolerance_secs: u64,
+    /// Most orders in one page of the orders API (and rows in one CSV export).
+    #[arg(long, env = "FLASHCAST_MAX_ORDERS_PAGE", default_value_t = 10_000)]
+    pub max_orders_page: usize,
 }
 
 impl Limits {
@@ -153,6 +210,18 @@ impl Limits {
             ("joins_per_ip_burst", self.joins_per_ip_burst as usize),
             ("rejects_per_sec", self.rejects_per_sec as usize),
             ("rejects_burst", self.rejects_burst as usize),
+            ("max_sale_stock", self.max_sale_stock as usize),
+            ("max_coupon_count", self.max_coupon_count as usize),
+            ("max_buy_qty", self.max_buy_qty as usize),
+            ("max_orders_per_sale", self.max_orders_per_sale),
+            ("max_sale_secs", self.max_sale_secs as usize),
+            ("payment_window_secs", self.payment_window_secs as usize),
+            ("expiry_sweep_ms", self.expiry_sweep_ms as usize),
+            ("buys_per_sec", self.buys_per_sec as usize),
+            ("buys_burst", self.buys_burst as usize),
+            ("commit_queue", self.commit_queue),
+            ("commit_batch", self.commit_batch),
+            ("max_orders_page", self.max_orders_page),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -164,6 +233,9 @@ impl Limits {
         }
         if self.max_poll_options < 2 || self.max_poll_options > u8::MAX as usize {
             return Err("max_poll_options must be between 2 and 255".into());
+        }
+        if self.payment_window_secs > self.max_payment_window_secs {
+            return Err("payment_window_secs must not exceed max_payment_window_secs".into());
         }
         if self.tick_ms > 1_000 {
             return Err("tick_ms must be at most 1000".into());
@@ -191,6 +263,8 @@ pub struct RateLimiters {
     pub chat: DefaultKeyedRateLimiter<UserId>,
     pub reactions: DefaultKeyedRateLimiter<UserId>,
     pub joins: DefaultKeyedRateLimiter<IpAddr>,
+    /// Buys and coupon claims.
+    pub buys: DefaultKeyedRateLimiter<UserId>,
     rejects: Quota,
 }
 
@@ -203,6 +277,7 @@ impl RateLimiters {
                 limits.joins_per_ip_per_sec,
                 limits.joins_per_ip_burst,
             )),
+            buys: RateLimiter::keyed(quota(limits.buys_per_sec, limits.buys_burst)),
             rejects: quota(limits.rejects_per_sec, limits.rejects_burst),
         }
     }
@@ -216,6 +291,8 @@ impl RateLimiters {
         self.chat.retain_recent();
         self.reactions.retain_recent();
         self.joins.retain_recent();
+        self.buys.retain_recent();
+        self.buys.shrink_to_fit();
         self.chat.shrink_to_fit();
         self.reactions.shrink_to_fit();
         self.joins.shrink_to_fit();

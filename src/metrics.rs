@@ -25,6 +25,14 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Time to build, encode and publish one tick.
     pub tick_seconds: Histogram,
+    /// Buys answered, by outcome (`reserved`, `existing`, or the error code).
+    pub buys: IntCounterVec,
+    /// Time from a buy's arrival to its answer, durable commit included.
+    pub buy_seconds: Histogram,
+    /// Order status changes: `paid`, `expired`, `cancelled`.
+    pub order_changes: IntCounterVec,
+    /// Coupon claims answered, by outcome.
+    pub coupon_claims: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,6 +84,26 @@ impl Metrics {
                     .buckets(exponential_buckets(0.000_01, 2.0, 16).unwrap()),
             )
             .unwrap(),
+            buys: IntCounterVec::new(
+                Opts::new("buys_total", "Buys answered, by outcome"),
+                &["outcome"],
+            )
+            .unwrap(),
+            buy_seconds: Histogram::with_opts(
+                HistogramOpts::new("buy_seconds", "Buy answer time, durable commit included")
+                    .buckets(exponential_buckets(0.000_1, 2.0, 16).unwrap()),
+            )
+            .unwrap(),
+            order_changes: IntCounterVec::new(
+                Opts::new("order_changes_total", "Order status changes, by new status"),
+                &["status"],
+            )
+            .unwrap(),
+            coupon_claims: IntCounterVec::new(
+                Opts::new("coupon_claims_total", "Coupon claims answered, by outcome"),
+                &["outcome"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -91,6 +119,10 @@ impl Metrics {
         r.register(Box::new(m.queue_overflows.clone())).unwrap();
         r.register(Box::new(m.rejected.clone())).unwrap();
         r.register(Box::new(m.tick_seconds.clone())).unwrap();
+        r.register(Box::new(m.buys.clone())).unwrap();
+        r.register(Box::new(m.buy_seconds.clone())).unwrap();
+        r.register(Box::new(m.order_changes.clone())).unwrap();
+        r.register(Box::new(m.coupon_claims.clone())).unwrap();
         m
     }
 

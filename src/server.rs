@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::{random_secret, TokenKeys};
+use crate::commerce::Commerce;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::ids::RoomId;
@@ -47,12 +48,28 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         _ => store.get_or_init_meta("admin_key", &random_secret)?,
     };
 
+    let webhook_secret = match &settings.webhook_secret {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => store.get_or_init_meta("webhook_secret", &random_secret)?,
+    };
+
     let limits = Arc::new(settings.limits.clone());
     let metrics = Arc::new(Metrics::new());
+    let commerce = {
+        let (dir, limits, metrics) = (settings.data_dir.clone(), limits.clone(), metrics.clone());
+        Arc::new(
+            tokio::task::spawn_blocking(move || {
+                Commerce::open(&dir, limits, metrics, webhook_secret.into_bytes())
+            })
+            .await?
+            .context("loading orders, sales and the catalog")?,
+        )
+    };
     let registry = Arc::new(Registry::new(Arc::new(RoomContext {
         limits,
         metrics,
         store: store.clone(),
+        commerce: commerce.clone(),
     })));
     let app = AppState::new(
         registry.clone(),
@@ -116,6 +133,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         })
         .await
     });
+
+    tokio::spawn(commerce.run_expiry(app.shutdown.subscribe()));
 
     let janitor_app = app.clone();
     tokio::spawn(async move {

@@ -18,12 +18,19 @@ use std::sync::Arc;
 
 use axum::extract::ws::Message;
 use bytes::Bytes;
+use flashcast::commerce::catalog::{Product, Variant};
+use flashcast::commerce::coupon::{CouponScope, CouponView, Discount};
+use flashcast::commerce::money::{Currency, Money};
+use flashcast::commerce::order::{OrderStatus, OrderView};
+use flashcast::commerce::sale::{SaleStatus, SaleView};
 use flashcast::config::Limits;
-use flashcast::ids::{PollId, QuestionId, RoomId, UserId};
+use flashcast::ids::{
+    CouponId, IdemKey, OrderId, PollId, ProductId, QuestionId, RoomId, SaleId, Sku, UserId,
+};
 use flashcast::protocol::codes::{CloseCode, ErrorCode};
 use flashcast::protocol::{
     ClientFrame, ClientMsg, Encoding, Event, EventBody, PollTally, PollView, QuestionView,
-    ReactionKind, Role, RoomState, ServerMsg, UserRef,
+    ReactionKind, Role, RoomState, SaleEndReason, ServerMsg, UserRef,
 };
 use serde_json::Value;
 
@@ -79,6 +86,88 @@ fn question_view() -> QuestionView {
         upvotes: 0,
         answer: Some("a".into()),
         deleted: true,
+    }
+}
+
+fn usd(minor: u64) -> Money {
+    Money::new(minor, Currency::new("USD").unwrap())
+}
+
+fn sku() -> Sku {
+    Sku::new("SHIRT-M").unwrap()
+}
+
+fn variant() -> Variant {
+    Variant {
+        sku: sku(),
+        options: [("size".to_string(), "M".to_string())].into(),
+        price_minor: 4900,
+    }
+}
+
+fn product() -> Product {
+    Product {
+        id: ProductId(1),
+        room: RoomId::new("r").unwrap(),
+        title: "t".into(),
+        description: "d".into(),
+        images: vec!["https://cdn.example/i.jpg".into()],
+        currency: Currency::new("USD").unwrap(),
+        variants: vec![variant()],
+    }
+}
+
+fn sale_view() -> SaleView {
+    SaleView {
+        id: SaleId(2),
+        product_id: ProductId(1),
+        sku: sku(),
+        label: "t (M)".into(),
+        image: Some("https://cdn.example/i.jpg".into()),
+        regular_price: usd(4900),
+        sale_price: usd(2900),
+        stock: 10,
+        available: 10,
+        per_user_limit: 2,
+        starts_at: 1,
+        ends_at: 2,
+        payment_window_secs: 600,
+        status: SaleStatus::Live,
+    }
+}
+
+fn coupon_view() -> CouponView {
+    CouponView {
+        id: CouponId(3),
+        discount: Discount::Percent { percent: 10 },
+        scope: CouponScope::Room,
+        count: 100,
+        left: 100,
+        expires_at: 1,
+    }
+}
+
+fn order_view() -> OrderView {
+    OrderView {
+        id: OrderId(4),
+        room: RoomId::new("r").unwrap(),
+        sale_id: SaleId(2),
+        product_id: ProductId(1),
+        sku: sku(),
+        label: "t (M)".into(),
+        user_id: UserId::new("u").unwrap(),
+        user_name: "u".into(),
+        key: IdemKey::new("k").unwrap(),
+        qty: 1,
+        unit_price: usd(2900),
+        discount_minor: 290,
+        total: usd(2610),
+        coupon_id: Some(CouponId(3)),
+        status: OrderStatus::Paid,
+        created_at: 1,
+        deadline: 2,
+        paid_at: Some(1),
+        closed_at: Some(2),
     }
 }
 
@@ -141,6 +230,34 @@ fn client_samples() -> Vec<ClientMsg> {
             words: vec!["w".into()],
         },
         ClientMsg::EndShow,
+        ClientMsg::Buy {
+            sku: sku(),
+            qty: 1,
+            key: IdemKey::new("k").unwrap(),
+            coupon_id: Some(CouponId(3)),
+        },
+        ClientMsg::ClaimCoupon {
+            coupon_id: CouponId(3),
+        },
+        ClientMsg::PinProduct {
+            product_id: Some(ProductId(1)),
+        },
+        ClientMsg::StartSale {
+            sku: sku(),
+            sale_price_minor: 2900,
+            stock: 10,
+            per_user_limit: 2,
+            starts_at: Some(1),
+            duration_secs: 60,
+            payment_window_secs: Some(600),
+        },
+        ClientMsg::EndSale { sale_id: SaleId(2) },
+        ClientMsg::DropCoupon {
+            count: 100,
+            discount: Discount::Fixed { amount: usd(500) },
+            scope: CouponScope::Sale { sale_id: SaleId(2) },
+            expires_in_secs: 60,
+        },
     ];
     let mut seen = BTreeSet::new();
     for msg in &all {
@@ -167,12 +284,18 @@ fn client_samples() -> Vec<ClientMsg> {
             ClientMsg::SlowMode { .. } => 18,
             ClientMsg::SetBannedWords { .. } => 19,
             ClientMsg::EndShow => 20,
+            ClientMsg::Buy { .. } => 21,
+            ClientMsg::ClaimCoupon { .. } => 22,
+            ClientMsg::PinProduct { .. } => 23,
+            ClientMsg::StartSale { .. } => 24,
+            ClientMsg::EndSale { .. } => 25,
+            ClientMsg::DropCoupon { .. } => 26,
             // Not a message anyone sends: what an unknown `type` decodes to.
             ClientMsg::Unknown => unreachable!(),
         };
         seen.insert(slot);
     }
-    assert_eq!(seen.len(), 21, "one sample per client message");
+    assert_eq!(seen.len(), 27, "one sample per client message");
     all
 }
 
@@ -225,6 +348,31 @@ fn event_samples() -> Vec<EventBody> {
         EventBody::UserUnbanned { user_id: uid() },
         EventBody::SlowMode { seconds: 1 },
         EventBody::ShowEnded {},
+        EventBody::ProductPinned { product: product() },
+        EventBody::ProductUnpinned {},
+        EventBody::SaleScheduled {
+            sale: SaleView {
+                status: SaleStatus::Scheduled,
+                ..sale_view()
+            },
+        },
+        EventBody::SaleStarted { sale: sale_view() },
+        EventBody::SaleEnded {
+            sale_id: SaleId(2),
+            sold: 10,
+            reason: SaleEndReason::Time,
+        },
+        EventBody::Stock {
+            sale_id: SaleId(2),
+            available: 0,
+        },
+        EventBody::CouponDropped {
+            coupon: coupon_view(),
+        },
+        EventBody::CouponsLeft {
+            coupon_id: CouponId(3),
+            left: 0,
+        },
     ];
     let mut seen = BTreeSet::new();
     for body in &all {
@@ -244,10 +392,18 @@ fn event_samples() -> Vec<EventBody> {
             EventBody::UserUnbanned { .. } => 12,
             EventBody::SlowMode { .. } => 13,
             EventBody::ShowEnded {} => 14,
+            EventBody::ProductPinned { .. } => 15,
+            EventBody::ProductUnpinned {} => 16,
+            EventBody::SaleScheduled { .. } => 17,
+            EventBody::SaleStarted { .. } => 18,
+            EventBody::SaleEnded { .. } => 19,
+            EventBody::Stock { .. } => 20,
+            EventBody::CouponDropped { .. } => 21,
+            EventBody::CouponsLeft { .. } => 22,
         };
         seen.insert(slot);
     }
-    assert_eq!(seen.len(), 15, "one sample per event kind");
+    assert_eq!(seen.len(), 23, "one sample per event kind");
     all
 }
 
@@ -273,6 +429,9 @@ fn server_samples() -> Vec<ServerMsg> {
                 poll: Some(poll_view()),
                 pinned_question: Some(QuestionId(1)),
                 questions: vec![question_view()],
+                pinned_product: Some(product()),
+                sales: vec![sale_view()],
+                coupons: vec![coupon_view()],
             }),
             events: vec![event.clone()],
         },
@@ -296,6 +455,14 @@ fn server_samples() -> Vec<ServerMsg> {
             t: Some(1),
             server_time: 1,
         },
+        ServerMsg::Order {
+            reference: Some(1),
+            order: order_view(),
+        },
+        ServerMsg::CouponClaimed {
+            reference: Some(1),
+            coupon: coupon_view(),
+        },
     ];
     let mut seen = BTreeSet::new();
     for msg in &all {
@@ -305,10 +472,12 @@ fn server_samples() -> Vec<ServerMsg> {
             ServerMsg::Error { .. } => 2,
             ServerMsg::Ack { .. } => 3,
             ServerMsg::Pong { .. } => 4,
+            ServerMsg::Order { .. } => 5,
+            ServerMsg::CouponClaimed { .. } => 6,
         };
         seen.insert(slot);
     }
-    assert_eq!(seen.len(), 5, "one sample per server message");
+    assert_eq!(seen.len(), 7, "one sample per server message");
     all
 }
 
@@ -451,6 +620,123 @@ fn every_event_kind_is_documented_with_its_fields() {
             if !line.contains(&format!("\"{field}\"")) {
                 problems.push(format!("{shape} shape does not name `{field}`"));
             }
+        }
+    }
+    assert!(problems.is_empty(), "docs/protocol.md: {problems:#?}");
+}
+
+/// The commerce shapes (product, sale, coupon, order, money...) each have a
+/// `- **name**: {...}` line in the Commerce section naming every field, and
+/// every value of their closed enums (statuses, discount and scope kinds).
+#[test]
+fn every_commerce_shape_is_documented_with_its_fields() {
+    let doc = doc();
+    let text = section(&doc, "Commerce");
+    let mut problems = Vec::new();
+    // A tagged enum is checked with one sample per variant: every variant's
+    // fields and its `kind` value must be on the line.
+    let shapes: Vec<(&str, Vec<Value>)> = vec![
+        ("money", vec![serde_json::to_value(usd(1)).unwrap()]),
+        ("variant", vec![serde_json::to_value(variant()).unwrap()]),
+        ("product", vec![serde_json::to_value(product()).unwrap()]),
+        ("sale", vec![serde_json::to_value(sale_view()).unwrap()]),
+        ("coupon", vec![serde_json::to_value(coupon_view()).unwrap()]),
+        (
+            "discount",
+            [
+                Discount::Percent { percent: 10 },
+                Discount::Fixed { amount: usd(500) },
+            ]
+            .iter()
+            .map(|d| serde_json::to_value(d).unwrap())
+            .collect(),
+        ),
+        (
+            "scope",
+            [
+                CouponScope::Room,
+                CouponScope::Sale { sale_id: SaleId(2) },
+                CouponScope::Sku { sku: sku() },
+            ]
+            .iter()
+            .map(|d| serde_json::to_value(d).unwrap())
+            .collect(),
+        ),
+        ("order", vec![serde_json::to_value(order_view()).unwrap()]),
+    ];
+    // Exhaustive on purpose: a new variant fails to compile until its sample
+    // is added above (and below, for the statuses).
+    let _ = |d: Discount, sc: CouponScope, st: SaleStatus| {
+        match d {
+            Discount::Percent { .. } | Discount::Fixed { .. } => {}
+        }
+        match sc {
+            CouponScope::Room | CouponScope::Sale { .. } | CouponScope::Sku { .. } => {}
+        }
+        match st {
+            SaleStatus::Scheduled | SaleStatus::Live | SaleStatus::Ended => {}
+        }
+    };
+    for (shape, samples) in shapes {
+        let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with(&format!("- **{shape}**:")))
+        else {
+            problems.push(format!("no shape line for {shape}"));
+            continue;
+        };
+        for sample in samples {
+            let Value::Object(obj) = sample else {
+                panic!("{shape} is not an object")
+            };
+            for (field, value) in &obj {
+                if !line.contains(&format!("\"{field}\"")) {
+                    problems.push(format!("{shape} shape does not name `{field}`"));
+                }
+                if field == "kind" && !line.contains(&format!("\"{}\"", name_of(value))) {
+                    problems.push(format!("{shape} shape does not name kind {value}"));
+                }
+            }
+        }
+    }
+    // The closed sets of values.
+    let values: Vec<(&str, Vec<Value>)> = vec![
+        (
+            "sale",
+            [SaleStatus::Scheduled, SaleStatus::Live, SaleStatus::Ended]
+                .iter()
+                .map(|s| serde_json::to_value(s).unwrap())
+                .collect(),
+        ),
+        (
+            "order",
+            OrderStatus::ALL
+                .iter()
+                .map(|s| serde_json::to_value(s).unwrap())
+                .collect(),
+        ),
+    ];
+    for (shape, names) in values {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("- **{shape}**:")))
+            .unwrap_or("");
+        for v in names {
+            if !line.contains(&format!("\"{}\"", name_of(&v))) {
+                problems.push(format!("{shape} shape does not name status {v}"));
+            }
+        }
+    }
+    let events = section(&doc, "Events");
+    let ended = row(events, "| `sale_ended` |").unwrap_or("");
+    for reason in [SaleEndReason::Time, SaleEndReason::Host] {
+        let name = match reason {
+            SaleEndReason::Time | SaleEndReason::Host => {
+                name_of(&serde_json::to_value(reason).unwrap())
+            }
+        };
+        if !ended.contains(&format!("`{name}`")) {
+            problems.push(format!("the sale_ended row does not name reason `{name}`"));
         }
     }
     assert!(problems.is_empty(), "docs/protocol.md: {problems:#?}");
@@ -710,6 +996,51 @@ fn documented_decoding_rules_hold() {
             decode_client(json).unwrap().msg,
             ClientMsg::PinQuestion { question_id: None }
         ));
+    }
+    // `pin_product` likewise; `drop_coupon` without `scope` is room-wide.
+    for json in [
+        r#"{"type":"pin_product","product_id":null}"#,
+        r#"{"type":"pin_product"}"#,
+    ] {
+        assert!(matches!(
+            decode_client(json).unwrap().msg,
+            ClientMsg::PinProduct { product_id: None }
+        ));
+    }
+    assert!(matches!(
+        decode_client(
+            r#"{"type":"drop_coupon","count":5,"discount":{"kind":"percent","percent":10},"expires_in_secs":60}"#
+        )
+        .unwrap()
+        .msg,
+        ClientMsg::DropCoupon {
+            scope: CouponScope::Room,
+            ..
+        }
+    ));
+    // A price sent with a buy is an unknown field: ignored, never used.
+    assert!(matches!(
+        decode_client(r#"{"type":"buy","sku":"SHIRT-M","qty":1,"key":"k1","price_minor":1}"#)
+            .unwrap()
+            .msg,
+        ClientMsg::Buy {
+            qty: 1,
+            coupon_id: None,
+            ..
+        }
+    ));
+    // Money: non-negative integers and an upper-case ISO 4217 code.
+    for json in [
+        r#"{"type":"drop_coupon","count":5,"discount":{"kind":"fixed","amount":{"minor":-1,"currency":"USD"}},"expires_in_secs":60}"#,
+        r#"{"type":"drop_coupon","count":5,"discount":{"kind":"fixed","amount":{"minor":100,"currency":"usd"}},"expires_in_secs":60}"#,
+        r#"{"type":"drop_coupon","count":5,"discount":{"kind":"fixed","amount":{"minor":1.5,"currency":"USD"}},"expires_in_secs":60}"#,
+        r#"{"type":"buy","sku":"has space","qty":1,"key":"k1"}"#,
+    ] {
+        assert_eq!(
+            decode_client(json).unwrap_err(),
+            ErrorCode::Malformed,
+            "{json}"
+        );
     }
     // Malformed: missing field, out-of-range integer, bad id, non-u32 ref, no type.
     for json in [

@@ -219,4 +219,30 @@ mod loom_tests {
             assert_eq!(left, if took { 0 } else { 2 });
         });
     }
+
+    /// The coupon claim counter is this same type (`Coupon::left`): a drop
+    /// of 2 with 3 claimers, one of whose claims fails to commit and is
+    /// given back, never hands out more than 2 and never loses one.
+    #[test]
+    fn coupon_claims_never_exceed_the_drop() {
+        loom::model(|| {
+            let left = Arc::new(Stock::new(2, 2));
+            let claimers: Vec<_> = (0..3)
+                .map(|i| {
+                    let l = left.clone();
+                    loom::thread::spawn(move || match l.try_take(1) {
+                        Ok(_) if i == 0 => {
+                            l.put_back(1); // the durable commit failed
+                            0
+                        }
+                        Ok(_) => 1,
+                        Err(_) => 0,
+                    })
+                })
+                .collect();
+            let kept: u32 = claimers.into_iter().map(|c| c.join().unwrap()).sum();
+            assert!(kept <= 2, "never more claims than coupons");
+            assert_eq!(left.available(), 2 - kept, "no coupon lost");
+        });
+    }
 }

@@ -6,11 +6,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::auth::{constant_time_eq, MAX_NAME_CHARS};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{now_ms, ErrorCode, Role};
@@ -20,16 +21,18 @@ use crate::store::RoomRecord;
 /// Longest room title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/rooms", get(list_rooms).post(create_room))
-        .route("/api/v1/rooms/{id}", get(get_room).delete(close_room))
-        .route("/api/v1/tokens", post(mint_token))
+/// Every route is registered with its OpenAPI description, so the served
+/// document cannot list a route that does not exist or miss one that does.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_rooms, create_room))
+        .routes(routes!(get_room, close_room))
+        .routes(routes!(mint_token))
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub type ApiResult = Result<Response, ApiError>;
 
-fn authorized(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn authorized(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -46,7 +49,7 @@ fn authorized(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+pub fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -56,16 +59,16 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-fn invalid(message: &str) -> ApiError {
+pub fn invalid(message: &str) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message)
 }
 
-fn parse_room_id(id: &str) -> Result<RoomId, ApiError> {
+pub fn parse_room_id(id: &str) -> Result<RoomId, ApiError> {
     RoomId::new(id).map_err(|e| invalid(&format!("room id: {e}")))
 }
 
 /// A room as the admin API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoomView {
     pub id: RoomId,
     pub title: String,
@@ -89,7 +92,7 @@ impl From<&RoomHandle> for RoomView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRoom {
     /// Generated when absent.
@@ -103,6 +106,14 @@ fn yes() -> bool {
     true
 }
 
+/// Opens a room (one per show).
+#[utoipa::path(post, path = "/api/v1/rooms", tag = "rooms",
+    request_body = CreateRoom,
+    responses(
+        (status = 201, body = RoomView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("admin_key" = [])))]
 async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
     authorized(&app, &headers)?;
     let req: CreateRoom = parse(&body)?;
@@ -166,13 +177,17 @@ pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle,
     Ok(room)
 }
 
+/// Rooms on this node.
+#[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms",
+    responses((status = 200, body = Vec<RoomView>), (status = 401, body = ErrorBody)),
+    security(("admin_key" = [])))]
 async fn list_rooms(State(app): State<AppState>, headers: HeaderMap) -> ApiResult {
     authorized(&app, &headers)?;
     let rooms: Vec<RoomView> = app.registry.list().iter().map(RoomView::from).collect();
     Ok(Json(rooms).into_response())
 }
 
-fn find(app: &AppState, id: &str) -> Result<RoomHandle, ApiError> {
+pub fn find(app: &AppState, id: &str) -> Result<RoomHandle, ApiError> {
     let id = parse_room_id(id)?;
     app.registry.get(&id).ok_or_else(|| {
         ApiError::new(
@@ -183,6 +198,11 @@ fn find(app: &AppState, id: &str) -> Result<RoomHandle, ApiError> {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/rooms/{id}", tag = "rooms",
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 200, body = RoomView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_key" = [])))]
 async fn get_room(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -193,6 +213,11 @@ async fn get_room(
 }
 
 /// Ends the show: viewers get `show_ended` and close code 4010.
+#[utoipa::path(delete, path = "/api/v1/rooms/{id}", tag = "rooms",
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("admin_key" = [])))]
 async fn close_room(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -210,7 +235,7 @@ async fn close_room(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MintToken {
     room: String,
@@ -221,13 +246,19 @@ struct MintToken {
     ttl_secs: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MintedToken {
     pub token: String,
     /// Seconds since the Unix epoch.
     pub expires_at: u64,
 }
 
+/// Mints a signed token for one user in one room.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "rooms",
+    request_body = MintToken,
+    responses((status = 201, body = MintedToken), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_key" = [])))]
 async fn mint_token(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
     authorized(&app, &headers)?;
     let req: MintToken = parse(&body)?;

@@ -2,6 +2,7 @@
 //! the web pages. Everything below `room` and `engage` knows nothing of HTTP.
 
 pub mod admin;
+pub mod commerce;
 pub mod web;
 pub mod ws;
 
@@ -16,6 +17,7 @@ use axum::{Json, Router};
 use tokio::sync::watch;
 
 use crate::auth::TokenKeys;
+use crate::commerce::Commerce;
 use crate::limits::{Limits, RateLimiters};
 use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
@@ -28,6 +30,7 @@ pub struct AppState(Arc<AppInner>);
 
 pub struct AppInner {
     pub registry: Arc<Registry>,
+    pub commerce: Arc<Commerce>,
     pub keys: TokenKeys,
     pub admin_key: String,
     pub limits: Arc<Limits>,
@@ -59,6 +62,7 @@ impl AppState {
             limiters: RateLimiters::new(&ctx.limits),
             limits: ctx.limits.clone(),
             metrics: ctx.metrics.clone(),
+            commerce: ctx.commerce.clone(),
             registry,
             keys,
             admin_key,
@@ -94,14 +98,60 @@ impl AppState {
     }
 }
 
+/// The REST API's OpenAPI document: the info and security scheme here, the
+/// paths and schemas from the handlers' own annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Flashcast admin API",
+        description = "Rooms, tokens, catalog, flash sales, coupon drops, orders and the \
+            payment webhook. Every error is `{\"error\": {\"code\", \"message\"}}`; the codes \
+            are listed in docs/protocol.md."
+    ),
+    modifiers(&AdminKey),
+    components(schemas(ErrorBody, ErrorCode))
+)]
+struct ApiDoc;
+
+struct AdminKey;
+
+impl utoipa::Modify for AdminKey {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The REST routes and the OpenAPI document generated from them.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(admin::routes())
+        .merge(commerce::routes())
+        .split_for_parts()
+}
+
 pub fn router(app: AppState) -> Router {
     let body_limit = app.limits.max_body_bytes;
+    let (api, doc) = api();
+    let doc = Arc::new(doc);
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(admin::routes())
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .merge(api)
         .merge(web::routes())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
@@ -121,6 +171,18 @@ async fn metrics(State(app): State<AppState>) -> Response {
         app.metrics.render(),
     )
         .into_response()
+}
+
+/// The body of every REST error.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
 }
 
 /// A refused HTTP request. Renders as the JSON error body every REST

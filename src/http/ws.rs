@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{api_error, AppState};
 use crate::auth::TokenError;
+use crate::commerce::{BuyRequest, CouponSpec, SaleSpec};
 use crate::engage::Rejection;
 use crate::ids::UserId;
 use crate::limits;
@@ -363,9 +364,29 @@ impl Connection {
                 ErrorCode::Forbidden,
                 match msg.required_role() {
                     Role::Host => format!("{} needs a host token", msg.kind()),
+                    Role::Viewer => format!("{} needs a signed-in viewer token", msg.kind()),
                     _ => format!("{} needs a moderator or host token", msg.kind()),
                 },
             )),
+            ClientMsg::Buy { .. }
+            | ClientMsg::ClaimCoupon { .. }
+            | ClientMsg::PinProduct { .. }
+            | ClientMsg::StartSale { .. }
+            | ClientMsg::EndSale { .. }
+            | ClientMsg::DropCoupon { .. } => {
+                let kind = msg.kind();
+                match self.commerce(j, reference, msg).await {
+                    Ok(reply) => {
+                        self.app.metrics.events_in.with_label_values(&[kind]).inc();
+                        return if self.send(socket, &reply).await {
+                            Flow::Continue
+                        } else {
+                            Flow::Close(CloseCode::Normal)
+                        };
+                    }
+                    Err(rejection) => Err(rejection),
+                }
+            }
             _ => {
                 let rate = match &msg {
                     ClientMsg::Chat { .. } | ClientMsg::Ask { .. } => {
@@ -381,6 +402,91 @@ impl Connection {
             Ok(()) => Flow::Continue,
             Err(rejection) => self.reject(socket, rejection, reference).await,
         }
+    }
+
+    /// Buys, coupon claims and the host's shop actions. They are answered
+    /// by the connection itself, after the durable commit; what every
+    /// viewer sees (stock, sales, coupons, the pinned card) follows as room
+    /// events.
+    async fn commerce(
+        &self,
+        j: &Joined,
+        reference: Option<u32>,
+        msg: ClientMsg,
+    ) -> Result<ServerMsg, Rejection> {
+        let commerce = &self.app.commerce;
+        let room = j.room.id();
+        if j.room.shared.is_closed() {
+            return Err(Rejection::new(ErrorCode::RoomClosed, "the show has ended"));
+        }
+        let ack = ServerMsg::Ack { reference };
+        let result = match msg {
+            ClientMsg::Buy {
+                sku,
+                qty,
+                key,
+                coupon_id,
+            } => {
+                limits::check(&self.app.limiters.buys, &j.user.id).map_err(rate_limited)?;
+                let req = BuyRequest {
+                    sku,
+                    qty,
+                    key,
+                    coupon_id,
+                };
+                commerce
+                    .buy(room, &j.user, req)
+                    .await
+                    .map(|order| ServerMsg::Order { reference, order })
+            }
+            ClientMsg::ClaimCoupon { coupon_id } => {
+                limits::check(&self.app.limiters.buys, &j.user.id).map_err(rate_limited)?;
+                commerce
+                    .claim_coupon(room, &j.user, coupon_id)
+                    .await
+                    .map(|coupon| ServerMsg::CouponClaimed { reference, coupon })
+            }
+            ClientMsg::PinProduct { product_id } => {
+                commerce.pin(room, product_id).await.map(|()| ack)
+            }
+            ClientMsg::StartSale {
+                sku,
+                sale_price_minor,
+                stock,
+                per_user_limit,
+                starts_at,
+                duration_secs,
+                payment_window_secs,
+            } => {
+                let spec = SaleSpec {
+                    sku,
+                    sale_price_minor,
+                    stock,
+                    per_user_limit,
+                    starts_at,
+                    duration_secs,
+                    payment_window_secs,
+                };
+                commerce.start_sale(room, spec).await.map(|_| ack)
+            }
+            ClientMsg::EndSale { sale_id } => commerce.end_sale(room, sale_id).await.map(|_| ack),
+            ClientMsg::DropCoupon {
+                count,
+                discount,
+                scope,
+                expires_in_secs,
+            } => {
+                let spec = CouponSpec {
+                    count,
+                    discount,
+                    scope,
+                    expires_in_secs,
+                };
+                commerce.drop_coupon(room, spec).await.map(|_| ack)
+            }
+            _ => unreachable!("only commerce messages are routed here"),
+        };
+        result.map_err(|e| Rejection::new(e.code, e.message))
     }
 
     /// Size check then decode; a bad frame is answered here.

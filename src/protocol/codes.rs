@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The reason in an `error` frame. The connection stays open after an error
 /// frame unless a close frame follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The frame could not be decoded, or a field is missing or of the wrong type.
@@ -62,12 +62,60 @@ pub enum ErrorCode {
     SlowConsumer,
     /// The server is shutting down (closed with 1012; reconnect and resume).
     ShuttingDown,
+    /// No product in this room has this SKU.
+    UnknownSku,
+    /// The SKU exists but no flash sale for it is scheduled or running.
+    NoSale,
+    /// The sale has not started yet (see its `starts_at`).
+    SaleNotStarted,
+    /// The sale has ended.
+    SaleEnded,
+    /// Not enough units left for this quantity (units may come back when reservations expire).
+    SoldOut,
+    /// This buy would take the user over the sale's per-user limit (reserved plus paid units).
+    PerUserLimit,
+    /// The quantity is zero or larger than `max_buy_qty`.
+    BadQuantity,
+    /// This idempotency key was already used for a different request (other SKU, quantity or coupon).
+    IdempotencyConflict,
+    /// A buy with this idempotency key is still being committed; retry with the same key.
+    BuyInProgress,
+    /// No such coupon drop in this room.
+    CouponUnknown,
+    /// The coupon drop has expired.
+    CouponExpired,
+    /// This user's coupon is already used by a live order.
+    CouponUsed,
+    /// The coupon does not apply to this sale or SKU (or is in another currency).
+    CouponOutOfScope,
+    /// This user already claimed this coupon drop.
+    CouponAlreadyClaimed,
+    /// A buy named a coupon this user has not claimed.
+    CouponNotClaimed,
+    /// Every coupon of this drop has been claimed.
+    CouponsGone,
+    /// The order's payment deadline has passed; the reservation expired.
+    PaymentDeadlinePassed,
+    /// No such order.
+    OrderNotFound,
+    /// The order can no longer change this way (already paid, expired or cancelled).
+    OrderFinal,
+    /// Another change to this order is being committed; retry.
+    OrderBusy,
+    /// A payment webhook's signature header is missing, malformed, wrong, or its timestamp is outside the tolerance.
+    BadSignature,
+    /// A payment webhook event id that was already processed.
+    WebhookReplayed,
+    /// A payment's amount or currency differs from the order total.
+    AmountMismatch,
+    /// The request conflicts with current state (an id that exists, a SKU that already has a sale running).
+    Conflict,
     /// An unexpected server fault; nothing was applied.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 52] = [
         ErrorCode::Malformed,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownType,
@@ -95,6 +143,30 @@ impl ErrorCode {
         ErrorCode::Flood,
         ErrorCode::SlowConsumer,
         ErrorCode::ShuttingDown,
+        ErrorCode::UnknownSku,
+        ErrorCode::NoSale,
+        ErrorCode::SaleNotStarted,
+        ErrorCode::SaleEnded,
+        ErrorCode::SoldOut,
+        ErrorCode::PerUserLimit,
+        ErrorCode::BadQuantity,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::BuyInProgress,
+        ErrorCode::CouponUnknown,
+        ErrorCode::CouponExpired,
+        ErrorCode::CouponUsed,
+        ErrorCode::CouponOutOfScope,
+        ErrorCode::CouponAlreadyClaimed,
+        ErrorCode::CouponNotClaimed,
+        ErrorCode::CouponsGone,
+        ErrorCode::PaymentDeadlinePassed,
+        ErrorCode::OrderNotFound,
+        ErrorCode::OrderFinal,
+        ErrorCode::OrderBusy,
+        ErrorCode::BadSignature,
+        ErrorCode::WebhookReplayed,
+        ErrorCode::AmountMismatch,
+        ErrorCode::Conflict,
         ErrorCode::Internal,
     ];
 
@@ -128,6 +200,30 @@ impl ErrorCode {
             ErrorCode::Flood => "flood",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::UnknownSku => "unknown_sku",
+            ErrorCode::NoSale => "no_sale",
+            ErrorCode::SaleNotStarted => "sale_not_started",
+            ErrorCode::SaleEnded => "sale_ended",
+            ErrorCode::SoldOut => "sold_out",
+            ErrorCode::PerUserLimit => "per_user_limit",
+            ErrorCode::BadQuantity => "bad_quantity",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::BuyInProgress => "buy_in_progress",
+            ErrorCode::CouponUnknown => "coupon_unknown",
+            ErrorCode::CouponExpired => "coupon_expired",
+            ErrorCode::CouponUsed => "coupon_used",
+            ErrorCode::CouponOutOfScope => "coupon_out_of_scope",
+            ErrorCode::CouponAlreadyClaimed => "coupon_already_claimed",
+            ErrorCode::CouponNotClaimed => "coupon_not_claimed",
+            ErrorCode::CouponsGone => "coupons_gone",
+            ErrorCode::PaymentDeadlinePassed => "payment_deadline_passed",
+            ErrorCode::OrderNotFound => "order_not_found",
+            ErrorCode::OrderFinal => "order_final",
+            ErrorCode::OrderBusy => "order_busy",
+            ErrorCode::BadSignature => "bad_signature",
+            ErrorCode::WebhookReplayed => "webhook_replayed",
+            ErrorCode::AmountMismatch => "amount_mismatch",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
         }
     }

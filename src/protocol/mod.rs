@@ -12,13 +12,31 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{PollId, QuestionId, RoomId, Seq, UserId};
+use crate::commerce::catalog::Product;
+use crate::commerce::coupon::{CouponScope, CouponView, Discount};
+use crate::commerce::order::OrderView;
+use crate::commerce::sale::SaleView;
+use crate::ids::{
+    CouponId, IdemKey, PollId, ProductId, QuestionId, RoomId, SaleId, Seq, Sku, UserId,
+};
 pub use codec::{DecodeError, Encoding};
 pub use codes::{CloseCode, ErrorCode};
 
 /// What a connection may do. Ordered by power: a check like
 /// `role >= Role::Moderator` reads as "moderator or host".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Joined without a token in a room that allows guests; a viewer with a
@@ -111,6 +129,20 @@ pub enum ClientMsg {
     },
     Leave,
 
+    // Signed-in viewers (not guests) and up.
+    /// Reserves `qty` units of the SKU's running sale. The server computes
+    /// the price; the same `key` returns the same order on a retry.
+    Buy {
+        sku: Sku,
+        qty: u32,
+        key: IdemKey,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        coupon_id: Option<CouponId>,
+    },
+    ClaimCoupon {
+        coupon_id: CouponId,
+    },
+
     // Moderator and host only.
     Announce {
         text: String,
@@ -166,6 +198,36 @@ pub enum ClientMsg {
     /// Host only: ends the show, closes the room for everyone.
     EndShow,
 
+    // Host only: commerce.
+    /// Shows a product card to every viewer; `product_id: null` unpins.
+    PinProduct {
+        product_id: Option<ProductId>,
+    },
+    /// Schedules (or starts now) a flash sale on one SKU.
+    StartSale {
+        sku: Sku,
+        sale_price_minor: u64,
+        stock: u32,
+        per_user_limit: u32,
+        /// Unix ms; absent starts now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        starts_at: Option<u64>,
+        duration_secs: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payment_window_secs: Option<u64>,
+    },
+    EndSale {
+        sale_id: SaleId,
+    },
+    /// Drops `count` first-come coupons.
+    DropCoupon {
+        count: u32,
+        discount: Discount,
+        #[serde(default = "room_scope")]
+        scope: CouponScope,
+        expires_in_secs: u64,
+    },
+
     /// Any `type` this server does not know.
     #[serde(other, skip_serializing)]
     Unknown,
@@ -196,6 +258,12 @@ impl ClientMsg {
             ClientMsg::SlowMode { .. } => "slow_mode",
             ClientMsg::SetBannedWords { .. } => "set_banned_words",
             ClientMsg::EndShow => "end_show",
+            ClientMsg::Buy { .. } => "buy",
+            ClientMsg::ClaimCoupon { .. } => "claim_coupon",
+            ClientMsg::PinProduct { .. } => "pin_product",
+            ClientMsg::StartSale { .. } => "start_sale",
+            ClientMsg::EndSale { .. } => "end_sale",
+            ClientMsg::DropCoupon { .. } => "drop_coupon",
             ClientMsg::Unknown => "unknown",
         }
     }
@@ -212,10 +280,29 @@ impl ClientMsg {
             | ClientMsg::Ping { .. }
             | ClientMsg::Leave
             | ClientMsg::Unknown => Role::Guest,
-            ClientMsg::EndShow => Role::Host,
+            ClientMsg::Buy { .. } | ClientMsg::ClaimCoupon { .. } => Role::Viewer,
+            ClientMsg::EndShow
+            | ClientMsg::PinProduct { .. }
+            | ClientMsg::StartSale { .. }
+            | ClientMsg::EndSale { .. }
+            | ClientMsg::DropCoupon { .. } => Role::Host,
             _ => Role::Moderator,
         }
     }
+}
+
+fn room_scope() -> CouponScope {
+    CouponScope::Room
+}
+
+/// Why a sale ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleEndReason {
+    /// Its scheduled end time came.
+    Time,
+    /// The host or an admin ended it early.
+    Host,
 }
 
 /// Who a message is from, as shown to others.
@@ -299,6 +386,40 @@ pub enum EventBody {
         seconds: u32,
     },
     ShowEnded {},
+    /// The host pinned a product: show its card.
+    ProductPinned {
+        product: Product,
+    },
+    ProductUnpinned {},
+    /// A sale was created that starts later: show a countdown to `starts_at`.
+    SaleScheduled {
+        sale: SaleView,
+    },
+    /// A sale is live: buy until `ends_at`.
+    SaleStarted {
+        sale: SaleView,
+    },
+    SaleEnded {
+        sale_id: SaleId,
+        /// Units sold (reserved or paid) when it ended.
+        sold: u32,
+        reason: SaleEndReason,
+    },
+    /// Units left in a live sale; at most one per sale per tick (the latest
+    /// value). `available: 0` is sold out, and it can rise again when
+    /// reservations expire or are cancelled.
+    Stock {
+        sale_id: SaleId,
+        available: u32,
+    },
+    CouponDropped {
+        coupon: CouponView,
+    },
+    /// Coupons of a drop not claimed yet; at most one per drop per tick.
+    CouponsLeft {
+        coupon_id: CouponId,
+        left: u32,
+    },
 }
 
 impl EventBody {
@@ -319,6 +440,14 @@ impl EventBody {
             EventBody::UserUnbanned { .. } => "user_unbanned",
             EventBody::SlowMode { .. } => "slow_mode",
             EventBody::ShowEnded { .. } => "show_ended",
+            EventBody::ProductPinned { .. } => "product_pinned",
+            EventBody::ProductUnpinned { .. } => "product_unpinned",
+            EventBody::SaleScheduled { .. } => "sale_scheduled",
+            EventBody::SaleStarted { .. } => "sale_started",
+            EventBody::SaleEnded { .. } => "sale_ended",
+            EventBody::Stock { .. } => "stock",
+            EventBody::CouponDropped { .. } => "coupon_dropped",
+            EventBody::CouponsLeft { .. } => "coupons_left",
         }
     }
 }
@@ -364,6 +493,14 @@ pub struct RoomState {
     pub pinned_question: Option<QuestionId>,
     /// Open questions, most upvoted first (at most `snapshot_questions`).
     pub questions: Vec<QuestionView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_product: Option<Product>,
+    /// Scheduled and live sales, with their current stock.
+    #[serde(default)]
+    pub sales: Vec<SaleView>,
+    /// Coupon drops not expired yet.
+    #[serde(default)]
+    pub coupons: Vec<CouponView>,
 }
 
 /// Live vote counts of an open poll, sent in a batch when they changed.
@@ -423,6 +560,19 @@ pub enum ServerMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         t: Option<u64>,
         server_time: u64,
+    },
+    /// The answer to `buy`, sent after the order is durably committed (or,
+    /// for a retried key, the order it created before).
+    Order {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<u32>,
+        order: OrderView,
+    },
+    /// The answer to `claim_coupon`, after the claim is durable.
+    CouponClaimed {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<u32>,
+        coupon: CouponView,
     },
 }
 

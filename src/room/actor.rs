@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
 use super::history::History;
+use super::market::MarketWatch;
 use super::{Command, ConnId, JoinGrant, JoinRequest, Outgoing, RoomContext, RoomShared};
 use crate::engage::moderation::Moderation;
 use crate::engage::poll::{Poll, PollSpec};
@@ -60,6 +61,7 @@ pub(crate) struct RoomActor {
     poll: Option<Poll>,
     next_poll_id: u64,
     questions: Questions,
+    market: MarketWatch,
     ended: bool,
 }
 
@@ -76,6 +78,7 @@ impl RoomActor {
             epoch: rand::random::<u64>() >> 11, // fits a JSON number exactly
             history: History::new(limits.history_len),
             moderation: Moderation::with_bans(bans),
+            market: MarketWatch::new(ctx.commerce.shop(&shared.info.id)),
             shared,
             commands,
             seq: 0,
@@ -285,6 +288,9 @@ impl RoomActor {
             poll: self.poll.as_ref().map(Poll::view),
             pinned_question: self.questions.pinned(),
             questions: self.questions.top(self.ctx.limits.snapshot_questions),
+            pinned_product: self.market.pinned(),
+            sales: self.market.open_sales(now_ms()),
+            coupons: self.market.open_coupons(now_ms()),
         }
     }
 
@@ -458,6 +464,12 @@ impl RoomActor {
             }
             ClientMsg::EndShow => self.end(),
             ClientMsg::Join { .. }
+            | ClientMsg::Buy { .. }
+            | ClientMsg::ClaimCoupon { .. }
+            | ClientMsg::PinProduct { .. }
+            | ClientMsg::StartSale { .. }
+            | ClientMsg::EndSale { .. }
+            | ClientMsg::DropCoupon { .. }
             | ClientMsg::React { .. }
             | ClientMsg::Ping { .. }
             | ClientMsg::Leave
@@ -599,6 +611,9 @@ impl RoomActor {
         if self.poll.as_ref().is_some_and(|p| p.due(now)) {
             let poll = self.poll.take().expect("checked above");
             self.push(poll.close());
+        }
+        for body in self.market.changes(now) {
+            self.push(body);
         }
         let counts = self.shared.take_reactions();
         let reactions: BTreeMap<ReactionKind, u32> = ReactionKind::ALL

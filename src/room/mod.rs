@@ -13,6 +13,7 @@
 
 pub mod actor;
 pub mod history;
+pub mod market;
 pub mod registry;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -48,6 +49,8 @@ pub struct RoomContext {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
+    /// Each room announces its shop's changes (sales, stock, coupons, pin).
+    pub commerce: Arc<crate::commerce::Commerce>,
 }
 
 /// The fixed facts of a room.

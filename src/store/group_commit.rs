@@ -75,6 +75,9 @@ impl GroupCommit {
             .map_err(backend)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(backend)?;
+        // Other connections (the room store, readers) share the file.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
         init(&conn).map_err(backend)?;
         let (tx, rx) = mpsc::channel(config.queue);
         let writer = thread::Builder::new()

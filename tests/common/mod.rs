@@ -428,3 +428,90 @@ pub fn chat_texts(events: &[Event]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Adds a product with one variant per SKU (price 3,900 USD minor units)
+/// to `room`; returns its JSON.
+pub async fn create_product(s: &TestServer, room: &str, skus: &[&str]) -> Value {
+    let variants: Vec<Value> = skus
+        .iter()
+        .map(|sku| json!({"sku": sku, "options": {"size": "M"}, "price_minor": 3900}))
+        .collect();
+    let body = json!({
+        "title": "Linen shirt",
+        "description": "Breathes.",
+        "images": ["https://cdn.example/shirt.jpg"],
+        "currency": "USD",
+        "variants": variants,
+    });
+    let resp = s
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/rooms/{room}/products"),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "create product");
+    resp.json().await.unwrap()
+}
+
+/// Starts a sale through the admin API; `extra` fields override the
+/// defaults (sale price 1,900, 10 minutes, limit 1).
+pub async fn create_sale(s: &TestServer, room: &str, sku: &str, stock: u32, extra: Value) -> Value {
+    let mut body = json!({
+        "sku": sku,
+        "sale_price_minor": 1900,
+        "stock": stock,
+        "per_user_limit": 1,
+        "duration_secs": 600,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let resp = s
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/rooms/{room}/sales"),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, 201, "create sale: {v}");
+    v
+}
+
+impl Client {
+    /// Sends a buy and returns the reply: `Ok(order)` or `Err(code)`.
+    pub async fn buy(
+        &mut self,
+        sku: &str,
+        qty: u32,
+        key: &str,
+        coupon: Option<u64>,
+    ) -> Result<Value, ErrorCode> {
+        let mut msg = json!({"type": "buy", "sku": sku, "qty": qty, "key": key});
+        if let Some(c) = coupon {
+            msg["coupon_id"] = json!(c);
+        }
+        self.send(msg).await;
+        match self.next_other().await {
+            ServerMsg::Order { order, .. } => Ok(serde_json::to_value(order).unwrap()),
+            ServerMsg::Error { code, .. } => Err(code),
+            other => panic!("expected order or error, got {other:?}"),
+        }
+    }
+
+    /// Sends a message that is answered by `ack` or an error.
+    pub async fn act(&mut self, msg: Value) -> Result<(), ErrorCode> {
+        self.send(msg).await;
+        match self.next_other().await {
+            ServerMsg::Ack { .. } => Ok(()),
+            ServerMsg::Error { code, .. } => Err(code),
+            other => panic!("expected ack or error, got {other:?}"),
+        }
+    }
+}
