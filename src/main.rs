@@ -66,6 +66,15 @@ fn print_banner(server: &flashcast::Server, demo: bool) {
         "  WebSocket:  ws://{}/ws  (subprotocol {SUBPROTOCOL_MSGPACK} or {SUBPROTOCOL_JSON})",
         server.addr
     );
+    let _ = writeln!(
+        out,
+        "  API docs:   {base}/api/v1/openapi.json  (commerce: docs/commerce.md)"
+    );
+    let _ = writeln!(
+        out,
+        "  payment webhook: {base}/api/v1/payments/webhook  (secret: {})",
+        String::from_utf8_lossy(server.app.commerce.webhook_secret())
+    );
     let _ = writeln!(out, "  metrics:    {base}/metrics");
     if demo {
         let room = RoomId::new(DEMO_ROOM).expect("valid id");

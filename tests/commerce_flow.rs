@@ -733,3 +733,40 @@ async fn malformed_admin_requests_are_refused_with_documented_codes() {
         .is_empty());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_belongs_to_the_buyer_in_the_room_across_skus_and_sales() {
+    let s = server().await;
+    create_product(&s, "demo", &["P1", "P2"]).await;
+    let first = create_sale(&s, "demo", "P1", 5, json!({"per_user_limit": 5})).await;
+    create_sale(&s, "demo", "P2", 5, json!({"per_user_limit": 5})).await;
+    let mut ann = s.joined(Encoding::Json, "demo", "ann", Role::Viewer).await;
+    let order = ann.buy("P1", 1, "same", None).await.unwrap();
+    // The same key for another SKU would be a second charge: a conflict.
+    assert_eq!(
+        ann.buy("P2", 1, "same", None).await,
+        Err(ErrorCode::IdempotencyConflict)
+    );
+    // A new sale on the same SKU does not reset the key.
+    s.admin(
+        Method::POST,
+        &format!("/api/v1/rooms/demo/sales/{}/end", first["id"]),
+    )
+    .send()
+    .await
+    .unwrap();
+    create_sale(&s, "demo", "P1", 5, json!({"per_user_limit": 5})).await;
+    assert_eq!(
+        ann.buy("P1", 1, "same", None).await.unwrap()["id"],
+        order["id"]
+    );
+    // Another buyer's identical key is their own.
+    let mut bob = s.joined(Encoding::Json, "demo", "bob", Role::Viewer).await;
+    assert_ne!(
+        bob.buy("P1", 1, "same", None).await.unwrap()["id"],
+        order["id"]
+    );
+    let orders: Vec<Value> = s.admin_get("/api/v1/orders?room=demo").await;
+    assert_eq!(orders.len(), 2);
+    s.stop().await;
+}

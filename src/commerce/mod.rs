@@ -210,7 +210,11 @@ impl Commerce {
                 coupon: o.coupon_id,
             };
             let live = o.status.is_live();
-            sale.restore(&o.user_id, &o.key, f, o.id, live);
+            sale.restore(&o.user_id, o.qty, live);
+            shop.keys.insert(
+                (o.user_id.clone(), o.key.clone()),
+                sale::KeyState::Done(f, o.id),
+            );
             if let (true, Some(coupon)) = (live, o.coupon_id) {
                 coupons_in_use.insert((coupon, o.user_id.clone()));
             }
@@ -613,33 +617,48 @@ impl Commerce {
         req: BuyRequest,
     ) -> CommerceResult<(OrderView, bool)> {
         let shop = self.existing_shop(room).ok_or_else(unknown_sku)?;
-        let sale = match shop.sale_for_sku(&req.sku) {
-            Some(sale) => sale,
-            None if shop.product_with_sku(&req.sku).is_some() => {
-                return Err(CommerceError::new(
-                    ErrorCode::NoSale,
-                    "no sale is scheduled for this sku",
-                ))
-            }
-            None => return Err(unknown_sku()),
-        };
-        if sale.keys_len() >= self.limits.max_orders_per_sale {
-            return Err(CommerceError::new(
-                ErrorCode::LimitReached,
-                "this sale has max_orders_per_sale orders",
-            ));
-        }
-        let now = now_ms();
         let fingerprint = BuyFingerprint {
             sku: req.sku.clone(),
             qty: req.qty,
             coupon: req.coupon_id,
         };
+        // A retry is answered by its key alone, whatever became of the SKU
+        // or its sale since (`reserve` checks again, atomically).
+        let earlier = shop
+            .keys
+            .get(&(user.id.clone(), req.key.clone()))
+            .map(|k| k.clone());
+        if let Some(sale::KeyState::Done(f, id)) = earlier {
+            if f != fingerprint {
+                return Err(CommerceError::new(
+                    ErrorCode::IdempotencyConflict,
+                    "this idempotency key was used for a different request",
+                ));
+            }
+            let order = self
+                .orders
+                .get(&id)
+                .expect("a committed key names a stored order");
+            return Ok((order.view(), false));
+        }
+        let sale = match shop.sale_for_sku(&req.sku) {
+            Some(sale) => sale,
+            None if shop.product_with_sku(&req.sku).is_some() => {
+                return Err(CommerceError::new(
+                    ErrorCode::NoSale,
+                    "this sku has never been on sale in this room",
+                ))
+            }
+            None => return Err(unknown_sku()),
+        };
+        let now = now_ms();
         let hold = match sale.reserve(
+            &shop.keys,
             &user.id,
             &req.key,
             fingerprint,
             self.limits.max_buy_qty,
+            self.limits.max_orders_per_sale as u64,
             now,
         )? {
             Reserve::Existing(id) => {

@@ -85,10 +85,15 @@ pub struct BuyFingerprint {
 }
 
 #[derive(Debug, Clone)]
-enum KeyState {
+pub enum KeyState {
     InFlight(BuyFingerprint),
     Done(BuyFingerprint, OrderId),
 }
+
+/// A room's idempotency keys: one per buyer and key, whatever the SKU or
+/// sale, so a retry can never create a second order. Kept as long as the
+/// room's shop is in memory (each one names an order, or a buy in flight).
+pub type Keys = DashMap<(UserId, IdemKey), KeyState>;
 
 #[derive(Debug)]
 pub struct Sale {
@@ -98,9 +103,8 @@ pub struct Sale {
     stock: Stock,
     /// Units each buyer holds in live (reserved or paid) orders.
     held: DashMap<UserId, u32>,
-    /// Every idempotency key used on this sale, for as long as the sale is in
-    /// memory (at most one per order; bounded by `max_orders_per_sale`).
-    keys: DashMap<(UserId, IdemKey), KeyState>,
+    /// Orders ever committed on this sale (for `max_orders_per_sale`).
+    orders: AtomicU64,
 }
 
 /// The answer of `reserve`: a fresh hold to commit, or the order an earlier
@@ -126,7 +130,7 @@ impl Sale {
             terms,
             ended_early_at: AtomicU64::new(0),
             held: DashMap::new(),
-            keys: DashMap::new(),
+            orders: AtomicU64::new(0),
         }
     }
 
@@ -194,12 +198,15 @@ impl Sale {
 
     /// Decides a buy. On success the units, the buyer's allowance and the
     /// key are held until the returned `Hold` is committed or dropped.
+    #[allow(clippy::too_many_arguments)]
     pub fn reserve(
         self: &Arc<Self>,
+        keys: &Arc<Keys>,
         user: &UserId,
         key: &IdemKey,
         fingerprint: BuyFingerprint,
         max_qty: u32,
+        max_orders: u64,
         now: u64,
     ) -> Result<Reserve, CommerceError> {
         let qty = fingerprint.qty;
@@ -211,7 +218,7 @@ impl Sale {
         }
         // The key first: a retry of a buy that succeeded gets its order even
         // after the sale ended or sold out.
-        match self.keys.entry((user.clone(), key.clone())) {
+        match keys.entry((user.clone(), key.clone())) {
             Entry::Occupied(e) => {
                 return match e.get() {
                     KeyState::Done(f, order) if *f == fingerprint => Ok(Reserve::Existing(*order)),
@@ -231,6 +238,7 @@ impl Sale {
         }
         let mut hold = Hold {
             sale: self.clone(),
+            keys: keys.clone(),
             user: user.clone(),
             key: key.clone(),
             qty,
@@ -248,8 +256,15 @@ impl Sale {
             SaleStatus::Ended => return Err(refuse(ErrorCode::SaleEnded, "the sale has ended")),
             SaleStatus::Live => {}
         }
+        if self.orders.load(Ordering::Acquire) >= max_orders {
+            return Err(refuse(
+                ErrorCode::LimitReached,
+                "this sale has max_orders_per_sale orders",
+            ));
+        }
         let limit = self.terms.per_user_limit;
-        if qty > limit {
+        // A buyer at the limit hears so even when the sale is sold out.
+        if qty > limit || self.held_by(user) + qty > limit {
             return Err(over_limit(limit));
         }
         if self.stock.available() < qty {
@@ -287,27 +302,14 @@ impl Sale {
     }
 
     /// Re-applies an order loaded from the store at start-up.
-    pub fn restore(
-        &self,
-        user: &UserId,
-        key: &IdemKey,
-        f: BuyFingerprint,
-        order: OrderId,
-        live: bool,
-    ) {
+    pub fn restore(&self, user: &UserId, qty: u32, live: bool) {
         if live {
             self.stock
-                .try_take(f.qty)
+                .try_take(qty)
                 .expect("the store holds more live units than the sale's stock");
-            *self.held.entry(user.clone()).or_insert(0) += f.qty;
+            *self.held.entry(user.clone()).or_insert(0) += qty;
         }
-        self.keys
-            .insert((user.clone(), key.clone()), KeyState::Done(f, order));
-    }
-
-    /// Keys remembered (for the `max_orders_per_sale` bound).
-    pub fn keys_len(&self) -> usize {
-        self.keys.len()
+        self.orders.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -326,6 +328,7 @@ fn sold_out(left: u32) -> CommerceError {
 /// uncommitted (refused, failed to commit, or cancelled), it gives all back.
 pub struct Hold {
     sale: Arc<Sale>,
+    keys: Arc<Keys>,
     user: UserId,
     key: IdemKey,
     qty: u32,
@@ -345,17 +348,18 @@ impl Hold {
 
     /// The order is durable: the key now names it.
     pub fn commit(mut self, order: OrderId) {
-        let fingerprint = match self.sale.keys.get(&(self.user.clone(), self.key.clone())) {
+        let fingerprint = match self.keys.get(&(self.user.clone(), self.key.clone())) {
             Some(state) => match &*state {
                 KeyState::InFlight(f) => f.clone(),
                 KeyState::Done(..) => unreachable!("a key is committed once"),
             },
             None => unreachable!("an in-flight key stays until its hold ends"),
         };
-        self.sale.keys.insert(
+        self.keys.insert(
             (self.user.clone(), self.key.clone()),
             KeyState::Done(fingerprint, order),
         );
+        self.sale.orders.fetch_add(1, Ordering::AcqRel);
         self.committed = true;
     }
 }
@@ -371,9 +375,7 @@ impl Drop for Hold {
         if self.allowance {
             self.sale.give_back_allowance(&self.user, self.qty);
         }
-        self.sale
-            .keys
-            .remove(&(self.user.clone(), self.key.clone()));
+        self.keys.remove(&(self.user.clone(), self.key.clone()));
     }
 }
 
@@ -483,15 +485,12 @@ mod tests {
             if now >= ENDS_AT {
                 return Err(ErrorCode::SaleEnded);
             }
-            if qty > LIMIT {
+            let held = self.held.get(&user).copied().unwrap_or(0);
+            if qty > LIMIT || held + qty > LIMIT {
                 return Err(ErrorCode::PerUserLimit);
             }
             if self.left < qty {
                 return Err(ErrorCode::SoldOut);
-            }
-            let held = self.held.get(&user).copied().unwrap_or(0);
-            if held + qty > LIMIT {
-                return Err(ErrorCode::PerUserLimit);
             }
             if fails {
                 return Err(ErrorCode::Internal);
@@ -524,6 +523,7 @@ mod tests {
         #[test]
         fn matches_a_sequential_model(ops in prop::collection::vec(op(), 1..60)) {
             let sale = sale();
+            let keys = Arc::new(Keys::new());
             let mut model = Model { left: STOCK, ..Model::default() };
             let mut cells: Vec<Arc<OrderCell>> = Vec::new();
             let mut now = 50u64;
@@ -532,7 +532,7 @@ mod tests {
                     Op::Buy { user, key, qty, commit_fails } => {
                         let f = BuyFingerprint { sku: sale.terms.sku.clone(), qty, coupon: None };
                         let key_id = IdemKey::new(&format!("k{key}")).unwrap();
-                        let got = match sale.reserve(&uid(user), &key_id, f, MAX_QTY, now) {
+                        let got = match sale.reserve(&keys, &uid(user), &key_id, f, MAX_QTY, u64::MAX, now) {
                             Err(e) => Err(e.code),
                             Ok(Reserve::Existing(id)) => Ok(id.0 as usize),
                             Ok(Reserve::New(_hold)) if commit_fails => Err(ErrorCode::Internal),
@@ -614,9 +614,10 @@ mod tests {
     #[test]
     fn concurrent_buyers_never_oversell_or_exceed_their_limit() {
         let sale = sale();
+        let keys = Arc::new(Keys::new());
         let handles: Vec<_> = (0..8)
             .map(|t| {
-                let sale = sale.clone();
+                let (sale, keys) = (sale.clone(), keys.clone());
                 std::thread::spawn(move || {
                     let mut got = 0;
                     for i in 0..50 {
@@ -627,7 +628,9 @@ mod tests {
                             qty: 1,
                             coupon: None,
                         };
-                        if let Ok(Reserve::New(hold)) = sale.reserve(&user, &key, f, MAX_QTY, 500) {
+                        if let Ok(Reserve::New(hold)) =
+                            sale.reserve(&keys, &user, &key, f, MAX_QTY, u64::MAX, 500)
+                        {
                             hold.commit(OrderId(i));
                             got += 1;
                         }

@@ -11,7 +11,7 @@ use dashmap::DashMap;
 
 use super::catalog::Product;
 use super::coupon::Coupon;
-use super::sale::Sale;
+use super::sale::{Keys, Sale};
 use crate::ids::{CouponId, ProductId, RoomId, SaleId, Sku};
 
 pub struct Shop {
@@ -22,6 +22,8 @@ pub struct Shop {
     /// The latest sale of each SKU: where a buy for that SKU goes.
     by_sku: DashMap<Sku, Arc<Sale>>,
     coupons: RwLock<Vec<Arc<Coupon>>>,
+    /// Every buyer's idempotency keys in this room.
+    pub keys: Arc<Keys>,
     /// Bumped after every change of products, pin, sales or coupons.
     version: AtomicU64,
     /// Serializes host and admin changes of this shop (never held by buys).
@@ -45,6 +47,7 @@ impl Shop {
             sales: RwLock::default(),
             by_sku: DashMap::new(),
             coupons: RwLock::default(),
+            keys: Arc::new(Keys::new()),
             version: AtomicU64::new(0),
             admin: tokio::sync::Mutex::new(()),
         }

@@ -402,7 +402,7 @@ async fn export_orders(
 }
 
 /// The CSV columns, in order.
-pub const CSV_HEADER: [&str; 19] = [
+pub const CSV_HEADER: [&str; 20] = [
     "id",
     "room",
     "sale_id",
@@ -422,6 +422,7 @@ pub const CSV_HEADER: [&str; 19] = [
     "created_at",
     "deadline",
     "paid_at",
+    "closed_at",
 ];
 
 fn orders_csv(orders: &[OrderView]) -> Result<String, csv::Error> {
@@ -449,6 +450,7 @@ fn orders_csv(orders: &[OrderView]) -> Result<String, csv::Error> {
             o.created_at.to_string(),
             o.deadline.to_string(),
             opt(o.paid_at),
+            opt(o.closed_at),
         ])?;
     }
     let bytes = w.into_inner().map_err(|e| e.into_error())?;

@@ -64,7 +64,7 @@ pub enum ErrorCode {
     ShuttingDown,
     /// No product in this room has this SKU.
     UnknownSku,
-    /// The SKU exists but no flash sale for it is scheduled or running.
+    /// The SKU exists but has never been put on sale in this room (after a sale ends, buys get `sale_ended`).
     NoSale,
     /// The sale has not started yet (see its `starts_at`).
     SaleNotStarted,
