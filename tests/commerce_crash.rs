@@ -24,6 +24,9 @@ const SECRET: &str = "crash-token-secret";
 const STOCK: u32 = 5_000;
 const BUYERS: usize = 100;
 
+/// Acknowledged orders: id -> (user, key, qty).
+type Acked = HashMap<u64, (String, String, u64)>;
+
 /// Starts the binary on `dir`; returns it and its base URL.
 async fn spawn(dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(BIN)
@@ -110,7 +113,7 @@ async fn every_acknowledged_order_survives_kill_9() {
     let keys = TokenKeys::new(SECRET.as_bytes());
     let room = RoomId::new("demo").unwrap();
     let ws = format!("{}/ws", base.replace("http://", "ws://"));
-    let acked: Arc<Mutex<HashMap<u64, (String, String, u64)>>> = Arc::default();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let answered = Arc::new(AtomicUsize::new(0));
     let mut buyers = Vec::new();
     for i in 0..BUYERS {

@@ -105,8 +105,10 @@ impl MarketWatch {
             self.sales = self.shop.sales();
             self.coupons = self.shop.coupons();
             for c in &self.coupons {
-                if !self.coupons_left.contains_key(&c.id()) {
-                    self.coupons_left.insert(c.id(), c.left());
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    self.coupons_left.entry(c.id())
+                {
+                    e.insert(c.left());
                     out.push(EventBody::CouponDropped { coupon: c.view() });
                 }
             }
