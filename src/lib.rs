@@ -17,6 +17,7 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+pub mod recording;
 pub mod room;
 pub mod server;
 pub mod store;

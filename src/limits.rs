@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::Settings;
 use crate::ids::UserId;
 
+/// The smallest `max_recording_bytes`: room for the header and some lines.
+pub const MIN_RECORDING_BYTES: u64 = 1_024;
+
 /// Every bound in the system. Exceeding one is a documented error path.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct Limits {
@@ -178,6 +181,26 @@ pub struct Limits {
     /// Most orders in one page of the orders API (and rows in one CSV export).
     #[arg(long, env = "FLASHCAST_MAX_ORDERS_PAGE", default_value_t = 10_000)]
     pub max_orders_page: usize,
+
+    // Recording (docs/recording.md).
+    /// Recorded client actions waiting for the recording's writer; beyond,
+    /// lines are dropped (and counted), never waited for.
+    #[arg(long, env = "FLASHCAST_RECORDING_QUEUE", default_value_t = 4_096)]
+    pub recording_queue: usize,
+    /// Largest recording file, in bytes; the recording stops when the next
+    /// line would not fit.
+    #[arg(
+        long,
+        env = "FLASHCAST_MAX_RECORDING_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub max_recording_bytes: u64,
+    /// Longest recording, in seconds; it stops by itself after that.
+    #[arg(long, env = "FLASHCAST_MAX_RECORDING_SECS", default_value_t = 4 * 3600)]
+    pub max_recording_secs: u64,
+    /// Rooms recording at once on this node (one writer thread each).
+    #[arg(long, env = "FLASHCAST_MAX_RECORDINGS", default_value_t = 16)]
+    pub max_recordings: usize,
 }
 
 impl Limits {
@@ -222,6 +245,9 @@ impl Limits {
             ("commit_queue", self.commit_queue),
             ("commit_batch", self.commit_batch),
             ("max_orders_page", self.max_orders_page),
+            ("recording_queue", self.recording_queue),
+            ("max_recording_secs", self.max_recording_secs as usize),
+            ("max_recordings", self.max_recordings),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -236,6 +262,11 @@ impl Limits {
         }
         if self.payment_window_secs > self.max_payment_window_secs {
             return Err("payment_window_secs must not exceed max_payment_window_secs".into());
+        }
+        if self.max_recording_bytes < MIN_RECORDING_BYTES {
+            return Err(format!(
+                "max_recording_bytes must be at least {MIN_RECORDING_BYTES}"
+            ));
         }
         if self.tick_ms > 1_000 {
             return Err("tick_ms must be at most 1000".into());

@@ -33,6 +33,14 @@ pub struct Metrics {
     pub order_changes: IntCounterVec,
     /// Coupon claims answered, by outcome.
     pub coupon_claims: IntCounterVec,
+    /// Client actions written to recordings.
+    pub recording_lines: IntCounter,
+    /// Client actions not recorded because a recording queue was full.
+    pub recording_dropped: IntCounter,
+    /// Rooms recording now.
+    pub recordings_active: IntGauge,
+    /// Recordings ended, by what ended them.
+    pub recording_stops: IntCounterVec,
 }
 
 impl Metrics {
@@ -104,6 +112,22 @@ impl Metrics {
                 &["outcome"],
             )
             .unwrap(),
+            recording_lines: IntCounter::new(
+                "recording_lines_total",
+                "Client actions written to recordings",
+            )
+            .unwrap(),
+            recording_dropped: IntCounter::new(
+                "recording_dropped_total",
+                "Client actions not recorded because the recording queue was full",
+            )
+            .unwrap(),
+            recordings_active: IntGauge::new("recordings_active", "Rooms recording now").unwrap(),
+            recording_stops: IntCounterVec::new(
+                Opts::new("recording_stops_total", "Recordings ended, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -123,6 +147,10 @@ impl Metrics {
         r.register(Box::new(m.buy_seconds.clone())).unwrap();
         r.register(Box::new(m.order_changes.clone())).unwrap();
         r.register(Box::new(m.coupon_claims.clone())).unwrap();
+        r.register(Box::new(m.recording_lines.clone())).unwrap();
+        r.register(Box::new(m.recording_dropped.clone())).unwrap();
+        r.register(Box::new(m.recordings_active.clone())).unwrap();
+        r.register(Box::new(m.recording_stops.clone())).unwrap();
         m
     }
 

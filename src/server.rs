@@ -76,6 +76,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         TokenKeys::new(secret.as_bytes()),
         admin_key,
         store.clone(),
+        settings.data_dir.join("recordings"),
     );
 
     let mut demo_seen = false;
@@ -181,6 +182,14 @@ impl Server {
                 left,
                 "connections still open at the end of the grace period"
             );
+        }
+        // After the connections, so their leaves are recorded.
+        let recordings = self.app.recordings.clone();
+        let stopped = tokio::task::spawn_blocking(move || {
+            recordings.stop_all(crate::recording::recorder::StopReason::Shutdown)
+        });
+        if stopped.await.is_err() {
+            tracing::error!("could not stop the recordings");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.serve).await;
     }

@@ -16,9 +16,36 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Runs a scenario file: phases on a timeline (joins, chat, reactions,
+    /// polls, flash sales, coupon drops, reconnects, replays), judged by the
+    /// file's pass criteria. Exit code 1 when a criterion fails.
+    Run(RunArgs),
+    /// Checks a scenario file and prints what it would do, without running it.
+    Check {
+        /// The scenario file (TOML).
+        file: PathBuf,
+    },
+    /// Internal: one worker process of `run`.
+    #[command(hide = true)]
+    ScenarioWorker {
+        /// The plan, as JSON.
+        #[arg(long)]
+        plan: String,
+    },
     /// N viewers join a room; S of them chat at a total rate for a while.
     /// Every viewer checks sequence contiguity and delivery latency.
     Chat(ChatArgs),
+    /// The peer benchmark (benches/peer/): N WebSocket subscribers to one
+    /// nginx + nchan channel, one HTTP publisher at a fixed rate; delivery
+    /// latency, gaps and duplicates by the publisher's sequence.
+    Nchan(crate::nchan::NchanArgs),
+    /// Internal: one child process of `nchan --workers`.
+    #[command(hide = true)]
+    NchanWorker {
+        /// The plan, as JSON.
+        #[arg(long)]
+        plan: String,
+    },
     /// Internal: one child process of `--workers`. Reads its plan as JSON,
     /// speaks JSON lines on stdout.
     #[command(hide = true)]
@@ -27,6 +54,39 @@ pub enum Command {
         #[arg(long)]
         plan: String,
     },
+}
+
+/// Options of `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The scenario file (TOML); examples in loadtest/scenarios/.
+    pub file: PathBuf,
+    /// Server base URL, overriding the file's `target.url`.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Admin key (for tokens, rooms, sales, coupons, orders).
+    #[arg(long, env = "FLASHCAST_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// PID of a local server process: its CPU and memory are sampled from
+    /// /proc every second.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Worker processes, overriding the file's `load.workers`.
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the HTML report (charts) here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Write what the tool sent as a recording (JSON lines), replayable
+    /// with a `replay` phase.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// No progress lines (the summary is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Options of the `chat` scenario.

@@ -10,6 +10,17 @@ use flashcast_storm::{chat, run_chat, Cli, Command, RunOptions};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => flashcast_storm::storm::main(args).await,
+        Command::Check { file } => flashcast_storm::storm::check_main(&file),
+        Command::ScenarioWorker { plan } => {
+            match flashcast_storm::storm::worker_main(&plan).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("worker error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Chat(args) => {
             if let Err(e) = args.validate() {
                 eprintln!("error: {e}");
@@ -40,6 +51,8 @@ async fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        Command::Nchan(args) => flashcast_storm::nchan::main(args).await,
+        Command::NchanWorker { plan } => flashcast_storm::nchan::worker_exit(&plan).await,
         Command::Worker { plan } => match chat::worker_main(&plan).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod commerce;
+pub mod recording;
 pub mod web;
 pub mod ws;
 
@@ -21,6 +22,7 @@ use crate::commerce::Commerce;
 use crate::limits::{Limits, RateLimiters};
 use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
+use crate::recording::recorder::Recordings;
 use crate::room::{ConnId, Registry};
 use crate::store::Store;
 
@@ -37,6 +39,8 @@ pub struct AppInner {
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
     pub limiters: RateLimiters,
+    /// Rooms' recordings of client actions (docs/recording.md).
+    pub recordings: Arc<Recordings>,
     /// Flips to true once, when shutdown begins.
     pub shutdown: watch::Sender<bool>,
     connections: AtomicUsize,
@@ -56,9 +60,15 @@ impl AppState {
         keys: TokenKeys,
         admin_key: String,
         store: Arc<dyn Store>,
+        recordings_dir: std::path::PathBuf,
     ) -> Self {
         let ctx = registry.context().clone();
         Self(Arc::new(AppInner {
+            recordings: Arc::new(Recordings::new(
+                recordings_dir,
+                ctx.limits.clone(),
+                ctx.metrics.clone(),
+            )),
             limiters: RateLimiters::new(&ctx.limits),
             limits: ctx.limits.clone(),
             metrics: ctx.metrics.clone(),
@@ -104,8 +114,8 @@ impl AppState {
 #[openapi(
     info(
         title = "Flashcast admin API",
-        description = "Rooms, tokens, catalog, flash sales, coupon drops, orders and the \
-            payment webhook. Every error is `{\"error\": {\"code\", \"message\"}}`; the codes \
+        description = "Rooms, tokens, catalog, flash sales, coupon drops, orders, the \
+            payment webhook and recordings of a room's client actions. Every error is `{\"error\": {\"code\", \"message\"}}`; the codes \
             are listed in docs/protocol.md."
     ),
     modifiers(&AdminKey),
@@ -132,6 +142,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(admin::routes())
         .merge(commerce::routes())
+        .merge(recording::routes())
         .split_for_parts()
 }
 

@@ -28,6 +28,7 @@ use crate::protocol::codec::{WireFrame, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use crate::protocol::{
     now_ms, ClientFrame, ClientMsg, CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef,
 };
+use crate::recording::recorder::ConnRecorder;
 use crate::room::actor::clean_action_text;
 use crate::room::{ConnId, JoinRequest, Outgoing, RoomHandle};
 
@@ -86,6 +87,7 @@ pub async fn upgrade(
             rejects: app.limiters.rejects(),
             app,
             encoding,
+            recorder: None,
         };
         conn.run(socket).await;
         drop(slot);
@@ -114,6 +116,9 @@ struct Connection {
     app: AppState,
     encoding: Encoding,
     rejects: DefaultDirectRateLimiter,
+    /// This connection's side of its room's recording, once joined.
+    /// Dropped with the connection, which records its `leave`.
+    recorder: Option<ConnRecorder>,
 }
 
 /// What the read side decided about the connection.
@@ -261,6 +266,7 @@ impl Connection {
             room.leave(self.id);
             return Err(CloseCode::Normal);
         }
+        self.recorder = Some(self.app.recordings.connection(&room, user.role));
         Ok(Joined {
             room,
             user,
@@ -293,6 +299,9 @@ impl Connection {
                 }
                 frame = j.frames.recv(), if frames_open => match frame {
                     Ok(frame) => {
+                        if let Some(recorder) = &mut self.recorder {
+                            recorder.touch();
+                        }
                         if !self.write(socket, frame.into_message()).await {
                             return None;
                         }
@@ -333,6 +342,11 @@ impl Connection {
             Err(flow) => return flow,
         };
         let ClientFrame { reference, mut msg } = frame;
+        // Every decoded action, before the room decides on it: a replay
+        // reproduces the load, not the outcomes.
+        if let Some(recorder) = &mut self.recorder {
+            recorder.record(&msg);
+        }
         let result = match &msg {
             ClientMsg::Join { .. } => Err(Rejection::new(
                 ErrorCode::AlreadyJoined,

@@ -1,0 +1,203 @@
+//! Watching the server while it is stormed: CPU time and resident memory of
+//! a local server process from /proc (once a second), and the server's own
+//! counters from its Prometheus `/metrics` before and after.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::admin::Admin;
+
+/// Counters read from `/metrics` (summed over labels).
+const METRICS: [&str; 7] = [
+    "flashcast_events_out_total",
+    "flashcast_frames_out_total",
+    "flashcast_bytes_out_total",
+    "flashcast_queue_overflows_total",
+    "flashcast_rejected_total",
+    "flashcast_buys_total",
+    "flashcast_coupon_claims_total",
+];
+
+/// CPU and memory of a process at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ProcReading {
+    at_ms: u64,
+    /// utime + stime, seconds.
+    cpu_secs: f64,
+    rss_mib: f64,
+}
+
+fn read_proc(pid: u32) -> Option<ProcReading> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(ProcReading {
+        at_ms: flashcast::protocol::now_ms(),
+        cpu_secs: ticks / hz,
+        rss_mib: rss_kib / 1024.0,
+    })
+}
+
+/// Sums each wanted counter over its label sets.
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if !METRICS.contains(&name) {
+            continue;
+        }
+        if let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *out.entry(name.to_string()).or_default() += v;
+        }
+    }
+    out
+}
+
+/// What was seen of the server during the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServerFigures {
+    pub pid: Option<u32>,
+    /// Server CPU from the go signal to the end of the run, seconds.
+    pub cpu_secs: Option<f64>,
+    /// Resident memory before the go signal and at its highest.
+    pub rss_start_mib: Option<f64>,
+    pub rss_peak_mib: Option<f64>,
+    /// Once a second: (seconds since go, % of one core, RSS MiB).
+    pub samples: Vec<(f64, f64, f64)>,
+    /// Change of the server's own counters over the run (from /metrics).
+    pub metrics_delta: BTreeMap<String, f64>,
+}
+
+/// Samples a server during a run.
+pub struct ServerProbe {
+    pid: Option<u32>,
+    admin: Admin,
+    state: Mutex<ProbeState>,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    t0_ms: u64,
+    first: Option<ProcReading>,
+    prev: Option<ProcReading>,
+    figures: ServerFigures,
+    metrics_start: BTreeMap<String, f64>,
+}
+
+impl ServerProbe {
+    pub fn new(pid: Option<u32>, admin: Admin) -> ServerProbe {
+        ServerProbe {
+            pid,
+            admin,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Takes the starting readings (call at the go signal).
+    pub async fn start(&self, t0_ms: u64) {
+        let metrics = self
+            .admin
+            .metrics_text()
+            .await
+            .map(|t| parse_metrics(&t))
+            .unwrap_or_default();
+        let reading = self.pid.and_then(read_proc);
+        let mut s = self.state.lock().expect("lock");
+        s.t0_ms = t0_ms;
+        s.first = reading;
+        s.prev = reading;
+        s.metrics_start = metrics;
+        s.figures.pid = self.pid;
+        s.figures.rss_start_mib = reading.map(|r| r.rss_mib);
+        s.figures.rss_peak_mib = reading.map(|r| r.rss_mib);
+    }
+
+    /// One reading (call about once a second).
+    pub async fn sample(&self) {
+        let Some(r) = self.pid.and_then(read_proc) else {
+            return;
+        };
+        let mut s = self.state.lock().expect("lock");
+        if let Some(prev) = s.prev {
+            let dt = (r.at_ms.saturating_sub(prev.at_ms)) as f64 / 1_000.0;
+            if dt >= 0.2 {
+                let pct = (r.cpu_secs - prev.cpu_secs) / dt * 100.0;
+                let t = (r.at_ms as f64 - s.t0_ms as f64) / 1_000.0;
+                s.figures.samples.push((t, pct, r.rss_mib));
+                s.prev = Some(r);
+            }
+        } else {
+            s.prev = Some(r);
+        }
+        let peak = s.figures.rss_peak_mib.unwrap_or(0.0).max(r.rss_mib);
+        s.figures.rss_peak_mib = Some(peak);
+    }
+
+    /// The last (% of one core, RSS MiB), for the progress line.
+    pub fn last(&self) -> Option<(f64, f64)> {
+        let s = self.state.lock().expect("lock");
+        s.figures.samples.last().map(|&(_, c, r)| (c, r))
+    }
+
+    pub async fn finish(&self) -> ServerFigures {
+        let metrics = self
+            .admin
+            .metrics_text()
+            .await
+            .map(|t| parse_metrics(&t))
+            .unwrap_or_default();
+        let last = self.pid.and_then(read_proc);
+        let mut s = self.state.lock().expect("lock");
+        if let (Some(first), Some(last)) = (s.first, last) {
+            s.figures.cpu_secs = Some(last.cpu_secs - first.cpu_secs);
+        }
+        let start = std::mem::take(&mut s.metrics_start);
+        s.figures.metrics_delta = metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), v - start.get(k).copied().unwrap_or(0.0)))
+            .collect();
+        s.figures.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process_from_proc() {
+        let r = read_proc(std::process::id()).expect("own /proc entry");
+        assert!(r.rss_mib > 0.5 && r.rss_mib < 4_096.0, "{r:?}");
+        assert!(r.cpu_secs >= 0.0);
+        assert!(read_proc(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn sums_counters_over_labels_and_skips_the_rest() {
+        let text = "# HELP x\nflashcast_events_out_total 120\n\
+                    flashcast_rejected_total{reason=\"rate_limited\"} 3\n\
+                    flashcast_rejected_total{reason=\"sold_out\"} 4\n\
+                    flashcast_tick_seconds_bucket{le=\"0.1\"} 9\n";
+        let m = parse_metrics(text);
+        assert_eq!(m["flashcast_events_out_total"], 120.0);
+        assert_eq!(m["flashcast_rejected_total"], 7.0);
+        assert_eq!(m.len(), 2);
+    }
+}

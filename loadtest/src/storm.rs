@@ -1,0 +1,1086 @@
+//! Running a scenario: the coordinator prepares the server (room, products,
+//! sales), starts the worker processes (or runs the one worker in this
+//! process), releases them together at the go signal, plays the host's part
+//! (polls, coupon drops), samples the server, and merges what the workers
+//! measured into one [`Verdict`](crate::verdict::Verdict).
+//!
+//! A worker owns a contiguous range of the viewers and its own source
+//! addresses. It turns the scenario into one [`Script`] per viewer (the same
+//! scripts whatever the number of workers: every choice depends only on the
+//! viewer's global number and the scenario's seed), mints tokens if needed,
+//! reports ready, and at the go signal runs every script as a task.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use flashcast::ids::{IdemKey, RoomId, Sku};
+use flashcast::protocol::{now_ms, ReactionKind};
+use flashcast::recording::{read_trace, TraceAction, TraceLine};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::admin::Admin;
+use crate::client::{source_ip, Target};
+use crate::probe::ServerProbe;
+use crate::scenario::{participants, Auth, Phase, Scenario};
+use crate::tally::{Live, Progress, Tally};
+use crate::verdict::{SaleCheck, Verdict};
+use crate::viewer::{self, Act, BuyTrigger, Script, Shared};
+
+/// Most lines a replay file may have.
+pub const MAX_TRACE_LINES: usize = 2_000_000;
+/// Time between the go decision and the go signal, so every worker has it
+/// before the timeline starts.
+const GO_LEAD_MS: u64 = 1_500;
+
+/// What one worker process does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerPlan {
+    pub scenario: Scenario,
+    pub run_id: String,
+    pub room: String,
+    pub admin_key: Option<String>,
+    pub worker: u32,
+    pub workers: u32,
+    /// Global viewers `viewer_offset..viewer_offset + viewers`.
+    pub viewer_offset: u32,
+    pub viewers: u32,
+    /// Source addresses `ip_offset..ip_offset + ip_count`.
+    pub ip_offset: u32,
+    pub ip_count: u32,
+    /// Seconds of timeline to keep per-second figures for.
+    pub seconds: u32,
+    /// Keep what the viewers send (`--record`).
+    pub record: bool,
+}
+
+/// How a run is carried out (command-line options rather than scenario).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub admin_key: Option<String>,
+    /// A local server process to sample (CPU, memory) from /proc.
+    pub server_pid: Option<u32>,
+    /// Overrides the scenario's worker count.
+    pub workers: Option<u32>,
+    /// The `flashcast-storm` binary, for worker processes.
+    pub worker_exe: Option<PathBuf>,
+    /// Writes the actions the tool sent as a recording (JSON lines).
+    pub record: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// The deterministic SKU of a flash-sale phase.
+pub fn phase_sku(run_id: &str, phase: usize) -> Sku {
+    Sku::new(&format!("STORM-{run_id}-{phase}")).expect("valid sku")
+}
+
+/// A number in [0, 1) from the seed, the viewer and the phase: the same
+/// every run, spread like a uniform draw.
+fn unit(seed: u64, viewer: u32, phase: usize) -> f64 {
+    let mut x = seed ^ ((viewer as u64) << 20) ^ ((phase as u64) << 52);
+    // splitmix64
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// Even pacing of `rate x duration` sends over `senders` participants:
+/// participant `j` sends every `senders / rate` s, offset by its share of
+/// that period. Returns the offsets (from go) of participant `j`'s sends.
+fn paced(at: f64, duration: f64, rate: f64, senders: u32, j: u32) -> Vec<Duration> {
+    let s = senders as u64;
+    let total = (rate * duration).round() as u64;
+    let count = total / s + u64::from((j as u64) < total % s);
+    let period = s as f64 / rate;
+    let offset = period * j as f64 / s as f64;
+    (0..count)
+        .map(|k| secs(at + offset + period * k as f64))
+        .collect()
+}
+
+/// The script of global viewer `i` (one of the scenario's own viewers).
+pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr) -> Script {
+    let total = s.viewers.count;
+    let seed = s.load.seed;
+    let mut script = Script {
+        id: i,
+        token: None,
+        source,
+        join_at: Duration::ZERO,
+        timed: Vec::new(),
+        triggers: Default::default(),
+    };
+    let mut first_unjoined = 0u32;
+    for (p, phase) in s.phases.iter().enumerate() {
+        let u = unit(seed, i, p);
+        match phase {
+            Phase::Join { at, viewers, over } => {
+                if (first_unjoined..first_unjoined + viewers).contains(&i) {
+                    let k = i - first_unjoined;
+                    script.join_at = secs(at + over * k as f64 / *viewers as f64);
+                }
+                first_unjoined += viewers;
+            }
+            Phase::Chat {
+                at,
+                duration,
+                rate,
+                senders,
+            } => {
+                if let Some(j) = participants(i, *senders, total) {
+                    for (k, t) in paced(*at, *duration, *rate, *senders, j)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let text = format!("storm {run_id} viewer {i} message {k}");
+                        script.timed.push((t, Act::Chat(text)));
+                    }
+                }
+            }
+            Phase::Reactions {
+                at,
+                duration,
+                rate,
+                senders,
+                kinds,
+            } => {
+                if let Some(j) = participants(i, *senders, total) {
+                    for (k, t) in paced(*at, *duration, *rate, *senders, j)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let kind: ReactionKind = kinds[(k + j as usize) % kinds.len()];
+                        script.timed.push((t, Act::React(kind)));
+                    }
+                }
+            }
+            Phase::Poll {
+                voters,
+                over,
+                options,
+                ..
+            } => {
+                if participants(i, *voters, total).is_some() {
+                    let option = (unit(seed ^ 1, i, p) * options.len() as f64) as u8;
+                    script.triggers.votes.push_back((secs(u * over), option));
+                }
+            }
+            Phase::FlashSale {
+                buyers,
+                within,
+                qty,
+                ..
+            } => {
+                if participants(i, *buyers, total).is_some() {
+                    script.triggers.buys.push(BuyTrigger {
+                        sku: phase_sku(run_id, p),
+                        qty: *qty,
+                        key: IdemKey::new(&format!("storm-{run_id}-{i}-{p}")).expect("valid key"),
+                        delay: secs(u * within),
+                        fired: false,
+                    });
+                }
+            }
+            Phase::CouponDrop {
+                claimers, within, ..
+            } => {
+                if participants(i, *claimers, total).is_some() {
+                    script.triggers.claims.push_back(secs(u * within));
+                }
+            }
+            Phase::Reconnect { at, fraction, over } => {
+                let n = ((total as f64) * fraction).round() as u32;
+                if participants(i, n, total).is_some() {
+                    script.timed.push((secs(at + u * over), Act::Reconnect));
+                }
+            }
+            Phase::Replay { .. } => {}
+        }
+    }
+    script.timed.sort_by_key(|(t, _)| *t);
+    script
+}
+
+/// One recorded connection of a replay phase.
+#[derive(Debug, Clone)]
+struct RecordedConn {
+    role_guest: bool,
+    lines: Vec<TraceLine>,
+}
+
+/// A replay phase's file, grouped by connection.
+struct Replay {
+    phase: usize,
+    at: f64,
+    speed: f64,
+    scale: u32,
+    conns: Vec<RecordedConn>,
+    /// Seconds from the first to the last line, at 1x.
+    length_secs: f64,
+}
+
+fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
+    let mut out = Vec::new();
+    for (p, phase) in s.phases.iter().enumerate() {
+        let Phase::Replay {
+            at,
+            file,
+            speed,
+            scale,
+        } = phase
+        else {
+            continue;
+        };
+        let f = std::fs::File::open(file)
+            .with_context(|| format!("phase {} (replay): {}", p + 1, file.display()))?;
+        let (_, lines) = read_trace(std::io::BufReader::new(f), MAX_TRACE_LINES)
+            .map_err(|e| anyhow::anyhow!("phase {} (replay): {}: {e}", p + 1, file.display()))?;
+        let mut by_conn: BTreeMap<u32, RecordedConn> = BTreeMap::new();
+        let mut length_ms = 0u64;
+        for line in lines {
+            length_ms = length_ms.max(line.t_ms);
+            let c = by_conn.entry(line.conn).or_insert(RecordedConn {
+                role_guest: true,
+                lines: Vec::new(),
+            });
+            if let TraceAction::Join { role } = &line.action {
+                c.role_guest = *role == flashcast::protocol::Role::Guest;
+            }
+            c.lines.push(line);
+        }
+        out.push(Replay {
+            phase: p,
+            at: *at,
+            speed: *speed,
+            scale: *scale,
+            conns: by_conn.into_values().collect(),
+            length_secs: length_ms as f64 / 1_000.0,
+        });
+    }
+    Ok(out)
+}
+
+/// Seconds each phase's replay lasts at 1x (0 for other phases).
+pub fn replay_lengths(s: &Scenario) -> anyhow::Result<Vec<f64>> {
+    let mut v = vec![0.0; s.phases.len()];
+    for r in load_replays(s)? {
+        v[r.phase] = r.length_secs;
+    }
+    Ok(v)
+}
+
+/// The scripts of a replay's viewers that worker `w` of `k` runs. Recorded
+/// connection `c`, copy `s` is replay viewer `c * scale + s`, numbered after
+/// the scenario's viewers; worker `r % k` runs replay viewer `r`.
+fn replay_scripts(
+    s: &Scenario,
+    run_id: &str,
+    replay: &Replay,
+    first_id: u32,
+    w: u32,
+    k: u32,
+    ip: impl Fn(u32) -> std::net::Ipv4Addr,
+) -> Vec<(Script, bool)> {
+    let sale_sku = s
+        .phases
+        .iter()
+        .position(|p| matches!(p, Phase::FlashSale { .. }))
+        .map(|p| phase_sku(run_id, p));
+    let mut out = Vec::new();
+    let mut r = 0u32;
+    for conn in &replay.conns {
+        for _copy in 0..replay.scale {
+            let id = first_id + r;
+            r += 1;
+            if (r - 1) % k != w {
+                continue;
+            }
+            let at = |t_ms: u64| secs(replay.at + t_ms as f64 / 1_000.0 / replay.speed);
+            let mut script = Script {
+                id,
+                token: None,
+                source: ip(id),
+                join_at: conn.lines.first().map(|l| at(l.t_ms)).unwrap_or_default(),
+                timed: Vec::new(),
+                triggers: Default::default(),
+            };
+            let mut n = 0;
+            for line in &conn.lines {
+                let act = match &line.action {
+                    TraceAction::Join { .. } => continue,
+                    TraceAction::Chat { text } => Act::Chat(text.clone()),
+                    TraceAction::React { kind } => Act::React(*kind),
+                    TraceAction::Vote { option, .. } => Act::Vote(*option),
+                    TraceAction::Ask { text } => Act::Ask(text.clone()),
+                    TraceAction::Upvote { question_id } => Act::Upvote(*question_id),
+                    TraceAction::Buy { sku, qty, .. } => {
+                        n += 1;
+                        Act::Buy {
+                            sku: sale_sku.clone().unwrap_or_else(|| sku.clone()),
+                            qty: *qty,
+                            key: IdemKey::new(&format!("storm-{run_id}-r{id}-{n}"))
+                                .expect("valid key"),
+                        }
+                    }
+                    TraceAction::ClaimCoupon { .. } => Act::Claim,
+                    TraceAction::Host { .. } => continue,
+                    TraceAction::Leave => Act::Leave,
+                };
+                script.timed.push((at(line.t_ms), act));
+            }
+            // A recorded signed-in viewer needs a token to buy; a guest
+            // stays a guest.
+            let wants_token = !conn.role_guest && s.viewers.auth == Auth::Token;
+            out.push((script, wants_token));
+        }
+    }
+    out
+}
+
+/// The plans of `k` workers: contiguous viewer ranges, disjoint addresses.
+pub fn plans(
+    s: &Scenario,
+    run_id: &str,
+    room: &str,
+    admin_key: Option<String>,
+    k: u32,
+    seconds: u32,
+) -> Vec<WorkerPlan> {
+    let share = |total: u32, i: u32| total / k + u32::from(i < total % k);
+    let ips = s.source_ip_count().max(k);
+    let (mut v_off, mut ip_off) = (0, 0);
+    (0..k)
+        .map(|i| {
+            let p = WorkerPlan {
+                scenario: s.clone(),
+                run_id: run_id.into(),
+                room: room.into(),
+                admin_key: admin_key.clone(),
+                worker: i,
+                workers: k,
+                viewer_offset: v_off,
+                viewers: share(s.viewers.count, i),
+                ip_offset: ip_off,
+                ip_count: share(ips, i).max(1),
+                seconds,
+                record: false,
+            };
+            v_off += p.viewers;
+            ip_off += p.ip_count;
+            p
+        })
+        .collect()
+}
+
+/// One worker: build scripts, mint tokens, report ready through `ready`
+/// (which returns the go signal's unix ms), run to the end.
+pub async fn run_worker<G, F>(plan: &WorkerPlan, live: Arc<Live>, ready: G) -> anyhow::Result<Tally>
+where
+    G: FnOnce() -> F,
+    F: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let s = &plan.scenario;
+    let target = Target::resolve(&s.ws_url()).await?;
+    let ip = |id: u32| source_ip(plan.ip_offset + id % plan.ip_count);
+    let mut scripts: Vec<(Script, bool)> = (plan.viewer_offset..plan.viewer_offset + plan.viewers)
+        .map(|i| {
+            (
+                script_for(s, &plan.run_id, i, ip(i)),
+                s.viewers.auth == Auth::Token,
+            )
+        })
+        .collect();
+    let mut first_id = s.viewers.count;
+    for replay in load_replays(s)? {
+        let n = replay.conns.len() as u32 * replay.scale;
+        scripts.extend(replay_scripts(
+            s,
+            &plan.run_id,
+            &replay,
+            first_id,
+            plan.worker,
+            plan.workers,
+            ip,
+        ));
+        first_id += n;
+    }
+    let wants: Vec<String> = scripts
+        .iter()
+        .filter(|(_, t)| *t)
+        .map(|(sc, _)| format!("storm-{}-{}", plan.run_id, sc.id))
+        .collect();
+    if !wants.is_empty() {
+        let admin = Admin::new(&s.target.url, plan.admin_key.clone());
+        let mut tokens = admin
+            .mint_many(&plan.room, wants)
+            .await
+            .context("minting viewer tokens")?
+            .into_iter();
+        for (sc, _) in scripts.iter_mut().filter(|(_, t)| *t) {
+            sc.token = tokens.next();
+        }
+    }
+
+    let t0_ms = ready().await?;
+    live.set_t0(t0_ms);
+    let t0 = Instant::now() + Duration::from_millis(t0_ms.saturating_sub(now_ms()));
+    let shared = Arc::new(Shared {
+        target,
+        room: RoomId::new(&plan.room).context("room id")?,
+        live: live.clone(),
+        t0,
+        join_timeout: secs(s.load.join_timeout),
+        join_retries: s.load.join_retries,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks: Vec<_> = scripts
+        .into_iter()
+        .map(|(sc, _)| tokio::spawn(viewer::run(shared.clone(), sc, stop_rx.clone())))
+        .collect();
+    let sampler = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                live.sample_viewers(now_ms());
+            }
+        })
+    };
+    let end = s.end(&replay_lengths(s)?) + s.load.drain;
+    tokio::time::sleep_until(t0 + secs(end)).await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.await.context("viewer task panicked")?;
+    }
+    sampler.abort();
+    Ok(live.tally())
+}
+
+/// One line of a worker process's stdout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerLine {
+    Progress(Progress),
+    /// Scripts built and tokens minted; waiting for `go <unix ms>`.
+    Ready,
+    Result(Box<Tally>),
+}
+
+/// Entry point of a worker process (`flashcast-storm scenario-worker`).
+pub async fn worker_main(plan_json: &str) -> anyhow::Result<()> {
+    raise_open_files_limit();
+    let plan: WorkerPlan = serde_json::from_str(plan_json).context("bad worker plan")?;
+    let live = Arc::new(new_live(&plan));
+    let printer = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                emit(&WorkerLine::Progress(live.progress()));
+            }
+        })
+    };
+    let result = run_worker(&plan, live, || async {
+        emit(&WorkerLine::Ready);
+        let mut line = String::new();
+        BufReader::new(tokio::io::stdin())
+            .read_line(&mut line)
+            .await
+            .context("reading go")?;
+        line.trim()
+            .strip_prefix("go ")
+            .and_then(|t| t.parse().ok())
+            .context("the coordinator went away before go")
+    })
+    .await;
+    printer.abort();
+    emit(&WorkerLine::Result(Box::new(result?)));
+    Ok(())
+}
+
+fn emit(line: &WorkerLine) {
+    let json = serde_json::to_string(line).expect("worker lines serialize");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{json}");
+    let _ = out.flush();
+}
+
+/// Runs a whole scenario and judges it.
+pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
+    let run_id = crate::chat::new_run_id();
+    let started_ms = now_ms();
+    let key = opts
+        .admin_key
+        .clone()
+        .or_else(|| s.target.admin_key.clone());
+    let admin = Admin::new(&s.target.url, key.clone());
+    let replay_secs = replay_lengths(s)?;
+    let end = s.end(&replay_secs);
+    let seconds = (end + s.load.drain).ceil() as u32 + 2;
+
+    let room = if s.target.create_room {
+        let id = format!("{}-{run_id}", s.target.room);
+        admin
+            .create_room(&id, &format!("{} (storm {run_id})", s.name))
+            .await
+            .context("creating the storm's room")?;
+        id
+    } else {
+        s.target.room.clone()
+    };
+    for (p, phase) in s.phases.iter().enumerate() {
+        if let Phase::FlashSale { price_minor, .. } = phase {
+            admin
+                .create_product(&room, phase_sku(&run_id, p).as_str(), *price_minor)
+                .await
+                .context("creating the flash sale's product")?;
+        }
+    }
+    let needs_host = s.phases.iter().any(|p| matches!(p, Phase::Poll { .. }));
+    let host_token = if needs_host {
+        Some(
+            admin
+                .mint(
+                    &room,
+                    &format!("storm-{run_id}-host"),
+                    flashcast::protocol::Role::Host,
+                )
+                .await
+                .context("minting the host's token (polls are opened by a host)")?,
+        )
+    } else {
+        None
+    };
+
+    let k = opts.workers.unwrap_or(s.load.workers).max(1);
+    let mut plans = plans(s, &run_id, &room, key.clone(), k, seconds);
+    for p in &mut plans {
+        p.record = opts.record.is_some();
+    }
+    let probe = ServerProbe::new(opts.server_pid, admin.clone());
+
+    // Workers: in this process, or as child processes.
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<usize>();
+    let (go_tx, go_rx) = watch::channel(0u64);
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(usize, Progress)>();
+    let mut worker_tasks = Vec::new();
+    if k == 1 {
+        let plan = plans[0].clone();
+        let live = Arc::new(new_live(&plan));
+        let ready_tx = ready_tx.clone();
+        let mut go_rx = go_rx.clone();
+        {
+            let live = live.clone();
+            let progress_tx = progress_tx.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    every.tick().await;
+                    if progress_tx.send((0, live.progress())).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        worker_tasks.push(tokio::spawn(async move {
+            run_worker(&plan, live, || async move {
+                let _ = ready_tx.send(0);
+                go_rx.changed().await.context("no go")?;
+                let t0 = *go_rx.borrow();
+                Ok(t0)
+            })
+            .await
+        }));
+    } else {
+        let exe = opts
+            .worker_exe
+            .clone()
+            .context("several workers need the flashcast-storm binary")?;
+        for (i, plan) in plans.iter().enumerate() {
+            worker_tasks.push(spawn_child(
+                &exe,
+                i,
+                plan,
+                ready_tx.clone(),
+                go_rx.clone(),
+                progress_tx.clone(),
+            )?);
+        }
+    }
+    drop(ready_tx);
+    drop(progress_tx);
+    let mut ready = 0;
+    while ready < k as usize {
+        match ready_rx.recv().await {
+            Some(_) => ready += 1,
+            None => break,
+        }
+    }
+    if ready < k as usize {
+        // A worker failed before it was ready: its task has the error.
+        for t in worker_tasks {
+            t.await.context("worker task")??;
+        }
+        bail!("a worker ended before it was ready");
+    }
+
+    // The timeline starts now (plus a lead); sales are scheduled on it.
+    let t0_ms = now_ms() + GO_LEAD_MS;
+    let mut sales = Vec::new();
+    for (p, phase) in s.phases.iter().enumerate() {
+        if let Phase::FlashSale {
+            at,
+            stock,
+            per_user_limit,
+            price_minor,
+            duration_secs,
+            buyers,
+            qty,
+            ..
+        } = phase
+        {
+            let sku = phase_sku(&run_id, p);
+            let spec = serde_json::json!({
+                "sku": sku.as_str(),
+                "sale_price_minor": price_minor,
+                "stock": stock,
+                "per_user_limit": per_user_limit,
+                "starts_at": t0_ms + (at * 1_000.0) as u64,
+                "duration_secs": duration_secs,
+            });
+            let id = admin
+                .create_sale(&room, spec)
+                .await
+                .context("scheduling the flash sale")?;
+            sales.push(SaleCheck::new(p, id, *stock, *buyers as u64 * *qty as u64));
+        }
+    }
+    let _ = go_tx.send(t0_ms);
+    let t0 = Instant::now() + Duration::from_millis(t0_ms.saturating_sub(now_ms()));
+    probe.start(t0_ms).await;
+    let host = tokio::spawn(play_host(
+        s.clone(),
+        admin.clone(),
+        room.clone(),
+        host_token,
+        t0,
+    ));
+
+    // Progress until every worker has reported its result.
+    let mut progress = vec![Progress::default(); k as usize];
+    let mut line = crate::verdict::ProgressLine::new(t0_ms);
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let all_done = futures_util::future::join_all(worker_tasks);
+    tokio::pin!(all_done);
+    let results = loop {
+        tokio::select! {
+            r = &mut all_done => break r,
+            Some((i, p)) = progress_rx.recv() => progress[i] = p,
+            _ = every.tick() => {
+                probe.sample().await;
+                if !opts.quiet && now_ms() >= t0_ms {
+                    let mut sum = Progress::default();
+                    for p in &progress {
+                        sum.merge(p);
+                    }
+                    line.print(&sum, probe.last());
+                }
+            }
+        }
+    };
+    probe.sample().await;
+    let host_result = host.await.context("host task")?;
+    let mut tally = Tally::default();
+    for r in results {
+        tally.merge(&r.context("worker task panicked")??);
+    }
+    let server = probe.finish().await;
+
+    for sale in &mut sales {
+        sale.fetch(&admin, &room).await;
+    }
+    if let Some(path) = &opts.record {
+        write_recording(path, &room, t0_ms, &mut tally.trace)?;
+    }
+    if s.target.create_room {
+        let _ = admin.close_room(&room).await;
+    }
+    Ok(Verdict::build(
+        s,
+        &run_id,
+        &room,
+        started_ms,
+        t0_ms,
+        k,
+        tally,
+        server,
+        sales,
+        host_result.err().map(|e| format!("{e:#}")),
+    ))
+}
+
+fn new_live(plan: &WorkerPlan) -> Live {
+    let live = Live::new(plan.seconds as usize);
+    if plan.record {
+        live.recording()
+    } else {
+        live
+    }
+}
+
+/// Writes what the viewers sent as one recording, in time order.
+fn write_recording(
+    path: &std::path::Path,
+    room: &str,
+    t0_ms: u64,
+    trace: &mut [TraceLine],
+) -> anyhow::Result<()> {
+    use flashcast::recording::{TraceHeader, TraceWriter};
+    trace.sort_by_key(|l| l.t_ms);
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = TraceWriter::new(std::io::BufWriter::new(file));
+    w.write_header(&TraceHeader::new(room, t0_ms))?;
+    for line in trace.iter() {
+        w.write_line(line)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn spawn_child(
+    exe: &PathBuf,
+    i: usize,
+    plan: &WorkerPlan,
+    ready_tx: mpsc::UnboundedSender<usize>,
+    mut go_rx: watch::Receiver<u64>,
+    progress_tx: mpsc::UnboundedSender<(usize, Progress)>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Tally>>> {
+    let mut child = tokio::process::Command::new(exe)
+        .arg("scenario-worker")
+        .arg("--plan")
+        .arg(serde_json::to_string(plan)?)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting worker {}", exe.display()))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    Ok(tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut result = None;
+        let mut go_sent = false;
+        loop {
+            tokio::select! {
+                line = lines.next_line() => {
+                    let Some(line) = line? else { break };
+                    match serde_json::from_str::<WorkerLine>(&line) {
+                        Ok(WorkerLine::Progress(p)) => {
+                            let _ = progress_tx.send((i, p));
+                        }
+                        Ok(WorkerLine::Ready) => {
+                            let _ = ready_tx.send(i);
+                        }
+                        Ok(WorkerLine::Result(t)) => result = Some(*t),
+                        Err(_) => eprintln!("worker {i}: {line}"),
+                    }
+                }
+                ok = go_rx.changed(), if !go_sent => {
+                    ok.context("no go")?;
+                    let t0 = *go_rx.borrow();
+                    stdin.write_all(format!("go {t0}\n").as_bytes()).await?;
+                    stdin.flush().await?;
+                    go_sent = true;
+                }
+            }
+        }
+        let status = child.wait().await?;
+        result.with_context(|| format!("worker {i} ended without a result ({status})"))
+    }))
+}
+
+/// The host's part of the timeline: polls over a host connection, coupon
+/// drops over the admin API.
+async fn play_host(
+    s: Scenario,
+    admin: Admin,
+    room: String,
+    host_token: Option<String>,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let mut steps: Vec<(f64, usize)> = s
+        .phases
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| matches!(p, Phase::Poll { .. } | Phase::CouponDrop { .. }))
+        .map(|(i, p)| (p.at(), i))
+        .collect();
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (at, p) in steps {
+        tokio::time::sleep_until(t0 + secs(at)).await;
+        match &s.phases[p] {
+            Phase::Poll { over, options, .. } => {
+                // A connection per poll: an idle host socket between steps
+                // would fall behind the room and be closed as slow.
+                let mut host =
+                    crate::host::Host::connect(&s.ws_url(), &room, host_token.as_deref()).await?;
+                let duration = (over + 2.0).ceil() as u32;
+                host.open_poll(&format!("Storm poll {}", p + 1), options, duration)
+                    .await?;
+                host.close().await;
+            }
+            Phase::CouponDrop {
+                count, percent_off, ..
+            } => {
+                admin
+                    .drop_coupons(&room, *count, *percent_off)
+                    .await
+                    .context("dropping coupons")?;
+            }
+            _ => unreachable!("only polls and coupon drops are host steps"),
+        }
+    }
+    Ok(())
+}
+
+/// `flashcast-storm run`: exit 0 pass, 1 a criterion failed, 2 the run
+/// could not be carried out.
+pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let mut s = match Scenario::load(&args.file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(url) = &args.url {
+        s.target.url = url.clone();
+        if let Err(e) = s.validate() {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    raise_open_files_limit();
+    let opts = RunOptions {
+        admin_key: args.admin_key.clone(),
+        server_pid: args.server_pid,
+        workers: args.workers,
+        worker_exe: std::env::current_exe().ok(),
+        record: args.record.clone(),
+        quiet: args.quiet,
+    };
+    let verdict = match run(&s, &opts).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "\nflashcast-storm run {} ({}), run {}",
+        args.file.display(),
+        s.name,
+        verdict.run_id
+    );
+    print!("{}", verdict.table());
+    for (path, what, result) in [
+        (
+            &args.out,
+            "JSON report",
+            args.out.as_ref().map(|p| verdict.write_json(p)),
+        ),
+        (
+            &args.html,
+            "HTML report",
+            args.html.as_ref().map(|p| verdict.write_html(p)),
+        ),
+    ] {
+        match (path, result) {
+            (Some(p), Some(Ok(()))) => println!("  {what} written to {}", p.display()),
+            (Some(_), Some(Err(e))) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+            _ => {}
+        }
+    }
+    if verdict.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `flashcast-storm check`: validates a file and prints its timeline.
+pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
+    let s = match Scenario::load(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let lengths = match replay_lengths(&s) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    println!(
+        "{}: {} viewers ({:?}), {} phases, {} worker(s), {} source addresses",
+        s.name,
+        s.viewers.count,
+        s.viewers.auth,
+        s.phases.len(),
+        s.load.workers,
+        s.source_ip_count()
+    );
+    for (i, p) in s.phases.iter().enumerate() {
+        println!(
+            "  {:>2}. {:<12} {:>7.1} s -> {:>7.1} s",
+            i + 1,
+            p.kind(),
+            p.at(),
+            p.end(lengths[i])
+        );
+    }
+    println!(
+        "  ends at {:.1} s plus {:.1} s drain",
+        s.end(&lengths),
+        s.load.drain
+    );
+    std::process::ExitCode::SUCCESS
+}
+
+/// Ten thousand viewers need more descriptors than the usual soft limit.
+fn raise_open_files_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(text: &str) -> Scenario {
+        Scenario::parse(text, "t.toml").unwrap()
+    }
+
+    const S: &str = r#"
+name = "t"
+[viewers]
+count = 1000
+auth = "token"
+[[phase]]
+type = "join"
+at = 0
+viewers = 600
+over = 6
+[[phase]]
+type = "join"
+at = 10
+viewers = 400
+over = 4
+[[phase]]
+type = "chat"
+at = 20
+duration = 10
+rate = 50
+senders = 30
+[[phase]]
+type = "flash_sale"
+at = 30
+stock = 10
+buyers = 250
+within = 1
+[[phase]]
+type = "reconnect"
+at = 40
+fraction = 0.1
+over = 2
+"#;
+
+    #[test]
+    fn scripts_do_what_the_phases_say_in_total() {
+        let s = scenario(S);
+        let ip = std::net::Ipv4Addr::LOCALHOST;
+        let scripts: Vec<Script> = (0..1000).map(|i| script_for(&s, "r", i, ip)).collect();
+        let chats = scripts
+            .iter()
+            .flat_map(|s| &s.timed)
+            .filter(|(_, a)| matches!(a, Act::Chat(_)))
+            .count();
+        assert_eq!(chats, 500);
+        let buyers = scripts
+            .iter()
+            .filter(|s| !s.triggers.buys.is_empty())
+            .count();
+        assert_eq!(buyers, 250);
+        let reconnects = scripts
+            .iter()
+            .flat_map(|s| &s.timed)
+            .filter(|(_, a)| matches!(a, Act::Reconnect))
+            .count();
+        assert_eq!(reconnects, 100);
+        // Joins: the first 600 over [0, 6), the rest over [10, 14).
+        assert_eq!(scripts[599].join_at, secs(6.0 * 599.0 / 600.0));
+        assert_eq!(scripts[600].join_at, secs(10.0));
+        assert!(scripts.iter().all(|s| s.join_at < secs(14.0)));
+        // Every chat is inside the chat phase, every buy delay inside `within`.
+        for s in &scripts {
+            for (t, a) in &s.timed {
+                if matches!(a, Act::Chat(_)) {
+                    assert!(*t >= secs(20.0) && *t < secs(30.0), "{t:?}");
+                }
+            }
+            for b in &s.triggers.buys {
+                assert!(b.delay < secs(1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn scripts_do_not_depend_on_the_number_of_workers() {
+        let s = scenario(S);
+        for k in [1, 3, 7] {
+            let p = plans(&s, "r", "demo", None, k, 60);
+            assert_eq!(p.iter().map(|p| p.viewers).sum::<u32>(), 1000);
+            for w in p.windows(2) {
+                assert_eq!(w[0].viewer_offset + w[0].viewers, w[1].viewer_offset);
+                assert_eq!(w[0].ip_offset + w[0].ip_count, w[1].ip_offset);
+            }
+        }
+        let ip = std::net::Ipv4Addr::LOCALHOST;
+        let a = script_for(&s, "r", 123, ip);
+        let b = script_for(&s, "r", 123, ip);
+        assert_eq!(format!("{:?}", a.timed), format!("{:?}", b.timed));
+    }
+}

@@ -1,0 +1,275 @@
+//! Scenario runs against a real Flashcast server started in this process:
+//! real sockets, real tokens from the admin API, a real flash sale and
+//! coupon drop checked against the durable orders.
+
+use std::process::Command;
+
+use flashcast_storm::scenario::Scenario;
+use flashcast_storm::storm::{run, RunOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flashcast-storm");
+const KEY: &str = "storm-test-key";
+
+struct TestServer {
+    server: flashcast::Server,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_server() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let settings = flashcast::Settings::load_from([
+        "flashcast",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--admin-key",
+        KEY,
+    ])
+    .expect("valid settings");
+    let server = flashcast::start(settings).await.expect("server starts");
+    TestServer { server, _dir: dir }
+}
+
+fn opts() -> RunOptions {
+    RunOptions {
+        admin_key: Some(KEY.into()),
+        server_pid: Some(std::process::id()),
+        quiet: true,
+        ..RunOptions::default()
+    }
+}
+
+/// Every kind of phase, small: 300 signed-in viewers in two waves.
+fn show(url: &str) -> String {
+    format!(
+        r#"
+name = "mini-show"
+[target]
+url = "{url}"
+room = "mini"
+create_room = true
+[viewers]
+count = 300
+auth = "token"
+[load]
+drain = 1.5
+source_ips = 3
+[[phase]]
+type = "join"
+at = 0
+viewers = 200
+over = 1
+[[phase]]
+type = "join"
+at = 1.5
+viewers = 100
+over = 0.5
+[[phase]]
+type = "chat"
+at = 2.5
+duration = 4
+rate = 20
+senders = 20
+[[phase]]
+type = "reactions"
+at = 2.5
+duration = 4
+rate = 100
+senders = 50
+kinds = ["heart", "clap"]
+[[phase]]
+type = "poll"
+at = 2.5
+voters = 100
+over = 0.5
+[[phase]]
+type = "flash_sale"
+at = 3
+stock = 50
+buyers = 300
+within = 0.5
+[[phase]]
+type = "coupon_drop"
+at = 4
+count = 20
+claimers = 100
+within = 0.5
+[[phase]]
+type = "reconnect"
+at = 5
+fraction = 0.2
+over = 0.5
+[pass]
+max_buy_p99_ms = 5000
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_show_runs_every_phase_and_passes() {
+    let srv = start_server().await;
+    let url = format!("http://{}", srv.server.addr);
+    let s = Scenario::parse(&show(&url), "mini.toml").unwrap();
+    let v = run(&s, &opts()).await.expect("the run is carried out");
+    let table = v.table();
+    srv.server.shutdown().await;
+
+    assert!(v.passed, "{table}");
+    let c = &v.counts;
+    assert_eq!(c.joined, 300, "{table}");
+    assert_eq!(
+        (c.gaps, c.duplicates, c.decode_errors),
+        (0, 0, 0),
+        "{table}"
+    );
+    assert_eq!(c.chat_sent, 80, "{table}");
+    assert_eq!(c.reactions_sent, 400, "{table}");
+    assert_eq!(c.votes_sent, 100, "{table}");
+    // The flash sale: exactly the stock, nobody twice, in the durable store.
+    assert_eq!(c.buys_sent, 300, "{table}");
+    assert_eq!(c.buys_accepted, 50, "{table}");
+    assert_eq!(v.buy_refusals.get("sold_out"), Some(&250), "{table}");
+    assert_eq!(v.sales.len(), 1);
+    assert_eq!(v.sales[0].stored_units, 50, "{table}");
+    assert_eq!(v.sales[0].available, Some(0), "{table}");
+    // Coupons: first come, exactly the drop.
+    assert_eq!(c.claims_sent, 100, "{table}");
+    assert_eq!(c.claims_won, 20, "{table}");
+    assert_eq!(v.claim_refusals.get("coupons_gone"), Some(&80), "{table}");
+    // 20% of 300 reconnected and got exactly what they missed.
+    assert_eq!(c.reconnects, 60, "{table}");
+    assert_eq!(c.resumed, 60, "{table}");
+    // Every chat message reached every viewer joined at the time: each of
+    // the 300 viewers saw the 80 chats (plus other events).
+    assert!(c.events >= 300 * 80, "{table}");
+    assert!(
+        v.latency_ms.count > 0 && v.latency_ms.p99 < 5_000,
+        "{table}"
+    );
+    // Server figures came from /proc (this process) and /metrics.
+    assert!(v.server.cpu_secs.is_some(), "{table}");
+    assert!(
+        v.server.metrics_delta["flashcast_events_out_total"] > 0.0,
+        "{table}"
+    );
+    // Per-second figures line up with the totals.
+    let per_sec: u64 = v.seconds.iter().map(|s| s.events).sum();
+    assert_eq!(per_sec, c.events);
+    assert!(v.seconds.iter().any(|s| s.buys_accepted > 0));
+    assert!(v.seconds.iter().any(|s| s.p99_ms.is_some()));
+
+    // Both reports are written; the HTML has its charts.
+    let dir = tempfile::tempdir().unwrap();
+    v.write_json(&dir.path().join("r.json")).unwrap();
+    v.write_html(&dir.path().join("r.html")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(json["counts"]["buys_accepted"], 50);
+    assert_eq!(json["passed"], true);
+    let html = std::fs::read_to_string(dir.path().join("r.html")).unwrap();
+    assert!(html.matches("<svg").count() >= 4, "charts missing");
+    assert!(html.contains("PASS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_processes_merge_and_a_failed_criterion_exits_1() {
+    let srv = start_server().await;
+    let url = format!("http://{}", srv.server.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strict.toml");
+    // A criterion no real run meets: delivery within 0 ms.
+    let text = format!(
+        r#"
+name = "strict"
+[target]
+url = "{url}"
+[viewers]
+count = 120
+[load]
+workers = 3
+drain = 1
+[[phase]]
+type = "join"
+at = 0
+viewers = 120
+over = 1
+[[phase]]
+type = "chat"
+at = 1.5
+duration = 2
+rate = 10
+senders = 10
+[pass]
+max_p99_ms = 0
+"#
+    );
+    std::fs::write(&file, text).unwrap();
+    let out_json = dir.path().join("out.json");
+    let bin = BIN.to_string();
+    let args = vec![
+        "run".to_string(),
+        file.to_str().unwrap().into(),
+        "--quiet".into(),
+        "--out".into(),
+        out_json.to_str().unwrap().into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new(bin).args(args).output().unwrap())
+        .await
+        .unwrap();
+    srv.server.shutdown().await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("FAIL: p99 delivery latency"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    // Three processes' results merged into one.
+    assert_eq!(json["workers"], 3);
+    assert_eq!(json["counts"]["joined"], 120);
+    assert_eq!(json["counts"]["chat_sent"], 20);
+    assert_eq!(json["counts"]["gaps"], 0);
+    assert!(json["counts"]["events"].as_u64().unwrap() >= 120 * 20);
+}
+
+#[test]
+fn bad_scenario_files_are_refused_with_the_reason_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("name = \"x\"\n[viewers]\ncount = -4\n", "line 3"),
+        (
+            "name = \"x\"\n[viewers]\ncount = 10\n[[phase]]\ntype = \"join\"\nat = 0\nviewers = 10\nover = 1\n[[phase]]\ntype = \"flash_sale\"\nat = 2\nstock = 1\nbuyers = 10\nwithin = 1\n",
+            "guests cannot buy",
+        ),
+        ("this is not toml", "bad.toml"),
+    ];
+    for (text, want) in cases {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, text).unwrap();
+        for cmd in ["run", "check"] {
+            let out = Command::new(BIN).arg(cmd).arg(&file).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+            assert!(err.contains(want), "{cmd}: {err}");
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["check", "/nonexistent/scenario.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // The examples check out and print their timeline.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/full-show.toml");
+    let out = Command::new(BIN).args(["check", example]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("flash_sale") && stdout.contains("reconnect"),
+        "{stdout}"
+    );
+}

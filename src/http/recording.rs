@@ -1,0 +1,177 @@
+//! `/api/v1/rooms/{id}/recording`: start, stop and download a recording of
+//! a room's client actions (docs/recording.md). The recording itself is in
+//! `crate::recording::recorder`.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use tokio::io::{AsyncReadExt, Take};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::admin::{authorized, find, ApiResult};
+use super::{ApiError, AppState, ErrorBody};
+use crate::protocol::ErrorCode;
+use crate::recording::recorder::{RecordingStarted, RecordingSummary, StartError};
+
+/// The media type of a recording: JSON lines.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// Size of one chunk of a download.
+const CHUNK: usize = 64 * 1024;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(start_recording, stop_recording, download_recording))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "recording");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Internal,
+        "could not access the recording",
+    )
+}
+
+/// Starts recording the room's client actions to
+/// `<data_dir>/recordings/<room>-<started_unix_ms>.jsonl`.
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/recording", tag = "recording",
+    params(("id" = String, Path, description = "room id")),
+    responses(
+        (status = 201, body = RecordingStarted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "already recording (`conflict`), or the show has ended (`room_closed`)"),
+        (status = 500, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`max_recordings` rooms are recording")),
+    security(("admin_key" = [])))]
+async fn start_recording(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorized(&app, &headers)?;
+    let room = find(&app, &id)?;
+    let recordings = app.recordings.clone();
+    let started = tokio::task::spawn_blocking(move || recordings.start(&room))
+        .await
+        .map_err(internal)?;
+    match started {
+        Ok(started) => Ok((StatusCode::CREATED, Json(started)).into_response()),
+        Err(StartError::AlreadyRecording) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            "the room is already recording",
+        )),
+        Err(StartError::RoomClosed) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::RoomClosed,
+            "the show has ended",
+        )),
+        Err(StartError::LimitReached) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::LimitReached,
+            "max_recordings rooms are already recording on this node",
+        )),
+        Err(StartError::Io(e)) => Err(internal(e)),
+    }
+}
+
+/// Stops the room's recording and answers what it wrote. If it already
+/// stopped by itself (a limit, the show's end), answers that recording,
+/// with `stopped_by` saying why.
+#[utoipa::path(delete, path = "/api/v1/rooms/{id}/recording", tag = "recording",
+    params(("id" = String, Path, description = "room id")),
+    responses(
+        (status = 200, body = RecordingSummary),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "no such room, or it has not recorded since the server started")),
+    security(("admin_key" = [])))]
+async fn stop_recording(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorized(&app, &headers)?;
+    let room = find(&app, &id)?;
+    let recordings = app.recordings.clone();
+    let id = room.id().clone();
+    let summary = tokio::task::spawn_blocking(move || recordings.stop(&id))
+        .await
+        .map_err(internal)?;
+    match summary {
+        Some(summary) => Ok(Json(summary).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "this room has no recording",
+        )),
+    }
+}
+
+/// Downloads the room's latest recording (JSON lines). While the recording
+/// runs, what has been written so far (whole lines; `X-Flashcast-Recording:
+/// active`).
+#[utoipa::path(get, path = "/api/v1/rooms/{id}/recording", tag = "recording",
+    params(("id" = String, Path, description = "room id")),
+    responses(
+        (status = 200, content_type = "application/x-ndjson", body = String,
+            description = "the recording: a header line, then one line per client action"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "no such room, or no recording of it"),
+        (status = 500, body = ErrorBody)),
+    security(("admin_key" = [])))]
+async fn download_recording(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorized(&app, &headers)?;
+    let room = find(&app, &id)?;
+    let recordings = app.recordings.clone();
+    let id = room.id().clone();
+    let latest = tokio::task::spawn_blocking(move || recordings.latest(&id))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let Some(download) = latest else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "this room has no recording",
+        ));
+    };
+    let file = tokio::fs::File::open(&download.path)
+        .await
+        .map_err(internal)?;
+    let body = Body::from_stream(futures_util::stream::try_unfold(
+        file.take(download.len),
+        read_chunk,
+    ));
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(download.len));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", download.file)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        "x-flashcast-recording",
+        HeaderValue::from_static(if download.active { "active" } else { "stopped" }),
+    );
+    Ok(resp)
+}
+
+async fn read_chunk(
+    mut file: Take<tokio::fs::File>,
+) -> std::io::Result<Option<(Bytes, Take<tokio::fs::File>)>> {
+    let mut buf = vec![0u8; CHUNK];
+    let n = file.read(&mut buf).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    buf.truncate(n);
+    Ok(Some((Bytes::from(buf), file)))
+}
