@@ -42,6 +42,14 @@ pub struct Limits {
     /// Tick length: events of one tick go out as one frame per viewer.
     #[arg(long, env = "FLASHCAST_TICK_MS", default_value_t = 25)]
     pub tick_ms: u64,
+    /// Frames per second one room may write (viewers x ticks per second).
+    /// A room with more viewers lengthens its tick, so the fanout cost stays
+    /// flat and more events share each frame.
+    #[arg(long, env = "FLASHCAST_ROOM_FRAMES_PER_SEC", default_value_t = 100_000)]
+    pub room_frames_per_sec: u64,
+    /// Longest tick a large room stretches to (the latency it may add).
+    #[arg(long, env = "FLASHCAST_MAX_TICK_MS", default_value_t = 100)]
+    pub max_tick_ms: u64,
     /// Frames (ticks) a viewer may fall behind before it is closed with 4008.
     #[arg(long, env = "FLASHCAST_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
@@ -208,6 +216,14 @@ impl Limits {
         Duration::from_millis(self.tick_ms)
     }
 
+    /// The tick of a room with `viewers` viewers: `tick_ms`, lengthened so
+    /// the room writes at most `room_frames_per_sec` frames, at most
+    /// `max_tick_ms`.
+    pub fn tick_for(&self, viewers: usize) -> Duration {
+        let needed = (viewers as u64 * 1_000).div_ceil(self.room_frames_per_sec.max(1));
+        Duration::from_millis(needed.clamp(self.tick_ms, self.max_tick_ms.max(self.tick_ms)))
+    }
+
     /// Refuses settings that would break an invariant (a zero-sized queue,
     /// a snapshot larger than the history...).
     pub fn validate(&self) -> Result<(), String> {
@@ -225,6 +241,7 @@ impl Limits {
             ("max_text_chars", self.max_text_chars),
             ("max_poll_options", self.max_poll_options),
             ("tick_ms", self.tick_ms as usize),
+            ("room_frames_per_sec", self.room_frames_per_sec as usize),
             ("chat_per_sec", self.chat_per_sec as usize),
             ("chat_burst", self.chat_burst as usize),
             ("reactions_per_sec", self.reactions_per_sec as usize),
@@ -270,6 +287,9 @@ impl Limits {
         }
         if self.tick_ms > 1_000 {
             return Err("tick_ms must be at most 1000".into());
+        }
+        if self.max_tick_ms < self.tick_ms || self.max_tick_ms > 1_000 {
+            return Err("max_tick_ms must be between tick_ms and 1000".into());
         }
         Ok(())
     }
@@ -338,4 +358,29 @@ pub fn check<K: std::hash::Hash + Eq + Clone>(
     limiter
         .check_key(key)
         .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        limits: Limits,
+    }
+
+    #[test]
+    fn large_rooms_tick_less_often_within_the_bounds() {
+        let l = Args::parse_from(["x"]).limits;
+        assert_eq!(l.tick_for(0), Duration::from_millis(25));
+        assert_eq!(l.tick_for(2_500), Duration::from_millis(25));
+        assert_eq!(l.tick_for(5_000), Duration::from_millis(50));
+        assert_eq!(l.tick_for(10_000), Duration::from_millis(100));
+        assert_eq!(l.tick_for(1_000_000), Duration::from_millis(100));
+        let mut bad = l.clone();
+        bad.max_tick_ms = 10;
+        assert!(bad.validate().is_err());
+    }
 }

@@ -61,6 +61,7 @@ async fn the_openapi_document_matches_the_handlers() {
         "/api/v1/orders",
         "/api/v1/orders.csv",
         "/api/v1/payments/webhook",
+        "/api/v1/rooms/{id}/recording",
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }

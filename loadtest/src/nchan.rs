@@ -801,6 +801,8 @@ async fn publish(
             }
         }
     }
+    // The sending window is the whole duration, as in the `chat` scenario.
+    tokio::time::sleep_until(end).await;
     result.latency_us = Some(latency);
     result
 }

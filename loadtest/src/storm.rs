@@ -474,7 +474,7 @@ where
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerLine {
-    Progress(Progress),
+    Progress(Box<Progress>),
     /// Scripts built and tokens minted; waiting for `go <unix ms>`.
     Ready,
     Result(Box<Tally>),
@@ -491,7 +491,7 @@ pub async fn worker_main(plan_json: &str) -> anyhow::Result<()> {
             let mut every = tokio::time::interval(Duration::from_millis(500));
             loop {
                 every.tick().await;
-                emit(&WorkerLine::Progress(live.progress()));
+                emit(&WorkerLine::Progress(Box::new(live.progress())));
             }
         })
     };
@@ -793,6 +793,7 @@ fn spawn_child(
                     let Some(line) = line? else { break };
                     match serde_json::from_str::<WorkerLine>(&line) {
                         Ok(WorkerLine::Progress(p)) => {
+                            let p = *p;
                             let _ = progress_tx.send((i, p));
                         }
                         Ok(WorkerLine::Ready) => {

@@ -311,6 +311,16 @@ impl Recordings {
                 return Err(e.into());
             }
         };
+        // The header goes to disk before the answer: a download is never
+        // empty.
+        let mut out = TraceWriter::new(BufWriter::with_capacity(WRITE_BUFFER, out))
+            .with_byte_limit(self.limits.max_recording_bytes);
+        let header = TraceHeader::new(room.id().as_str(), started_unix_ms);
+        if let Err(e) = out.write_header(&header).and_then(|()| out.flush()) {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(self.limits.recording_queue);
         let active = Arc::new(Active {
@@ -324,16 +334,14 @@ impl Recordings {
             stop: AtomicU8::new(0),
             dropped: AtomicU64::new(0),
             live: AtomicUsize::new(0),
-            flushed: AtomicU64::new(0),
+            flushed: AtomicU64::new(out.bytes()),
             metrics: self.metrics.clone(),
         });
         let writer = Writer {
             active: active.clone(),
             rx,
-            header: TraceHeader::new(room.id().as_str(), started_unix_ms),
-            room: room.clone(),
+            room: room.shared.clone(),
             slot: slot.clone(),
-            max_bytes: self.limits.max_recording_bytes,
             max_duration: Duration::from_secs(self.limits.max_recording_secs),
             metrics: self.metrics.clone(),
             running: self.running.clone(),
@@ -410,7 +418,9 @@ impl Recordings {
     pub fn stop_all(&self, reason: StopReason) {
         let slots: Vec<Arc<RecordSlot>> = self.slots.iter().map(|s| s.value().clone()).collect();
         for slot in slots {
-            if slot.gen.load(Ordering::Acquire) != 0 {
+            // Also waits for writers that stopped by themselves and may
+            // still be flushing.
+            if slot.gen.load(Ordering::Acquire) != 0 || slot.state().writer.is_some() {
                 self.stop_slot(&slot, reason);
             }
         }
@@ -583,10 +593,10 @@ enum Msg {
 struct Writer {
     active: Arc<Active>,
     rx: Receiver<Msg>,
-    header: TraceHeader,
-    room: RoomHandle,
+    /// Watched for the show's end (not a handle: the writer never talks
+    /// to the room).
+    room: Arc<RoomShared>,
     slot: Arc<RecordSlot>,
-    max_bytes: u64,
     max_duration: Duration,
     metrics: Arc<Metrics>,
     running: Arc<AtomicUsize>,
@@ -599,17 +609,9 @@ enum Wrote {
 }
 
 impl Writer {
-    fn run(self, file: File) -> RecordingSummary {
-        let out = BufWriter::with_capacity(WRITE_BUFFER, file);
-        let mut w = TraceWriter::new(out).with_byte_limit(self.max_bytes);
-        let mut reason = match w.write_header(&self.header) {
-            Ok(()) => None,
-            Err(e) => Some(self.write_failed(&e)),
-        };
-        if reason.is_none() {
-            reason = self.record(&mut w);
-        }
-        let reason = reason.unwrap_or(StopReason::Request);
+    /// Runs with `w`, its header already written.
+    fn run(self, mut w: TraceWriter<BufWriter<File>>) -> RecordingSummary {
+        let reason = self.record(&mut w).unwrap_or(StopReason::Request);
         self.finish(w, reason)
     }
 
@@ -645,7 +647,7 @@ impl Writer {
             if self.active.started.elapsed() >= self.max_duration {
                 return Some(StopReason::MaxRecordingSecs);
             }
-            if self.room.shared.is_closed() {
+            if self.room.is_closed() {
                 // The show ended: its viewers are being closed. Their
                 // leaves are the recording's last lines.
                 let at = *closed_at.get_or_insert_with(Instant::now);
@@ -677,7 +679,7 @@ impl Writer {
             return StopReason::MaxRecordingBytes;
         }
         tracing::error!(
-            room = %self.header.room,
+            room = %self.room.info.id,
             file = %self.active.file,
             error = %e,
             "could not write the recording; it stops"
@@ -738,7 +740,7 @@ impl Writer {
             .inc();
         let log = |msg: &str| {
             tracing::info!(
-                room = %self.header.room,
+                room = %self.room.info.id,
                 file = %summary.file,
                 lines = summary.lines,
                 bytes = summary.bytes,
@@ -752,7 +754,7 @@ impl Writer {
             StopReason::RoomClosed => log("recording stopped: the show ended"),
             _ => {
                 tracing::warn!(
-                    room = %self.header.room,
+                    room = %self.room.info.id,
                     file = %summary.file,
                     lines = summary.lines,
                     bytes = summary.bytes,

@@ -100,7 +100,8 @@ impl RoomActor {
     }
 
     pub(crate) async fn run(mut self) {
-        let mut tick = tokio::time::interval(self.ctx.limits.tick());
+        let mut tick_len = self.ctx.limits.tick();
+        let mut tick = tokio::time::interval(tick_len);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -128,7 +129,19 @@ impl RoomActor {
                     self.flush();
                     self.admit_joins();
                 }
-                _ = housekeeping.tick() => self.housekeeping(),
+                _ = housekeeping.tick() => {
+                    self.housekeeping();
+                    // A large room ticks less often: its fanout cost is
+                    // viewers x ticks, and longer ticks carry more events
+                    // per frame.
+                    let want = self.ctx.limits.tick_for(self.subscribers.len());
+                    if want != tick_len {
+                        tick_len = want;
+                        tick = tokio::time::interval_at(tokio::time::Instant::now() + want, want);
+                        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                        tracing::debug!(room = %self.shared.info.id, tick_ms = want.as_millis() as u64, "tick length changed");
+                    }
+                }
             }
         }
         self.ctx.metrics.viewers.sub(self.subscribers.len() as i64);
