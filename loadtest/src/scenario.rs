@@ -606,19 +606,6 @@ impl Scenario {
             .fold(0.0, f64::max)
     }
 
-    /// Source addresses in use.
-    pub fn source_ip_count(&self) -> u32 {
-        if self.load.source_ips > 0 {
-            self.load.source_ips
-        } else {
-            self.viewers
-                .count
-                .div_ceil(250)
-                .max(self.load.workers)
-                .min(254 * 256)
-        }
-    }
-
     pub fn ws_url(&self) -> String {
         format!(
             "{}/ws",

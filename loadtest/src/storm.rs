@@ -273,6 +273,26 @@ fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
     Ok(out)
 }
 
+/// Viewers the replay phases add (recorded connections x scale).
+pub fn replay_viewers(s: &Scenario) -> anyhow::Result<u64> {
+    Ok(load_replays(s)?
+        .iter()
+        .map(|r| r.conns.len() as u64 * r.scale as u64)
+        .sum())
+}
+
+/// Source addresses for all viewers, replayed ones included: the file's
+/// `load.source_ips`, or one per 250 viewers.
+pub fn source_ip_count(s: &Scenario, replayed: u64) -> u32 {
+    if s.load.source_ips > 0 {
+        return s.load.source_ips;
+    }
+    let total = s.viewers.count as u64 + replayed;
+    (total.div_ceil(250) as u32)
+        .max(s.load.workers)
+        .min(254 * 256)
+}
+
 /// Seconds each phase's replay lasts at 1x (0 for other phases).
 pub fn replay_lengths(s: &Scenario) -> anyhow::Result<Vec<f64>> {
     let mut v = vec![0.0; s.phases.len()];
@@ -358,9 +378,10 @@ pub fn plans(
     admin_key: Option<String>,
     k: u32,
     seconds: u32,
+    replayed: u64,
 ) -> Vec<WorkerPlan> {
     let share = |total: u32, i: u32| total / k + u32::from(i < total % k);
-    let ips = s.source_ip_count().max(k);
+    let ips = source_ip_count(s, replayed).max(k);
     let (mut v_off, mut ip_off) = (0, 0);
     (0..k)
         .map(|i| {
@@ -568,7 +589,8 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
     };
 
     let k = opts.workers.unwrap_or(s.load.workers).max(1);
-    let mut plans = plans(s, &run_id, &room, key.clone(), k, seconds);
+    let replayed = replay_viewers(s)?;
+    let mut plans = plans(s, &run_id, &room, key.clone(), k, seconds, replayed);
     for p in &mut plans {
         p.record = opts.record.is_some();
     }
@@ -727,6 +749,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         started_ms,
         t0_ms,
         k,
+        replayed,
         tally,
         server,
         sales,
@@ -946,14 +969,21 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let replayed = match replay_viewers(&s) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     println!(
-        "{}: {} viewers ({:?}), {} phases, {} worker(s), {} source addresses",
+        "{}: {} viewers ({:?}) + {replayed} replayed, {} phases, {} worker(s), {} source addresses",
         s.name,
         s.viewers.count,
         s.viewers.auth,
         s.phases.len(),
         s.load.workers,
-        s.source_ip_count()
+        source_ip_count(&s, replayed)
     );
     for (i, p) in s.phases.iter().enumerate() {
         println!(
@@ -1072,7 +1102,7 @@ over = 2
     fn scripts_do_not_depend_on_the_number_of_workers() {
         let s = scenario(S);
         for k in [1, 3, 7] {
-            let p = plans(&s, "r", "demo", None, k, 60);
+            let p = plans(&s, "r", "demo", None, k, 60, 0);
             assert_eq!(p.iter().map(|p| p.viewers).sum::<u32>(), 1000);
             for w in p.windows(2) {
                 assert_eq!(w[0].viewer_offset + w[0].viewers, w[1].viewer_offset);

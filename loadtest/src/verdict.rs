@@ -145,6 +145,7 @@ impl Verdict {
         started_ms: u64,
         go_ms: u64,
         workers: u32,
+        replay_viewers: u64,
         tally: Tally,
         server: ServerFigures,
         sales: Vec<SaleCheck>,
@@ -177,7 +178,6 @@ impl Verdict {
                 (n as f64 / delivery_secs as f64 * 10.0).round() / 10.0
             }
         };
-        let replay_viewers: u64 = 0;
         let mut sales = sales;
         let acked: BTreeSet<u64> = tally.orders.iter().copied().collect();
         let all_stored: BTreeSet<u64> = sales
@@ -201,7 +201,7 @@ impl Verdict {
             started_unix_ms: started_ms,
             go_unix_ms: go_ms,
             workers,
-            source_ips: s.source_ip_count(),
+            source_ips: crate::storm::source_ip_count(s, replay_viewers),
             viewers_target: s.viewers.count as u64 + replay_viewers,
             counts: tally.counts,
             join_failures: tally.join_failures,

@@ -273,3 +273,86 @@ fn bad_scenario_files_are_refused_with_the_reason_and_exit_2() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recorded_show_replays_faster_and_scaled_and_the_tool_records_its_own() {
+    use flashcast::recording::{read_trace, TraceAction};
+    let srv = start_server().await;
+    let url = format!("http://{}", srv.server.addr);
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/recordings/sample-show.jsonl"
+    );
+    let (_, recorded) = read_trace(
+        std::io::BufReader::new(std::fs::File::open(sample).unwrap()),
+        100_000,
+    )
+    .unwrap();
+    let count =
+        |f: fn(&TraceAction) -> bool| recorded.iter().filter(|l| f(&l.action)).count() as u64;
+    let (joins, chats, reactions) = (
+        count(|a| matches!(a, TraceAction::Join { .. })),
+        count(|a| matches!(a, TraceAction::Chat { .. })),
+        count(|a| matches!(a, TraceAction::React { .. })),
+    );
+    assert!(joins > 0 && chats > 0 && reactions > 0);
+    let text = format!(
+        r#"
+name = "replay-test"
+[target]
+url = "{url}"
+[viewers]
+count = 10
+[load]
+drain = 1
+[[phase]]
+type = "join"
+at = 0
+viewers = 10
+over = 0.5
+[[phase]]
+type = "replay"
+at = 1
+file = "{sample}"
+speed = 2
+scale = 3
+"#
+    );
+    let s = Scenario::parse(&text, "replay.toml").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("tool.jsonl");
+    let o = RunOptions {
+        record: Some(trace.clone()),
+        ..opts()
+    };
+    let v = run(&s, &o).await.expect("the run is carried out");
+    let table = v.table();
+    srv.server.shutdown().await;
+
+    assert!(v.passed, "{table}");
+    assert_eq!(v.viewers_target, 10 + joins * 3, "{table}");
+    assert_eq!(v.counts.joined, 10 + joins * 3, "{table}");
+    assert_eq!(v.counts.chat_sent, chats * 3, "{table}");
+    assert_eq!(v.counts.reactions_sent, reactions * 3, "{table}");
+    assert_eq!(v.counts.gaps, 0, "{table}");
+
+    // The tool's own recording: one join per viewer, every chat and
+    // reaction it sent, in time order, readable by the same reader.
+    let (header, lines) = read_trace(
+        std::io::BufReader::new(std::fs::File::open(&trace).unwrap()),
+        1_000_000,
+    )
+    .unwrap();
+    assert_eq!(header.room, "demo");
+    let ours = |f: fn(&TraceAction) -> bool| lines.iter().filter(|l| f(&l.action)).count() as u64;
+    assert_eq!(
+        ours(|a| matches!(a, TraceAction::Join { .. })),
+        10 + joins * 3
+    );
+    assert_eq!(ours(|a| matches!(a, TraceAction::Chat { .. })), chats * 3);
+    assert_eq!(
+        ours(|a| matches!(a, TraceAction::React { .. })),
+        reactions * 3
+    );
+    assert!(lines.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
+}
