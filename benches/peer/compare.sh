@@ -187,25 +187,26 @@ cpu_between() {
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
 ROWS=()
-# record PEER RATE REPORT_JSON CPU_SAMPLES EXIT_CODE LOAD DELIVERED_JQ SENT_RATE_JQ
+# record PEER RATE REPORT_JSON CPU_SAMPLES EXIT_CODE LOAD DELIVERED_JQ SENT_RATE_JQ FRAMES_JQ
 record() {
-    local peer=$1 rate=$2 json=$3 samples=$4 rc=$5 load=$6 delivered_q=$7 pub_q=$8
-    local go stop delivered eps p99 cpu per pub
+    local peer=$1 rate=$2 json=$3 samples=$4 rc=$5 load=$6 delivered_q=$7 pub_q=$8 frames_q=$9
+    local go stop delivered eps fps p99 cpu per pub
     if [ ! -s "$json" ]; then
-        ROWS+=("| $peer | $rate | $SUBSCRIBERS | - | - | - | - | - | no report (exit $rc) | $load |")
+        ROWS+=("| $peer | $rate | $SUBSCRIBERS | - | - | - | - | - | - | no report (exit $rc) | $load |")
         return
     fi
     go=$(jq -r '.window.go_ms' "$json")
     stop=$(jq -r '.window.stop_ms' "$json")
     delivered=$(jq -r "$delivered_q" "$json")
     eps=$(jq -r "($delivered_q) / (.send_window_secs // 0 | if . > 0 then . else 1 end) | . * 10 | round / 10" "$json")
+    fps=$(jq -r "($frames_q) / (.send_window_secs // 0 | if . > 0 then . else 1 end) | round" "$json")
     pub=$(jq -r "$pub_q" "$json")
     p99=$(jq -r '.latency_ms.p99' "$json")
     cpu=$(cpu_between "$samples" "$go" "$stop")
     per=$(awk -v c="$cpu" -v n="$delivered" 'BEGIN { if (n > 0) printf "%.2f", c * 1e6 / n; else print "-" }')
     local verdict="pass"
     [ "$rc" = 0 ] || verdict="FAIL (exit $rc): $(jq -r '.failures | join("; ")' "$json")"
-    ROWS+=("| $peer | $rate | $SUBSCRIBERS | $pub | $eps | $p99 | $cpu | $per | $verdict | $load |")
+    ROWS+=("| $peer | $rate | $SUBSCRIBERS | $pub | $eps | $fps | $p99 | $cpu | $per | $verdict | $load |")
     printf '   %s @ %s msgs/s: %s events/s delivered, p99 %s ms, server CPU %s s, %s us/event (%s)\n' \
         "$peer" "$rate" "$eps" "$p99" "$cpu" "$per" "$verdict"
     echo "$peer $rate $per" >>"$WORK/per-event.txt"
@@ -242,7 +243,7 @@ run_nchan() {
     for w in $workers; do stop_pid "$w" TERM; done
     sed -n '/^flashcast-storm/,$p' "$dir/storm.out"
     record nchan "$rate" "$dir/report.json" "$dir/cpu.samples" "$rc" "$load" \
-        '.events_delivered' '.publish_rate'
+        '.events_delivered' '.publish_rate' '.events_delivered'
 }
 
 # --- one Flashcast run ----------------------------------------------------------
@@ -274,7 +275,8 @@ run_flashcast() {
     sed -n '/^flashcast-storm/,$p' "$dir/storm.out"
     # Delivered chat events (this run's chat, every viewer), as for nchan.
     record flashcast "$rate" "$dir/report.json" "$dir/cpu.samples" "$rc" "$load" \
-        '(.chat_events_received // .events_received)' '.chat_sent_per_sec'
+        '(.chat_events_received // .events_received)' '.chat_sent_per_sec' \
+        '(.frames_received // .events_received)'
 }
 
 # --- the runs -----------------------------------------------------------------
@@ -301,10 +303,11 @@ NCHAN_VERSION=$(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || 
     echo "- machine: $(nproc) CPUs, $(uname -sr); load average at start $START_LOAD"
     echo "- nchan: $NGINX_VERSION, libnginx-mod-nchan $NCHAN_VERSION, one worker (benches/peer/nchan.conf)"
     echo "- run: $SUBSCRIBERS subscribers, ${DURATION}s of publishing + ${DRAIN}s drain, $WORKERS load-generator processes, join rate $JOIN_RATE/s; nchan bodies $BODY_BYTES bytes"
+    echo "- frames/s: WebSocket frames the subscribers read (nchan: one per event; Flashcast: one per tick batch)"
     echo "- server CPU: utime + stime of the server's processes (nginx master + worker; the flashcast process), from the go signal to the end of the drain; per event = CPU / delivered events"
     echo
-    echo "| peer | rate msgs/s | subscribers | sent msgs/s | delivered events/s | p99 ms | server CPU s | server CPU µs/event | storm | load 1m |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+    echo "| peer | rate msgs/s | subscribers | sent msgs/s | delivered events/s | frames/s | p99 ms | server CPU s | server CPU µs/event | storm | load 1m |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
     printf '%s\n' "${ROWS[@]}"
     if [ -s "$WORK/per-event.txt" ]; then
         echo

@@ -738,6 +738,8 @@ struct PublishResult {
     max_lag_ms: u64,
     /// Messages sent more than 1 ms behind schedule.
     late: u64,
+    /// New connections after the server closed the previous one.
+    reconnects: u64,
 }
 
 /// Publishes `rate x duration` messages on schedule from `start`, stopping
@@ -774,11 +776,15 @@ async fn publish(
         if lag > Duration::from_millis(1) {
             result.late += 1;
         }
-        if broken {
+        // A keep-alive connection the server closed between two requests
+        // (nginx's keepalive_requests, a timeout): this request was never
+        // sent on it, so it goes out on a fresh connection.
+        if broken || sender.ready().await.is_err() {
             match connect_publisher(addr).await {
                 Ok(s) => {
                     sender = s;
                     broken = false;
+                    result.reconnects += 1;
                 }
                 Err(e) => {
                     *result.errors.entry(format!("reconnect: {e}")).or_default() += 1;
@@ -1275,6 +1281,8 @@ pub struct NchanReport {
     /// Messages sent more than 1 ms behind schedule, and the worst delay.
     pub publish_late: u64,
     pub publish_max_lag_ms: u64,
+    /// Publisher connections opened after the first one.
+    pub publish_reconnects: u64,
 
     /// Messages received by all subscribers together (message x subscriber).
     pub events_delivered: u64,
@@ -1339,6 +1347,7 @@ impl NchanReport {
             publish_latency_us: p.latency_us,
             publish_late: p.late,
             publish_max_lag_ms: p.max_lag_ms,
+            publish_reconnects: p.reconnects,
             events_delivered: r.events,
             events_per_sec: per_sec(r.events),
             events_expected: published * r.connected,
@@ -1419,8 +1428,13 @@ impl NchanReport {
         );
         let _ = writeln!(
             s,
-            "  publish round trip    p50 {} us, p99 {} us, max {} us; {} late, worst lag {} ms",
-            pl.p50, pl.p99, pl.max, self.publish_late, self.publish_max_lag_ms
+            "  publish round trip    p50 {} us, p99 {} us, max {} us; {} late, worst lag {} ms; {} reconnects",
+            pl.p50,
+            pl.p99,
+            pl.max,
+            self.publish_late,
+            self.publish_max_lag_ms,
+            self.publish_reconnects
         );
         let _ = writeln!(
             s,
@@ -1481,6 +1495,7 @@ pub struct PublishResultView {
     pub latency_us: LatencySummary,
     pub late: u64,
     pub max_lag_ms: u64,
+    pub reconnects: u64,
 }
 
 impl From<PublishResult> for PublishResultView {
@@ -1495,6 +1510,7 @@ impl From<PublishResult> for PublishResultView {
                 .unwrap_or_default(),
             late: p.late,
             max_lag_ms: p.max_lag_ms,
+            reconnects: p.reconnects,
         }
     }
 }

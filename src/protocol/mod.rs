@@ -405,7 +405,7 @@ pub enum EventBody {
         sold: u32,
         reason: SaleEndReason,
     },
-    /// Units left in a live sale; at most one per sale per tick (the latest
+    /// Units left in a live sale; at most one per sale per 250 ms (the latest
     /// value). `available: 0` is sold out, and it can rise again when
     /// reservations expire or are cancelled.
     Stock {
@@ -415,7 +415,8 @@ pub enum EventBody {
     CouponDropped {
         coupon: CouponView,
     },
-    /// Coupons of a drop not claimed yet; at most one per drop per tick.
+    /// Coupons of a drop not claimed yet; at most one per drop per 250 ms
+    /// (zero at once).
     CouponsLeft {
         coupon_id: CouponId,
         left: u32,

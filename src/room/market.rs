@@ -14,9 +14,23 @@ use crate::commerce::shop::Shop;
 use crate::ids::{CouponId, SaleId};
 use crate::protocol::{EventBody, SaleEndReason};
 
+/// Least time between two `stock` (or `coupons_left`) events of one sale
+/// (drop): during a flash sale the count changes every tick, and sending
+/// each change to every viewer would make the fanout, not the buyers, the
+/// work of the sale. Zero (sold out, all claimed) is sent at once.
+pub const COUNT_INTERVAL_MS: u64 = 250;
+
 struct Announced {
     status: SaleStatus,
     available: u32,
+    /// When the last `stock` event went out (unix ms).
+    sent_at: u64,
+}
+
+/// Whether a changed count is due: zero at once, others at most every
+/// `COUNT_INTERVAL_MS`.
+fn count_due(value: u32, sent_at: u64, now: u64) -> bool {
+    value == 0 || now.saturating_sub(sent_at) >= COUNT_INTERVAL_MS
 }
 
 pub struct MarketWatch {
@@ -27,7 +41,8 @@ pub struct MarketWatch {
     sales: Vec<Arc<Sale>>,
     announced: HashMap<SaleId, Announced>,
     coupons: Vec<Arc<Coupon>>,
-    coupons_left: HashMap<CouponId, u32>,
+    /// Coupons left as last announced, and when.
+    coupons_left: HashMap<CouponId, (u32, u64)>,
 }
 
 impl MarketWatch {
@@ -51,11 +66,12 @@ impl MarketWatch {
                 Announced {
                     status: s.status(now),
                     available: s.available(),
+                    sent_at: 0,
                 },
             );
         }
         for c in &w.coupons {
-            w.coupons_left.insert(c.id(), c.left());
+            w.coupons_left.insert(c.id(), (c.left(), 0));
         }
         w
     }
@@ -108,7 +124,7 @@ impl MarketWatch {
                 if let std::collections::hash_map::Entry::Vacant(e) =
                     self.coupons_left.entry(c.id())
                 {
-                    e.insert(c.left());
+                    e.insert((c.left(), now));
                     out.push(EventBody::CouponDropped { coupon: c.view() });
                 }
             }
@@ -118,8 +134,14 @@ impl MarketWatch {
             let available = sale.available();
             match self.announced.get_mut(&sale.id()) {
                 None => {
-                    self.announced
-                        .insert(sale.id(), Announced { status, available });
+                    self.announced.insert(
+                        sale.id(),
+                        Announced {
+                            status,
+                            available,
+                            sent_at: now,
+                        },
+                    );
                     let view = sale.view(now);
                     match status {
                         SaleStatus::Scheduled => out.push(EventBody::SaleScheduled { sale: view }),
@@ -146,8 +168,12 @@ impl MarketWatch {
                             SaleStatus::Scheduled => {}
                         }
                     }
-                    if status != SaleStatus::Ended && seen.available != available {
+                    if status != SaleStatus::Ended
+                        && seen.available != available
+                        && count_due(available, seen.sent_at, now)
+                    {
                         seen.available = available;
+                        seen.sent_at = now;
                         out.push(EventBody::Stock {
                             sale_id: sale.id(),
                             available,
@@ -158,9 +184,10 @@ impl MarketWatch {
         }
         for c in &self.coupons {
             let left = c.left();
-            if let Some(seen) = self.coupons_left.get_mut(&c.id()) {
-                if *seen != left && !c.is_expired(now) {
+            if let Some((seen, sent_at)) = self.coupons_left.get_mut(&c.id()) {
+                if *seen != left && !c.is_expired(now) && count_due(left, *sent_at, now) {
                     *seen = left;
+                    *sent_at = now;
                     out.push(EventBody::CouponsLeft {
                         coupon_id: c.id(),
                         left,
@@ -169,5 +196,20 @@ impl MarketWatch {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_go_out_at_most_every_interval_but_zero_at_once() {
+        let sent = 10_000;
+        assert!(!count_due(5, sent, sent + 1));
+        assert!(!count_due(5, sent, sent + COUNT_INTERVAL_MS - 1));
+        assert!(count_due(5, sent, sent + COUNT_INTERVAL_MS));
+        assert!(count_due(0, sent, sent + 1), "sold out is news at once");
+        assert!(count_due(7, 0, sent), "the first change of a sale is due");
     }
 }
