@@ -736,7 +736,7 @@ struct PublishResult {
     latency_us: Option<Histogram<u64>>,
     /// Worst delay of a message behind its scheduled time, ms.
     max_lag_ms: u64,
-    /// Messages sent more than 1 ms behind schedule.
+    /// Messages sent more than 5 ms behind schedule.
     late: u64,
     /// New connections after the server closed the previous one.
     reconnects: u64,
@@ -773,7 +773,7 @@ async fn publish(
         }
         let lag = now - due;
         result.max_lag_ms = result.max_lag_ms.max(lag.as_millis() as u64);
-        if lag > Duration::from_millis(1) {
+        if lag > Duration::from_millis(5) {
             result.late += 1;
         }
         // A keep-alive connection the server closed between two requests
@@ -1278,7 +1278,7 @@ pub struct NchanReport {
     pub publish_errors: BTreeMap<String, u64>,
     /// POST round trips, microseconds.
     pub publish_latency_us: LatencySummary,
-    /// Messages sent more than 1 ms behind schedule, and the worst delay.
+    /// Messages sent more than 5 ms behind schedule, and the worst delay.
     pub publish_late: u64,
     pub publish_max_lag_ms: u64,
     /// Publisher connections opened after the first one.

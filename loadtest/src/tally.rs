@@ -138,6 +138,7 @@ pub struct Live {
     buy_ms: Mutex<Histogram<u64>>,
     claim_ms: Mutex<Histogram<u64>>,
     reconnect_ms: Mutex<Histogram<u64>>,
+    send_lag_ms: Mutex<Histogram<u64>>,
     seconds: Vec<LiveSecond>,
     /// Unix ms of the go signal; 0 before it.
     t0_ms: AtomicU64,
@@ -158,6 +159,8 @@ pub enum Timing {
     Buy,
     Claim,
     Reconnect,
+    /// How late a scheduled action was sent: the load generator's own lag.
+    SendLag,
 }
 
 impl Live {
@@ -172,6 +175,7 @@ impl Live {
             buy_ms: Mutex::new(new_histogram()),
             claim_ms: Mutex::new(new_histogram()),
             reconnect_ms: Mutex::new(new_histogram()),
+            send_lag_ms: Mutex::new(new_histogram()),
             seconds: (0..seconds.max(1)).map(|_| LiveSecond::default()).collect(),
             t0_ms: AtomicU64::new(0),
             orders: Mutex::default(),
@@ -260,6 +264,7 @@ impl Live {
             Timing::Buy => &self.buy_ms,
             Timing::Claim => &self.claim_ms,
             Timing::Reconnect => &self.reconnect_ms,
+            Timing::SendLag => &self.send_lag_ms,
         };
         h.lock().expect("lock").saturating_record(ms);
     }
@@ -362,6 +367,7 @@ impl Live {
             buy_ms: hist(&self.buy_ms),
             claim_ms: hist(&self.claim_ms),
             reconnect_ms: hist(&self.reconnect_ms),
+            send_lag_ms: hist(&self.send_lag_ms),
             seconds,
             second_latency,
             orders: self.orders.lock().expect("lock").clone(),
@@ -408,6 +414,9 @@ pub struct Tally {
     pub buy_ms: HistData,
     pub claim_ms: HistData,
     pub reconnect_ms: HistData,
+    /// Scheduled actions: how late they went out (the tool's own lag).
+    #[serde(default)]
+    pub send_lag_ms: HistData,
     pub seconds: Vec<SecondSample>,
     /// Delivery latency of each second, parallel to `seconds`.
     pub second_latency: Vec<HistData>,
@@ -439,6 +448,7 @@ impl Tally {
             (&mut self.buy_ms, &o.buy_ms),
             (&mut self.claim_ms, &o.claim_ms),
             (&mut self.reconnect_ms, &o.reconnect_ms),
+            (&mut self.send_lag_ms, &o.send_lag_ms),
         ] {
             merge_hist(into, from);
         }

@@ -16,6 +16,10 @@ use crate::stats::{HistData, LatencySummary};
 use crate::tally::{Counts, Progress, Tally};
 use crate::timeline::{PhaseSpan, SecondSample};
 
+/// A p99 send lag above this means the tool could not keep its own
+/// schedule (it shares the machine with the server).
+const TOOL_LAG_WARN_MS: u64 = 100;
+
 /// A flash sale checked against the server's durable orders.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SaleCheck {
@@ -105,6 +109,9 @@ pub struct Verdict {
     pub connect_ms: LatencySummary,
     pub join_ms: LatencySummary,
     pub reconnect_ms: LatencySummary,
+    /// How late the tool sent its scheduled actions: when this is large
+    /// the load generator, not the server, was the bottleneck.
+    pub send_lag_ms: LatencySummary,
 
     /// Delivery latency: receive time minus the event's server `ts`.
     pub latency_ms: LatencySummary,
@@ -208,6 +215,7 @@ impl Verdict {
             connect_ms: LatencySummary::of(&tally.connect_ms.to_histogram()),
             join_ms: LatencySummary::of(&tally.join_ms.to_histogram()),
             reconnect_ms: LatencySummary::of(&tally.reconnect_ms.to_histogram()),
+            send_lag_ms: LatencySummary::of(&tally.send_lag_ms.to_histogram()),
             latency_ms: LatencySummary::of(&latency),
             latency_histogram: tally.latency_ms,
             delivery_secs,
@@ -419,6 +427,17 @@ impl Verdict {
                 ),
             ),
             ("delivery latency".into(), lat(l)),
+            (
+                "tool send lag".into(),
+                if self.send_lag_ms.p99 > TOOL_LAG_WARN_MS {
+                    format!(
+                        "{}  WARNING: the load generator fell behind its schedule; latencies include its own lag",
+                        lat(&self.send_lag_ms)
+                    )
+                } else {
+                    lat(&self.send_lag_ms)
+                },
+            ),
             (
                 "gaps / duplicates".into(),
                 format!("{} ({} missed) / {}", c.gaps, c.missed, c.duplicates),

@@ -196,6 +196,7 @@ pub async fn run(shared: Arc<Shared>, mut script: Script, mut stop: watch::Recei
                 }
             }
             _ = tokio::time::sleep_until(wake) => {
+                live.timing(Timing::SendLag, wake.elapsed().as_millis() as u64);
                 let act = if next_soon <= next_timed {
                     soon.pop_front().map(|(_, a)| a)
                 } else {
