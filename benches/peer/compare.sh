@@ -101,8 +101,9 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 cleanup() {
-    local pid
-    for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+    local i
+    # Last started first: storm, CPU sampler, then the server.
+    for (( i = ${#STARTED[@]} - 1; i >= 0; i-- )); do stop_pid "${STARTED[i]}"; done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -147,7 +148,7 @@ cpu_ticks() {
     local pid stat rest total=0
     local -a f
     for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat") || continue
+        { stat=$(<"/proc/$pid/stat"); } 2>/dev/null || continue
         rest=${stat##*) }
         read -r -a f <<<"$rest"
         # After "pid (comm) ": f[0] is field 3 (state); utime = field 14, stime = field 15.
@@ -186,27 +187,36 @@ cpu_between() {
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
+# Waits for a storm started in the background (so an INT or TERM to this
+# script is handled at once, not after the storm); returns its exit code.
+wait_storm() {
+    STARTED+=("$1")
+    wait "$1"
+}
+
 ROWS=()
 # record PEER RATE REPORT_JSON CPU_SAMPLES EXIT_CODE LOAD DELIVERED_JQ SENT_RATE_JQ FRAMES_JQ
 record() {
     local peer=$1 rate=$2 json=$3 samples=$4 rc=$5 load=$6 delivered_q=$7 pub_q=$8 frames_q=$9
-    local go stop delivered eps fps p99 cpu per pub
+    local go stop delivered frames eps fps p99 cpu per per_frame pub
     if [ ! -s "$json" ]; then
-        ROWS+=("| $peer | $rate | $SUBSCRIBERS | - | - | - | - | - | - | no report (exit $rc) | $load |")
+        ROWS+=("| $peer | $rate | $SUBSCRIBERS | - | - | - | - | - | - | - | no report (exit $rc) | $load |")
         return
     fi
     go=$(jq -r '.window.go_ms' "$json")
     stop=$(jq -r '.window.stop_ms' "$json")
     delivered=$(jq -r "$delivered_q" "$json")
     eps=$(jq -r "($delivered_q) / (.send_window_secs // 0 | if . > 0 then . else 1 end) | . * 10 | round / 10" "$json")
+    frames=$(jq -r "$frames_q" "$json")
     fps=$(jq -r "($frames_q) / (.send_window_secs // 0 | if . > 0 then . else 1 end) | round" "$json")
     pub=$(jq -r "$pub_q" "$json")
     p99=$(jq -r '.latency_ms.p99' "$json")
     cpu=$(cpu_between "$samples" "$go" "$stop")
     per=$(awk -v c="$cpu" -v n="$delivered" 'BEGIN { if (n > 0) printf "%.2f", c * 1e6 / n; else print "-" }')
+    per_frame=$(awk -v c="$cpu" -v n="$frames" 'BEGIN { if (n > 0) printf "%.2f", c * 1e6 / n; else print "-" }')
     local verdict="pass"
     [ "$rc" = 0 ] || verdict="FAIL (exit $rc): $(jq -r '.failures | join("; ")' "$json")"
-    ROWS+=("| $peer | $rate | $SUBSCRIBERS | $pub | $eps | $fps | $p99 | $cpu | $per | $verdict | $load |")
+    ROWS+=("| $peer | $rate | $SUBSCRIBERS | $pub | $eps | $fps | $p99 | $cpu | $per | $per_frame | $verdict | $load |")
     printf '   %s @ %s msgs/s: %s events/s delivered, p99 %s ms, server CPU %s s, %s us/event (%s)\n' \
         "$peer" "$rate" "$eps" "$p99" "$cpu" "$per" "$verdict"
     echo "$peer $rate $per" >>"$WORK/per-event.txt"
@@ -236,7 +246,8 @@ run_nchan() {
     "$STORM" nchan --url "http://127.0.0.1:$NCHAN_PORT" --subscribers "$SUBSCRIBERS" \
         --rate "$rate" --duration "$DURATION" --drain "$DRAIN" --workers "$WORKERS" \
         --join-rate "$JOIN_RATE" --body-bytes "$BODY_BYTES" --out "$dir/report.json" --quiet \
-        >"$dir/storm.out" 2>&1 || rc=$?
+        >"$dir/storm.out" 2>&1 &
+    wait_storm $! || rc=$?
     stop_pid "$SAMPLER"
     # Fast shutdown (TERM), then make sure the worker went with the master.
     stop_pid "$master" TERM
@@ -269,7 +280,8 @@ run_flashcast() {
     "$STORM" chat --url "ws://127.0.0.1:$FLASHCAST_PORT/ws" --room demo --viewers "$SUBSCRIBERS" \
         --senders "$senders" --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
         --workers "$WORKERS" --join-rate "$JOIN_RATE" --out "$dir/report.json" --quiet \
-        >"$dir/storm.out" 2>&1 || rc=$?
+        >"$dir/storm.out" 2>&1 &
+    wait_storm $! || rc=$?
     stop_pid "$SAMPLER"
     stop_pid "$server" TERM
     sed -n '/^flashcast-storm/,$p' "$dir/storm.out"
@@ -306,8 +318,8 @@ NCHAN_VERSION=$(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || 
     echo "- frames/s: WebSocket frames the subscribers read (nchan: one per event; Flashcast: one per tick batch)"
     echo "- server CPU: utime + stime of the server's processes (nginx master + worker; the flashcast process), from the go signal to the end of the drain; per event = CPU / delivered events"
     echo
-    echo "| peer | rate msgs/s | subscribers | sent msgs/s | delivered events/s | frames/s | p99 ms | server CPU s | server CPU µs/event | storm | load 1m |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+    echo "| peer | rate msgs/s | subscribers | sent msgs/s | delivered events/s | frames/s | p99 ms | server CPU s | server CPU µs/event | µs/frame | storm | load 1m |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
     printf '%s\n' "${ROWS[@]}"
     if [ -s "$WORK/per-event.txt" ]; then
         echo
