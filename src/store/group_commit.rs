@@ -134,9 +134,9 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
     let mut dones = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
         let applied = (|| {
-            tx.execute_batch("SAVEPOINT w")?;
+            tx.prepare_cached("SAVEPOINT w")?.execute([])?;
             match (job.op)(&tx) {
-                Ok(()) => tx.execute_batch("RELEASE w"),
+                Ok(()) => tx.prepare_cached("RELEASE w")?.execute([]).map(|_| ()),
                 Err(e) => {
                     tx.execute_batch("ROLLBACK TO w; RELEASE w")?;
                     Err(e)
