@@ -1,12 +1,9 @@
 //! flashcast-storm: viewer storms against a Flashcast server over real
 //! WebSockets, with sequence-contiguity and latency accounting.
 //!
-//! - [`client`]: one viewer connection (and its chat schedule);
-//! - [`stats`]: live counters, latency histograms, gap/duplicate checks,
-//!   and the mergeable per-process result;
-//! - [`chat`]: the `chat` scenario, in this process or over worker processes;
+//! - [`client`]: a WebSocket from a chosen loopback source address;
+//! - [`stats`]: latency histograms and sequence gap/duplicate checks;
 //! - [`nchan`]: the peer benchmark against nginx + nchan (`benches/peer/`);
-//! - [`report`]: derived figures, pass criteria, summary table, JSON;
 //! - [`scenario`]: scenario files (phases on a timeline, pass criteria);
 //! - [`storm`]: runs a scenario: coordinator, worker processes, the host's part;
 //! - [`viewer`]: one simulated viewer running its script;
@@ -21,14 +18,12 @@
 //! - [`cli`]: the command line.
 
 pub mod admin;
-pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod host;
 pub mod html;
 pub mod nchan;
 pub mod probe;
-pub mod report;
 pub mod scenario;
 pub mod stats;
 pub mod storm;
@@ -38,6 +33,4 @@ pub mod verdict;
 pub mod viewer;
 pub mod wire;
 
-pub use chat::{run_chat, RunOptions};
-pub use cli::{ChatArgs, Cli, Command};
-pub use report::Report;
+pub use cli::{Cli, Command};

@@ -76,6 +76,15 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
+/// A short id for this run: names its room, SKUs, users and keys.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    format!("{:x}", now ^ ((std::process::id() as u64) << 40))
+}
+
 /// The deterministic SKU of a flash-sale phase.
 pub fn phase_sku(run_id: &str, phase: usize) -> Sku {
     Sku::new(&format!("STORM-{run_id}-{phase}")).expect("valid sku")
@@ -543,7 +552,7 @@ fn emit(line: &WorkerLine) {
 
 /// Runs a whole scenario and judges it.
 pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
-    let run_id = crate::chat::new_run_id();
+    let run_id = new_run_id();
     let started_ms = now_ms();
     let key = opts
         .admin_key

@@ -356,3 +356,42 @@ scale = 3
     );
     assert!(lines.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
 }
+
+#[test]
+fn an_unreachable_server_is_a_failed_join_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nobody.toml");
+    // Port 9 (discard) on loopback: nothing listens there.
+    std::fs::write(
+        &file,
+        r#"
+name = "nobody home"
+[target]
+url = "http://127.0.0.1:9"
+[viewers]
+count = 20
+[load]
+join_retries = 0
+join_timeout = 2
+drain = 0
+[[phase]]
+type = "join"
+at = 0
+viewers = 20
+over = 0.2
+"#,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&file)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("0 of 20 viewers joined"), "{stdout}");
+    assert!(stdout.contains("connect: connection refused"), "{stdout}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
