@@ -147,6 +147,13 @@ impl Metrics {
         r.register(Box::new(m.buy_seconds.clone())).unwrap();
         r.register(Box::new(m.order_changes.clone())).unwrap();
         r.register(Box::new(m.coupon_claims.clone())).unwrap();
+        // CPU seconds, resident memory and open files of this process, so a
+        // load tester on another machine can see what a storm costs.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .unwrap();
         r.register(Box::new(m.recording_lines.clone())).unwrap();
         r.register(Box::new(m.recording_dropped.clone())).unwrap();
         r.register(Box::new(m.recordings_active.clone())).unwrap();

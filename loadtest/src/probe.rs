@@ -1,6 +1,8 @@
-//! Watching the server while it is stormed: CPU time and resident memory of
-//! a local server process from /proc (once a second), and the server's own
-//! counters from its Prometheus `/metrics` before and after.
+//! Watching the server while it is stormed: CPU time and resident memory
+//! once a second, from /proc for a local server process (`--server-pid`) or
+//! else from the server's own `/metrics` (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`), and the server's counters from
+//! `/metrics` before and after.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -9,8 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::admin::Admin;
 
+/// The server's own CPU seconds and resident bytes on `/metrics`.
+const CPU_METRIC: &str = "flashcast_process_cpu_seconds_total";
+const RSS_METRIC: &str = "flashcast_process_resident_memory_bytes";
+
 /// Counters read from `/metrics` (summed over labels).
-const METRICS: [&str; 7] = [
+const METRICS: [&str; 9] = [
+    CPU_METRIC,
+    RSS_METRIC,
     "flashcast_events_out_total",
     "flashcast_frames_out_total",
     "flashcast_bytes_out_total",
@@ -70,10 +78,21 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
+/// A reading from the server's `/metrics`, when it has the process metrics.
+fn from_metrics(m: &BTreeMap<String, f64>) -> Option<ProcReading> {
+    Some(ProcReading {
+        at_ms: flashcast::protocol::now_ms(),
+        cpu_secs: *m.get(CPU_METRIC)?,
+        rss_mib: *m.get(RSS_METRIC)? / (1024.0 * 1024.0),
+    })
+}
+
 /// What was seen of the server during the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ServerFigures {
     pub pid: Option<u32>,
+    /// "proc" (a local PID), "metrics" (the server's /metrics) or "none".
+    pub source: String,
     /// Server CPU from the go signal to the end of the run, seconds.
     pub cpu_secs: Option<f64>,
     /// Resident memory before the go signal and at its highest.
@@ -110,28 +129,43 @@ impl ServerProbe {
         }
     }
 
-    /// Takes the starting readings (call at the go signal).
-    pub async fn start(&self, t0_ms: u64) {
+    /// One reading: /proc with a PID, else the server's /metrics.
+    async fn read(&self) -> (Option<ProcReading>, BTreeMap<String, f64>) {
         let metrics = self
             .admin
             .metrics_text()
             .await
             .map(|t| parse_metrics(&t))
             .unwrap_or_default();
-        let reading = self.pid.and_then(read_proc);
+        let reading = match self.pid {
+            Some(pid) => read_proc(pid),
+            None => from_metrics(&metrics),
+        };
+        (reading, metrics)
+    }
+
+    /// Takes the starting readings (call at the go signal).
+    pub async fn start(&self, t0_ms: u64) {
+        let (reading, metrics) = self.read().await;
         let mut s = self.state.lock().expect("lock");
         s.t0_ms = t0_ms;
         s.first = reading;
         s.prev = reading;
         s.metrics_start = metrics;
         s.figures.pid = self.pid;
+        s.figures.source = match (self.pid, reading) {
+            (Some(_), Some(_)) => "proc",
+            (None, Some(_)) => "metrics",
+            _ => "none",
+        }
+        .into();
         s.figures.rss_start_mib = reading.map(|r| r.rss_mib);
         s.figures.rss_peak_mib = reading.map(|r| r.rss_mib);
     }
 
     /// One reading (call about once a second).
     pub async fn sample(&self) {
-        let Some(r) = self.pid.and_then(read_proc) else {
+        let Some(r) = self.read().await.0 else {
             return;
         };
         let mut s = self.state.lock().expect("lock");
@@ -157,13 +191,7 @@ impl ServerProbe {
     }
 
     pub async fn finish(&self) -> ServerFigures {
-        let metrics = self
-            .admin
-            .metrics_text()
-            .await
-            .map(|t| parse_metrics(&t))
-            .unwrap_or_default();
-        let last = self.pid.and_then(read_proc);
+        let (last, metrics) = self.read().await;
         let mut s = self.state.lock().expect("lock");
         if let (Some(first), Some(last)) = (s.first, last) {
             s.figures.cpu_secs = Some(last.cpu_secs - first.cpu_secs);
@@ -171,6 +199,7 @@ impl ServerProbe {
         let start = std::mem::take(&mut s.metrics_start);
         s.figures.metrics_delta = metrics
             .iter()
+            .filter(|(k, _)| k.as_str() != RSS_METRIC)
             .map(|(k, v)| (k.clone(), v - start.get(k).copied().unwrap_or(0.0)))
             .collect();
         s.figures.clone()
@@ -199,5 +228,11 @@ mod tests {
         assert_eq!(m["flashcast_events_out_total"], 120.0);
         assert_eq!(m["flashcast_rejected_total"], 7.0);
         assert_eq!(m.len(), 2);
+        assert!(from_metrics(&m).is_none(), "no process metrics, no reading");
+        let with = parse_metrics(
+            "flashcast_process_cpu_seconds_total 12.5\nflashcast_process_resident_memory_bytes 104857600\n",
+        );
+        let r = from_metrics(&with).unwrap();
+        assert_eq!((r.cpu_secs, r.rss_mib), (12.5, 100.0));
     }
 }

@@ -309,7 +309,7 @@ impl Verdict {
                     f.push(format!("server RSS peaked at {rss:.0} MiB > {max} MiB"))
                 }
                 Some(_) => {}
-                None => f.push("max_server_rss_mib needs --server-pid".into()),
+                None => f.push("max_server_rss_mib: the server's memory was not sampled".into()),
             }
         }
         if let Some(max) = p.max_server_cpu_us_per_event {
@@ -318,7 +318,9 @@ impl Verdict {
                     "server CPU {us:.2} us per delivered event > {max} us"
                 )),
                 Some(_) => {}
-                None => f.push("max_server_cpu_us_per_event needs --server-pid".into()),
+                None => {
+                    f.push("max_server_cpu_us_per_event: the server's CPU was not sampled".into())
+                }
             }
         }
         let acked_units = c.units_accepted;
@@ -506,15 +508,19 @@ impl Verdict {
         let srv = &self.server;
         rows.push((
             "server".into(),
-            match (srv.pid, srv.cpu_secs) {
-                (Some(pid), Some(cpu)) => format!(
-                    "pid {pid}: CPU {cpu:.1} s, {} us per delivered event, RSS {:.0} -> peak {:.0} MiB",
+            match srv.cpu_secs {
+                Some(cpu) => format!(
+                    "{}: CPU {cpu:.1} s, {} us per delivered event, RSS {:.0} -> peak {:.0} MiB",
+                    match srv.pid {
+                        Some(pid) => format!("pid {pid} (/proc)"),
+                        None => "from its /metrics".to_string(),
+                    },
                     self.server_cpu_us_per_event
                         .map_or("-".into(), |u| format!("{u:.2}")),
                     srv.rss_start_mib.unwrap_or(0.0),
                     srv.rss_peak_mib.unwrap_or(0.0)
                 ),
-                _ => "not sampled (pass --server-pid for CPU and memory)".into(),
+                None => "not sampled (no --server-pid and no process metrics on /metrics)".into(),
             },
         ));
         if !srv.metrics_delta.is_empty() {

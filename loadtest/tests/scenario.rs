@@ -149,6 +149,7 @@ async fn a_small_show_runs_every_phase_and_passes() {
         "{table}"
     );
     // Server figures came from /proc (this process) and /metrics.
+    assert_eq!(v.server.source, "proc", "{table}");
     assert!(v.server.cpu_secs.is_some(), "{table}");
     assert!(
         v.server.metrics_delta["flashcast_events_out_total"] > 0.0,
@@ -231,6 +232,11 @@ max_p99_ms = 0
         serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
     // Three processes' results merged into one.
     assert_eq!(json["workers"], 3);
+    // No --server-pid: the server's CPU and memory came from its /metrics.
+    assert_eq!(json["server"]["source"], "metrics");
+    // (process_cpu_seconds_total counts whole seconds: a short run may read 0.)
+    assert!(json["server"]["cpu_secs"].as_f64().unwrap() >= 0.0);
+    assert!(json["server"]["rss_peak_mib"].as_f64().unwrap() > 1.0);
     assert_eq!(json["counts"]["joined"], 120);
     assert_eq!(json["counts"]["chat_sent"], 20);
     assert_eq!(json["counts"]["gaps"], 0);
