@@ -282,14 +282,6 @@ fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
     Ok(out)
 }
 
-/// Viewers the replay phases add (recorded connections x scale).
-pub fn replay_viewers(s: &Scenario) -> anyhow::Result<u64> {
-    Ok(load_replays(s)?
-        .iter()
-        .map(|r| r.conns.len() as u64 * r.scale as u64)
-        .sum())
-}
-
 /// Source addresses for all viewers, replayed ones included: the file's
 /// `load.source_ips`, or one per 250 viewers.
 pub fn source_ip_count(s: &Scenario, replayed: u64) -> u32 {
@@ -302,13 +294,33 @@ pub fn source_ip_count(s: &Scenario, replayed: u64) -> u32 {
         .min(254 * 256)
 }
 
-/// Seconds each phase's replay lasts at 1x (0 for other phases).
-pub fn replay_lengths(s: &Scenario) -> anyhow::Result<Vec<f64>> {
-    let mut v = vec![0.0; s.phases.len()];
-    for r in load_replays(s)? {
-        v[r.phase] = r.length_secs;
+/// What a scenario's replay files add: each phase's length at 1x (0 for
+/// other phases) and the viewers they bring (recorded connections x scale).
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySummary {
+    pub lengths: Vec<f64>,
+    pub viewers: u64,
+}
+
+impl ReplaySummary {
+    /// Reads the scenario's replay files (once).
+    pub fn of(s: &Scenario) -> anyhow::Result<ReplaySummary> {
+        Ok(Self::of_loaded(s, &load_replays(s)?))
     }
-    Ok(v)
+
+    fn of_loaded(s: &Scenario, replays: &[Replay]) -> ReplaySummary {
+        let mut lengths = vec![0.0; s.phases.len()];
+        for r in replays {
+            lengths[r.phase] = r.length_secs;
+        }
+        ReplaySummary {
+            lengths,
+            viewers: replays
+                .iter()
+                .map(|r| r.conns.len() as u64 * r.scale as u64)
+                .sum(),
+        }
+    }
 }
 
 /// The scripts of a replay's viewers that worker `w` of `k` runs. Recorded
@@ -433,13 +445,15 @@ where
             )
         })
         .collect();
+    let replays = load_replays(s)?;
+    let end = s.end(&ReplaySummary::of_loaded(s, &replays).lengths) + s.load.drain;
     let mut first_id = s.viewers.count;
-    for replay in load_replays(s)? {
+    for replay in &replays {
         let n = replay.conns.len() as u32 * replay.scale;
         scripts.extend(replay_scripts(
             s,
             &plan.run_id,
-            &replay,
+            replay,
             first_id,
             plan.worker,
             plan.workers,
@@ -490,7 +504,6 @@ where
             }
         })
     };
-    let end = s.end(&replay_lengths(s)?) + s.load.drain;
     tokio::time::sleep_until(t0 + secs(end)).await;
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -559,8 +572,8 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         .clone()
         .or_else(|| s.target.admin_key.clone());
     let admin = Admin::new(&s.target.url, key.clone());
-    let replay_secs = replay_lengths(s)?;
-    let end = s.end(&replay_secs);
+    let replays = ReplaySummary::of(s)?;
+    let end = s.end(&replays.lengths);
     let seconds = (end + s.load.drain).ceil() as u32 + 2;
 
     let room = if s.target.create_room {
@@ -598,8 +611,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
     };
 
     let k = opts.workers.unwrap_or(s.load.workers).max(1);
-    let replayed = replay_viewers(s)?;
-    let mut plans = plans(s, &run_id, &room, key.clone(), k, seconds, replayed);
+    let mut plans = plans(s, &run_id, &room, key.clone(), k, seconds, replays.viewers);
     for p in &mut plans {
         p.record = opts.record.is_some();
     }
@@ -758,7 +770,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         started_ms,
         t0_ms,
         k,
-        replayed,
+        &replays,
         tally,
         server,
         sales,
@@ -971,20 +983,14 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let lengths = match replay_lengths(&s) {
-        Ok(l) => l,
+    let replays = match ReplaySummary::of(&s) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e:#}");
             return std::process::ExitCode::from(2);
         }
     };
-    let replayed = match replay_viewers(&s) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let (lengths, replayed) = (&replays.lengths, replays.viewers);
     println!(
         "{}: {} viewers ({:?}) + {replayed} replayed, {} phases, {} worker(s), {} source addresses",
         s.name,
@@ -1005,7 +1011,7 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
     }
     println!(
         "  ends at {:.1} s plus {:.1} s drain",
-        s.end(&lengths),
+        s.end(lengths),
         s.load.drain
     );
     std::process::ExitCode::SUCCESS

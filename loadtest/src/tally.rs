@@ -93,6 +93,14 @@ counters! {
     trace_dropped,
 }
 
+impl Counts {
+    /// Viewers connected now: every join and resume, less every connection
+    /// that ended.
+    pub fn connected(&self) -> u64 {
+        (self.joined + self.resumed + self.resume_gaps).saturating_sub(self.disconnected)
+    }
+}
+
 /// One second of one process.
 #[derive(Default)]
 struct LiveSecond {
@@ -301,7 +309,7 @@ impl Live {
     /// Viewers connected now, written into the current second.
     pub fn sample_viewers(&self, now_ms: u64) {
         let c = self.c.snapshot();
-        let connected = (c.joined + c.resumed + c.resume_gaps).saturating_sub(c.disconnected);
+        let connected = c.connected();
         if let Some(s) = self.second(now_ms) {
             s.viewers.store(connected, Relaxed);
         }

@@ -152,7 +152,7 @@ impl Verdict {
         started_ms: u64,
         go_ms: u64,
         workers: u32,
-        replay_viewers: u64,
+        replays: &crate::storm::ReplaySummary,
         tally: Tally,
         server: ServerFigures,
         sales: Vec<SaleCheck>,
@@ -208,8 +208,8 @@ impl Verdict {
             started_unix_ms: started_ms,
             go_unix_ms: go_ms,
             workers,
-            source_ips: crate::storm::source_ip_count(s, replay_viewers),
-            viewers_target: s.viewers.count as u64 + replay_viewers,
+            source_ips: crate::storm::source_ip_count(s, replays.viewers),
+            viewers_target: s.viewers.count as u64 + replays.viewers,
             counts: tally.counts,
             join_failures: tally.join_failures,
             connect_ms: LatencySummary::of(&tally.connect_ms.to_histogram()),
@@ -233,7 +233,7 @@ impl Verdict {
                 .filter(|_| events > 0)
                 .map(|c| (c * 1e6 / events as f64 * 100.0).round() / 100.0),
             server,
-            phases: phase_spans(s),
+            phases: phase_spans(s, &replays.lengths),
             seconds,
             host_error,
             passed: false,
@@ -583,8 +583,7 @@ impl Verdict {
     }
 }
 
-fn phase_spans(s: &Scenario) -> Vec<PhaseSpan> {
-    let lengths = crate::storm::replay_lengths(s).unwrap_or_default();
+fn phase_spans(s: &Scenario, lengths: &[f64]) -> Vec<PhaseSpan> {
     s.phases
         .iter()
         .enumerate()
@@ -639,7 +638,7 @@ impl ProgressLine {
         let dt = (now.saturating_sub(self.last_ms)) as f64 / 1_000.0;
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt.max(0.001);
         let c = &p.counts;
-        let viewers = (c.joined + c.resumed + c.resume_gaps).saturating_sub(c.disconnected);
+        let viewers = c.connected();
         println!(
             "[{:>5.1}s] viewers {} (failed {}) | events {:.0}/s | p99 {} | gaps {} dups {} | buys {} ok {} refused {} | claims {} | errors {}{}",
             now.saturating_sub(self.t0_ms) as f64 / 1_000.0,

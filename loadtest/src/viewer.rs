@@ -164,8 +164,7 @@ pub async fn run(shared: Arc<Shared>, mut script: Script, mut stop: watch::Recei
             _ = stop.changed() => {
                 live.record(script.id + 1, || Some(TraceAction::Leave));
                 close_politely(&mut conn.ws).await;
-                settle(live, &mut conn);
-                Live::add(&live.c.disconnected, 1);
+                connection_ended(live, &mut conn);
                 return;
             }
             msg = conn.ws.next() => {
@@ -190,8 +189,7 @@ pub async fn run(shared: Arc<Shared>, mut script: Script, mut stop: watch::Recei
                     }
                 };
                 if ended {
-                    settle(live, &mut conn);
-                    Live::add(&live.c.disconnected, 1);
+                    connection_ended(live, &mut conn);
                     return;
                 }
             }
@@ -206,8 +204,7 @@ pub async fn run(shared: Arc<Shared>, mut script: Script, mut stop: watch::Recei
                 match act {
                     Act::Reconnect => {
                         Live::add(&live.c.reconnects, 1);
-                        settle(live, &mut conn);
-                        Live::add(&live.c.disconnected, 1);
+                        connection_ended(live, &mut conn);
                         let last = conn.seq.last();
                         let resume = Some((last, conn.epoch));
                         let started = Instant::now();
@@ -228,15 +225,13 @@ pub async fn run(shared: Arc<Shared>, mut script: Script, mut stop: watch::Recei
                     Act::Leave => {
                         live.record(script.id + 1, || Some(TraceAction::Leave));
                         close_politely(&mut conn.ws).await;
-                        settle(live, &mut conn);
-                        Live::add(&live.c.disconnected, 1);
+                        connection_ended(live, &mut conn);
                         return;
                     }
                     act => {
                         if !perform(live, script.id + 1, &mut conn, act).await {
                             live.close(1006);
-                            settle(live, &mut conn);
-                            Live::add(&live.c.disconnected, 1);
+                            connection_ended(live, &mut conn);
                             return;
                         }
                     }
@@ -246,14 +241,20 @@ pub async fn run(shared: Arc<Shared>, mut script: Script, mut stop: watch::Recei
     }
 }
 
-/// Requests still pending when a connection ends are unanswered.
-fn settle(live: &Live, conn: &mut Conn) {
+/// A connection ended: it is no longer counted as connected, and the
+/// requests still pending on it are unanswered.
+fn connection_ended(live: &Live, conn: &mut Conn) {
+    Live::add(&live.c.disconnected, 1);
     for (_, p) in conn.pending.drain() {
-        match p {
-            Pending::Buy { .. } => Live::add(&live.c.buys_unanswered, 1),
-            Pending::Claim { .. } => Live::add(&live.c.claims_unanswered, 1),
-            Pending::Other(_) => {}
-        }
+        unanswered(live, p);
+    }
+}
+
+fn unanswered(live: &Live, p: Pending) {
+    match p {
+        Pending::Buy { .. } => Live::add(&live.c.buys_unanswered, 1),
+        Pending::Claim { .. } => Live::add(&live.c.claims_unanswered, 1),
+        Pending::Other(_) => {}
     }
 }
 
@@ -481,11 +482,7 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
         // Only replies that never came pile up here; forget the oldest.
         if let Some(&oldest) = conn.pending.keys().min() {
             if let Some(p) = conn.pending.remove(&oldest) {
-                match p {
-                    Pending::Buy { .. } => Live::add(&live.c.buys_unanswered, 1),
-                    Pending::Claim { .. } => Live::add(&live.c.claims_unanswered, 1),
-                    Pending::Other(_) => {}
-                }
+                unanswered(live, p);
             }
         }
     }
