@@ -50,12 +50,10 @@ pub struct Limits {
     /// Longest tick a large room stretches to (the latency it may add).
     #[arg(long, env = "FLASHCAST_MAX_TICK_MS", default_value_t = 100)]
     pub max_tick_ms: u64,
-    /// Frames (ticks) a viewer may fall behind before it is closed with 4008.
+    /// Frames (ticks and private replies) that may wait behind a viewer's
+    /// full socket before it is closed with 4008.
     #[arg(long, env = "FLASHCAST_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
-    /// Private frames (errors, pongs) queued per connection.
-    #[arg(long, env = "FLASHCAST_DIRECT_QUEUE", default_value_t = 64)]
-    pub direct_queue: usize,
     /// Commands queued per room before senders get `room_busy`.
     #[arg(long, env = "FLASHCAST_ROOM_QUEUE", default_value_t = 8_192)]
     pub room_queue: usize,
@@ -233,7 +231,6 @@ impl Limits {
             ("max_viewers_per_room", self.max_viewers_per_room),
             ("history_len", self.history_len),
             ("outbound_queue", self.outbound_queue),
-            ("direct_queue", self.direct_queue),
             ("room_queue", self.room_queue),
             ("max_frame_bytes", self.max_frame_bytes),
             ("ws_buffer_bytes", self.ws_buffer_bytes),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -121,19 +120,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let send_buffer = settings.limits.socket_send_buffer;
-    let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
-    let router = http::router(app.clone());
-    let mut shutdown = app.shutdown.subscribe();
-    let serve = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
-    });
+    let serve = tokio::spawn(http::serve::serve(
+        listener,
+        http::router(app.clone()),
+        app.shutdown.subscribe(),
+        move |tcp| tune_socket(tcp, send_buffer),
+    ));
 
     tokio::spawn(commerce.run_expiry(app.shutdown.subscribe()));
 
@@ -154,12 +146,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
 }
 
 /// Low latency for small frames, and a bounded kernel send buffer.
-fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
+fn tune_socket(tcp: &tokio::net::TcpStream, send_buffer: usize) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
     if send_buffer > 0 {
-        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+        if let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(send_buffer) {
             tracing::debug!(error = %e, "could not set SO_SNDBUF");
         }
     }

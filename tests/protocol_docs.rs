@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use axum::extract::ws::Message;
 use bytes::Bytes;
 use flashcast::commerce::catalog::{Product, Variant};
 use flashcast::commerce::coupon::{CouponScope, CouponView, Discount};
@@ -33,6 +32,7 @@ use flashcast::protocol::{
     ReactionKind, Role, RoomState, SaleEndReason, ServerMsg, UserRef,
 };
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 fn doc() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");

@@ -333,3 +333,47 @@ async fn a_client_close_is_answered_cleanly() {
     }
     srv.stop().await;
 }
+
+/// The WebSocket handshake is checked by hand (the server keeps the socket
+/// after the upgrade): what is not a valid upgrade gets an HTTP answer that
+/// says why, and a valid one still works next to it.
+#[tokio::test]
+async fn bad_upgrade_requests_get_http_errors() {
+    let srv = TestServer::start(&[]).await;
+    let http = reqwest::Client::new();
+    let plain = http.get(srv.http("/ws")).send().await.unwrap();
+    assert_eq!(plain.status(), 426, "a plain GET is told to upgrade");
+    let upgrade = |protocols: &'static str, version: &'static str| {
+        http.get(srv.http("/ws"))
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", version)
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-protocol", protocols)
+            .send()
+    };
+    let unknown = upgrade("chat.v9, mqtt", "13").await.unwrap();
+    assert_eq!(unknown.status(), 400);
+    assert!(unknown.text().await.unwrap().contains("flashcast.json.v1"));
+    let old = upgrade("flashcast.json.v1", "8").await.unwrap();
+    assert_eq!(old.status(), 400);
+    let post = http.post(srv.http("/ws")).send().await.unwrap();
+    assert!(
+        post.status() == 405 || post.status() == 426,
+        "got {}",
+        post.status()
+    );
+    // The sample key of RFC 6455, section 1.3, and the subprotocol chosen
+    // from a list (second choice offered first: ours is picked in order).
+    let ok = upgrade("chat.v9, flashcast.json.v1", "13").await.unwrap();
+    assert_eq!(ok.status(), 101);
+    assert_eq!(
+        ok.headers()["sec-websocket-accept"],
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+    assert_eq!(ok.headers()["sec-websocket-protocol"], "flashcast.json.v1");
+    let mut obs = srv
+        .joined(Encoding::Json, "demo", "after", Role::Viewer)
+        .await;
+    still_alive(&mut obs).await;
+}

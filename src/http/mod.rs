@@ -4,8 +4,10 @@
 pub mod admin;
 pub mod commerce;
 pub mod recording;
+pub mod serve;
 pub mod web;
 pub mod ws;
+pub mod ws_socket;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! One WebSocket connection: the handshake (encoding by subprotocol), `join`,
-//! then a single task that reads client frames, writes the room's shared tick
-//! frames, and writes private replies.
+//! then a single task that reads client frames and answers them. The room's
+//! tick frames do not pass through this task: the room writes them to the
+//! socket itself (`room::outbox`); the task only writes a backlog when the
+//! socket was full, and closes the connection when told to.
 //!
 //! Checks that need no room state happen here, before anything is queued to
 //! the room: frame size, decoding, role, per-user rate, text rules.
@@ -10,35 +12,43 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use governor::DefaultDirectRateLimiter;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
 
+use super::ws_socket::WsSocket;
 use super::{api_error, AppState};
 use crate::auth::TokenError;
 use crate::commerce::{BuyRequest, CouponSpec, SaleSpec};
 use crate::engage::Rejection;
 use crate::ids::UserId;
 use crate::limits;
-use crate::protocol::codec::{WireFrame, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use crate::protocol::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use crate::protocol::{
     now_ms, ClientFrame, ClientMsg, CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef,
 };
 use crate::recording::recorder::ConnRecorder;
 use crate::room::actor::clean_action_text;
-use crate::room::{ConnId, JoinRequest, Outgoing, RoomHandle};
+use crate::room::outbox::{Push, Wake};
+use crate::room::{ConnId, JoinRequest, RoomHandle};
 
 /// `GET /ws`: refuses early (HTTP status) when the node is full, shutting
-/// down, or the address joins too fast; otherwise upgrades.
+/// down, or the address joins too fast; otherwise upgrades (RFC 6455) and
+/// keeps the TCP socket, so the room can write to it directly.
 pub async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
+    let handshake = match Handshake::check(req.method(), req.headers()) {
+        Ok(h) => h,
+        Err(refusal) => return refusal.into_response(),
+    };
     if app.is_shutting_down() {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -65,23 +75,41 @@ pub async fn upgrade(
             "this node is at max_connections",
         );
     };
+    if handshake.offered_protocols && handshake.protocol.is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "unsupported subprotocol: offer flashcast.msgpack.v1 or flashcast.json.v1",
+        )
+            .into_response();
+    }
+    let Some(encoding) = Encoding::from_subprotocol(handshake.protocol) else {
+        unreachable!("only our own subprotocols are selected");
+    };
     let max_frame = app.limits.max_frame_bytes;
-    let ws = ws
-        .protocols([SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON])
+    let config = WebSocketConfig::default()
         // Frames up to 4x the limit are read and refused politely; beyond
         // that the WebSocket layer itself stops reading.
-        .max_message_size(max_frame * 4)
-        .max_frame_size(max_frame * 4)
-        .read_buffer_size(app.limits.ws_buffer_bytes)
-        .write_buffer_size(app.limits.ws_buffer_bytes);
-    let chosen = ws
-        .selected_protocol()
-        .and_then(|p| p.to_str().ok())
-        .map(str::to_owned);
-    let Some(encoding) = Encoding::from_subprotocol(chosen.as_deref()) else {
-        return (StatusCode::BAD_REQUEST, "unsupported subprotocol").into_response();
-    };
-    ws.on_upgrade(move |socket| async move {
+        .max_message_size(Some(max_frame * 4))
+        .max_frame_size(Some(max_frame * 4))
+        .read_buffer_size(app.limits.ws_buffer_bytes);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        // The server loop (`http::serve`) hands hyper the bare socket, so
+        // it comes back here whole.
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => return tracing::error!("upgraded connection is not a TCP socket"),
+        };
+        let socket = WsSocket::new(
+            parts.io.into_inner(),
+            parts.read_buf.to_vec(),
+            config,
+            app.limits.outbound_queue,
+        );
         let conn = Connection {
             id: app.next_conn_id(),
             rejects: app.limiters.rejects(),
@@ -91,7 +119,86 @@ pub async fn upgrade(
         };
         conn.run(socket).await;
         drop(slot);
-    })
+    });
+    handshake.response()
+}
+
+/// The client's half of the opening handshake, checked.
+struct Handshake {
+    accept: String,
+    /// The first subprotocol offered that we speak, if any was offered.
+    protocol: Option<&'static str>,
+    offered_protocols: bool,
+}
+
+impl Handshake {
+    fn check(method: &Method, headers: &HeaderMap) -> Result<Self, (StatusCode, &'static str)> {
+        let refuse = |status: StatusCode, why: &'static str| (status, why);
+        if method != Method::GET {
+            return Err(refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "WebSocket upgrades use GET",
+            ));
+        }
+        let has_token = |name: header::HeaderName, token: &str| {
+            headers.get_all(name).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            })
+        };
+        if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+            return Err(refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "this endpoint speaks WebSocket: send Connection: upgrade and Upgrade: websocket",
+            ));
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Version must be 13",
+            ));
+        }
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Key is missing",
+            ));
+        };
+        let offered: Vec<&str> = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let protocol = [SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON]
+            .into_iter()
+            .find(|ours| offered.contains(ours));
+        Ok(Self {
+            accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            protocol,
+            offered_protocols: !offered.is_empty(),
+        })
+    }
+
+    fn response(&self) -> Response {
+        let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&self.accept).expect("base64"),
+        );
+        if let Some(p) = self.protocol {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        }
+        resp
+    }
 }
 
 /// A WebSocket connection slot, counted against `max_connections`.
@@ -127,16 +234,14 @@ enum Flow {
     Close(CloseCode),
 }
 
-/// A joined connection's room, identity and streams.
+/// A joined connection's room and identity.
 struct Joined {
     room: RoomHandle,
     user: UserRef,
-    frames: broadcast::Receiver<WireFrame>,
-    direct: mpsc::Receiver<Outgoing>,
 }
 
 impl Connection {
-    async fn run(mut self, mut socket: WebSocket) {
+    async fn run(mut self, mut socket: WsSocket) {
         let join_timeout = Duration::from_millis(self.app.limits.join_timeout_ms);
         let joined = match tokio::time::timeout(join_timeout, self.await_join(&mut socket)).await {
             Ok(Ok(joined)) => joined,
@@ -152,11 +257,22 @@ impl Connection {
     }
 
     /// Reads until a valid `join`. `Err(None)`: the client went away.
-    async fn await_join(&mut self, socket: &mut WebSocket) -> Result<Joined, Option<CloseCode>> {
+    async fn await_join(&mut self, socket: &mut WsSocket) -> Result<Joined, Option<CloseCode>> {
         let mut shutdown = self.app.shutdown.subscribe();
+        let outbox = socket.outbox.clone();
         loop {
             let msg = tokio::select! {
                 msg = socket.recv() => msg,
+                wake = outbox.woken() => match wake {
+                    // Replies (pongs, errors) that found the socket full.
+                    Wake::Backlog => {
+                        if !self.drain(socket).await {
+                            return Err(None);
+                        }
+                        continue;
+                    }
+                    Wake::Close(code) => return Err(Some(code)),
+                },
                 _ = shutting_down(&mut shutdown) => return Err(Some(CloseCode::ServiceRestart)),
             };
             let msg = match msg {
@@ -212,7 +328,7 @@ impl Connection {
 
     async fn join(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut WsSocket,
         room_id: crate::ids::RoomId,
         token: Option<String>,
         last_seq: Option<u64>,
@@ -245,41 +361,30 @@ impl Connection {
             None if room.shared.info.allow_guests => guest(),
             None => return Err(reject(CloseCode::Unauthorized)),
         };
-        let (direct_tx, direct) = mpsc::channel(self.app.limits.direct_queue);
-        let grant = room
-            .join(JoinRequest {
-                conn: self.id,
-                user: user.clone(),
-                encoding: self.encoding,
-                last_seq,
-                epoch,
-                direct: direct_tx,
-            })
-            .await
-            .map_err(reject)?;
+        room.join(JoinRequest {
+            conn: self.id,
+            user: user.clone(),
+            encoding: self.encoding,
+            last_seq,
+            epoch,
+            outbox: socket.outbox.clone(),
+        })
+        .await
+        .map_err(reject)?;
         self.app
             .metrics
             .events_in
             .with_label_values(&["join"])
             .inc();
-        if !self.send(socket, &grant.joined).await {
-            room.leave(self.id);
-            return Err(CloseCode::Normal);
-        }
         self.recorder = Some(self.app.recordings.connection(&room, user.role));
-        Ok(Joined {
-            room,
-            user,
-            frames: grant.frames,
-            direct,
-        })
+        Ok(Joined { room, user })
     }
 
     /// The joined loop. Returns the close code to send, or None if the
     /// socket is already gone.
-    async fn serve(&mut self, socket: &mut WebSocket, mut j: Joined) -> Option<CloseCode> {
+    async fn serve(&mut self, socket: &mut WsSocket, j: Joined) -> Option<CloseCode> {
         let mut shutdown = self.app.shutdown.subscribe();
-        let mut frames_open = true;
+        let outbox = socket.outbox.clone();
         loop {
             tokio::select! {
                 incoming = socket.recv() => {
@@ -297,46 +402,30 @@ impl Connection {
                         return Some(code);
                     }
                 }
-                frame = j.frames.recv(), if frames_open => match frame {
-                    Ok(frame) => {
-                        if let Some(recorder) = &mut self.recorder {
-                            recorder.touch();
-                        }
-                        if !self.write(socket, frame.into_message()).await {
+                wake = outbox.woken() => match wake {
+                    Wake::Backlog => {
+                        if !self.drain(socket).await {
                             return None;
                         }
                     }
-                    Err(RecvError::Lagged(_)) => {
-                        self.app.metrics.queue_overflows.inc();
-                        return Some(CloseCode::SlowConsumer);
-                    }
-                    // The room stopped; its close code follows on `direct`.
-                    Err(RecvError::Closed) => frames_open = false,
-                },
-                out = j.direct.recv() => match out {
-                    Some(Outgoing::Frame(frame)) => {
-                        if !self.write(socket, frame.into_message()).await {
-                            return None;
-                        }
-                    }
-                    Some(Outgoing::Close(code)) => {
-                        // Deliver what the room published before closing.
-                        while let Ok(frame) = j.frames.try_recv() {
-                            if !self.write(socket, frame.into_message()).await {
-                                return None;
-                            }
+                    Wake::Close(code) => {
+                        if code == CloseCode::SlowConsumer {
+                            self.app.metrics.queue_overflows.inc();
                         }
                         return Some(code);
                     }
-                    // The room dropped us: our private queue overflowed.
-                    None => return Some(CloseCode::SlowConsumer),
                 },
+                _ = recording_started(&mut self.recorder) => {
+                    if let Some(recorder) = &mut self.recorder {
+                        recorder.touch();
+                    }
+                }
                 _ = shutting_down(&mut shutdown) => return Some(CloseCode::ServiceRestart),
             }
         }
     }
 
-    async fn on_frame(&mut self, socket: &mut WebSocket, j: &Joined, msg: Message) -> Flow {
+    async fn on_frame(&mut self, socket: &mut WsSocket, j: &Joined, msg: Message) -> Flow {
         let frame = match self.decode(socket, &msg).await {
             Ok(frame) => frame,
             Err(flow) => return flow,
@@ -504,7 +593,7 @@ impl Connection {
     }
 
     /// Size check then decode; a bad frame is answered here.
-    async fn decode(&mut self, socket: &mut WebSocket, msg: &Message) -> Result<ClientFrame, Flow> {
+    async fn decode(&mut self, socket: &mut WsSocket, msg: &Message) -> Result<ClientFrame, Flow> {
         let len = match msg {
             Message::Text(t) => t.len(),
             Message::Binary(b) => b.len(),
@@ -526,7 +615,7 @@ impl Connection {
     /// time close the connection (4029).
     async fn reject(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut WsSocket,
         rejection: Rejection,
         reference: Option<u32>,
     ) -> Flow {
@@ -547,10 +636,12 @@ impl Connection {
         }
     }
 
-    /// Encodes and writes a private message.
-    async fn send(&self, socket: &mut WebSocket, msg: &ServerMsg) -> bool {
+    /// Encodes and queues a private message, in order with the room's
+    /// frames. False when the connection is closing or its backlog is full
+    /// (the outbox then wakes the task with the close code).
+    async fn send(&self, socket: &mut WsSocket, msg: &ServerMsg) -> bool {
         match self.encoding.encode(msg) {
-            Ok(frame) => self.write(socket, frame.into_message()).await,
+            Ok(frame) => matches!(socket.send(&frame), Push::Sent | Push::Queued),
             Err(e) => {
                 tracing::error!(error = %e, "encode failed");
                 false
@@ -558,30 +649,30 @@ impl Connection {
         }
     }
 
-    /// Writes one frame; a write that takes longer than `write_timeout_ms`
-    /// means the peer is not reading, and the connection is dropped.
-    async fn write(&self, socket: &mut WebSocket, msg: Message) -> bool {
+    /// Writes the backlog as the peer reads; a peer that takes longer than
+    /// `write_timeout_ms` to take it is not reading, and is dropped.
+    async fn drain(&self, socket: &WsSocket) -> bool {
         let timeout = Duration::from_millis(self.app.limits.write_timeout_ms);
         matches!(
-            tokio::time::timeout(timeout, socket.send(msg)).await,
+            tokio::time::timeout(timeout, socket.outbox.drain()).await,
             Ok(Ok(()))
         )
     }
 
     /// Sends the error that explains the close, then the close frame, then
     /// waits briefly for the client's close so neither is lost to a reset.
-    async fn close(&self, socket: &mut WebSocket, code: CloseCode) {
+    async fn close(&self, socket: &mut WsSocket, code: CloseCode) {
         if let Some(error) = code.error_code() {
             let msg = ServerMsg::error(error, code.reason(), None);
-            if !self.send(socket, &msg).await {
-                return;
+            match self.encoding.encode(&msg) {
+                Ok(frame) => {
+                    socket.send_final(&frame);
+                }
+                Err(e) => tracing::error!(error = %e, "encode failed"),
             }
         }
-        let frame = CloseFrame {
-            code: code.code(),
-            reason: code.reason().into(),
-        };
-        if !self.write(socket, Message::Close(Some(frame))).await {
+        socket.send_close(code.code(), code.reason());
+        if !self.drain(socket).await {
             return;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -594,18 +685,25 @@ impl Connection {
 /// A frame too large even for the WebSocket layer (over 4x
 /// `max_frame_bytes`) still gets its 1009; other read errors mean the peer
 /// is gone or broke the protocol, and the socket is just dropped.
-fn read_error_close(e: axum::Error) -> Option<CloseCode> {
-    match e.into_inner().downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some(CloseCode::MessageTooBig),
+fn read_error_close(e: tungstenite::Error) -> Option<CloseCode> {
+    match e {
+        tungstenite::Error::Capacity(_) => Some(CloseCode::MessageTooBig),
         _ => None,
     }
 }
 
-/// The WebSocket layer queues the reply to a client's close frame; flush it
+/// The WebSocket layer queued the reply to a client's close frame; write it
 /// so the client sees a clean close with its own code.
-async fn answer_close(socket: &mut WebSocket) {
-    let _ =
-        tokio::time::timeout(Duration::from_secs(1), futures_util::SinkExt::flush(socket)).await;
+async fn answer_close(socket: &mut WsSocket) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.outbox.drain()).await;
+}
+
+/// Resolves when the room starts recording (never when not joined).
+async fn recording_started(recorder: &mut Option<ConnRecorder>) {
+    match recorder {
+        Some(r) => r.recording_started().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves once the server starts shutting down.

@@ -1,9 +1,11 @@
 //! The two encodings, chosen per connection by WebSocket subprotocol:
 //! MessagePack in binary frames (the default) and JSON in text frames.
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tungstenite::protocol::frame::coding::{CloseCode as WsCloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::{Message, Utf8Bytes};
 
 use super::{ClientFrame, ClientMsg, ErrorCode};
 
@@ -114,12 +116,32 @@ impl WireFrame {
         self.len() == 0
     }
 
-    pub fn into_message(self) -> Message {
-        match self {
-            WireFrame::Binary(b) => Message::Binary(b),
-            WireFrame::Text(t) => Message::Text(t),
-        }
+    /// The whole WebSocket frame (header and payload) as it goes on the
+    /// wire. Server frames are not masked, so every connection of this
+    /// encoding is sent the very same bytes: a tick is framed once.
+    pub fn to_ws(&self) -> Bytes {
+        let (opcode, payload) = match self {
+            WireFrame::Binary(b) => (Data::Binary, b.clone()),
+            WireFrame::Text(t) => (Data::Text, Bytes::from(t.clone())),
+        };
+        format_frame(Frame::message(payload, OpCode::Data(opcode), true))
     }
+}
+
+/// A WebSocket close frame with `code` and `reason`, ready to write.
+pub fn ws_close_frame(code: u16, reason: &str) -> Bytes {
+    format_frame(Frame::close(Some(CloseFrame {
+        code: WsCloseCode::from(code),
+        reason: Utf8Bytes::from(reason),
+    })))
+}
+
+fn format_frame(frame: Frame) -> Bytes {
+    let mut out = Vec::with_capacity(frame.len());
+    frame
+        .format(&mut out)
+        .expect("writing to a Vec cannot fail");
+    Bytes::from(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,6 +209,35 @@ mod tests {
                 }
                 other => panic!("wrong message {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn ws_frames_read_back_with_a_websocket_client() {
+        use tungstenite::protocol::{Role as WsRole, WebSocketContext};
+        let small = WireFrame::Text(Utf8Bytes::from("{\"type\":\"pong\"}"));
+        // Past 65,535 bytes the header carries a 64-bit length.
+        let big = WireFrame::Binary(Bytes::from(vec![0xab; 70_000]));
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&small.to_ws());
+        wire.extend_from_slice(&big.to_ws());
+        wire.extend_from_slice(&ws_close_frame(4008, "slow consumer"));
+        let mut io = std::io::Cursor::new(wire);
+        let mut client = WebSocketContext::new(WsRole::Client, None);
+        assert_eq!(
+            client.read(&mut io).unwrap(),
+            Message::Text("{\"type\":\"pong\"}".into())
+        );
+        assert_eq!(
+            client.read(&mut io).unwrap(),
+            Message::Binary(Bytes::from(vec![0xab; 70_000]))
+        );
+        match client.read(&mut io).unwrap() {
+            Message::Close(Some(f)) => {
+                assert_eq!(u16::from(f.code), 4008);
+                assert_eq!(f.reason.as_str(), "slow consumer");
+            }
+            other => panic!("expected a close frame, got {other:?}"),
         }
     }
 

@@ -150,6 +150,9 @@ pub struct RecordSlot {
     /// The running recording's generation; 0 when not recording. The only
     /// thing a connection reads per frame.
     gen: AtomicU64,
+    /// Tells quiet connections that a recording started, so each writes
+    /// its `join` line without waiting for its own next action.
+    started: tokio::sync::watch::Sender<u64>,
     room: Weak<RoomShared>,
     state: Mutex<SlotState>,
 }
@@ -249,6 +252,7 @@ impl Recordings {
         let fresh = || {
             Arc::new(RecordSlot {
                 gen: AtomicU64::new(0),
+                started: tokio::sync::watch::Sender::new(0),
                 room: this.clone(),
                 state: Mutex::new(SlotState::default()),
             })
@@ -263,8 +267,10 @@ impl Recordings {
     /// The recorder of one joined connection of `room`, which joined with
     /// `role`. Writes its `join` line now if the room is recording.
     pub fn connection(&self, room: &RoomHandle, role: Role) -> ConnRecorder {
+        let slot = self.slot(room);
         let mut rec = ConnRecorder {
-            slot: self.slot(room),
+            started: slot.started.subscribe(),
+            slot,
             role,
             seen: 0,
             conn: 0,
@@ -361,6 +367,7 @@ impl Recordings {
         state.active = Some(active);
         state.writer = Some(handle);
         slot.gen.store(gen, Ordering::Release);
+        slot.started.send_replace(gen);
         drop(state);
         tracing::info!(room = %room.id(), %file, "recording started");
         Ok(RecordingStarted {
@@ -485,6 +492,7 @@ fn recording_started(name: &str, room: &RoomId) -> Option<u64> {
 /// the connection's `leave`.
 pub struct ConnRecorder {
     slot: Arc<RecordSlot>,
+    started: tokio::sync::watch::Receiver<u64>,
     role: Role,
     /// The recording this connection is numbered in (0: none yet).
     seen: u64,
@@ -495,6 +503,14 @@ pub struct ConnRecorder {
 }
 
 impl ConnRecorder {
+    /// Resolves when a recording of the room starts; then call `touch`.
+    /// Cancel-safe.
+    pub async fn recording_started(&mut self) {
+        if self.started.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Records one decoded client frame (before the room decides on it).
     /// Not recording: one atomic load.
     #[inline]
@@ -528,8 +544,8 @@ impl ConnRecorder {
     }
 
     /// Makes sure a connection already in the room when a recording
-    /// started gets its `join` line; called as room frames go out, so quiet
-    /// viewers are counted too. Not recording: one atomic load.
+    /// started gets its `join` line; called when `recording_started`
+    /// resolves, so quiet viewers are counted too. Not recording: one atomic load.
     #[inline]
     pub fn touch(&mut self) {
         let gen = self.slot.gen.load(Ordering::Relaxed);

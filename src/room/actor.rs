@@ -3,26 +3,27 @@
 //!
 //! Each tick it takes the events appended since the last tick plus the
 //! aggregated counts (reactions, viewers, poll tallies), encodes them ONCE per
-//! encoding in use, and publishes the shared frame on a bounded broadcast
-//! ring. Every viewer reads the same `Bytes`; a viewer that falls more than
-//! `outbound_queue` frames behind is closed with 4008 and resumes.
+//! encoding in use, frames them as WebSocket frames once, and writes the same
+//! `Bytes` to every viewer's socket (see `outbox`): one system call per
+//! viewer, no task wake-up. A viewer whose socket stays full for more than
+//! `outbound_queue` frames is closed with 4008 and resumes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
 use super::history::History;
 use super::market::MarketWatch;
-use super::{Command, ConnId, JoinGrant, JoinRequest, Outgoing, RoomContext, RoomShared};
+use super::outbox::{Outbox, Push};
+use super::{Command, ConnId, JoinRequest, RoomContext, RoomShared};
 use crate::engage::moderation::Moderation;
 use crate::engage::poll::{Poll, PollSpec};
 use crate::engage::qa::Questions;
 use crate::engage::{text, Rejection};
 use crate::ids::{PollId, RoomId, Seq, UserId};
-use crate::protocol::codec::WireFrame;
 use crate::protocol::{
     now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
     ServerMsg, UserRef,
@@ -34,7 +35,7 @@ pub const VIEWER_COUNT_INTERVAL: Duration = Duration::from_secs(1);
 struct Subscriber {
     user: UserRef,
     encoding: Encoding,
-    direct: mpsc::Sender<Outgoing>,
+    outbox: Arc<Outbox>,
 }
 
 pub(crate) struct RoomActor {
@@ -49,8 +50,6 @@ pub(crate) struct RoomActor {
     flushed_seq: Seq,
     history: History,
     pending: Vec<Arc<Event>>,
-    /// One broadcast ring per encoding, indexed by `Encoding::index`.
-    frames: [broadcast::Sender<WireFrame>; 2],
     subscribers: HashMap<ConnId, Subscriber>,
     /// Joins wait for the end of the tick, so that their snapshot and their
     /// `seq` describe the same moment (nothing published half-way).
@@ -73,7 +72,6 @@ impl RoomActor {
         bans: Vec<UserId>,
     ) -> Self {
         let limits = &ctx.limits;
-        let frames = std::array::from_fn(|_| broadcast::channel(limits.outbound_queue).0);
         Self {
             epoch: rand::random::<u64>() >> 11, // fits a JSON number exactly
             history: History::new(limits.history_len),
@@ -84,7 +82,6 @@ impl RoomActor {
             seq: 0,
             flushed_seq: 0,
             pending: Vec::new(),
-            frames,
             subscribers: HashMap::new(),
             pending_joins: Vec::new(),
             viewers_dirty: false,
@@ -252,7 +249,6 @@ impl RoomActor {
                 true,
             ),
         };
-        let frames = self.frames[req.encoding.index()].subscribe();
         let joined = ServerMsg::Joined {
             you: req.user.clone(),
             room: self.shared.info.id.clone(),
@@ -262,7 +258,25 @@ impl RoomActor {
             state: Box::new(self.state(self.subscribers.len() as u32 + 1)),
             events,
         };
-        if reply.send(Ok(JoinGrant { joined, frames })).is_err() {
+        // Written before the subscriber is added: `joined` comes first and
+        // the next tick's frame continues right after its `seq`.
+        let pushed = req
+            .encoding
+            .encode(&joined)
+            .map(|frame| req.outbox.push(frame.to_ws()));
+        match pushed {
+            Ok(Push::Sent | Push::Queued) => {}
+            Ok(Push::Overflow | Push::Closed) => {
+                let _ = reply.send(Err(CloseCode::Normal));
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "encode failed");
+                let _ = reply.send(Err(CloseCode::Normal));
+                return;
+            }
+        }
+        if reply.send(Ok(())).is_err() {
             return; // the connection went away while waiting
         }
         self.subscribers.insert(
@@ -270,7 +284,7 @@ impl RoomActor {
             Subscriber {
                 user: req.user,
                 encoding: req.encoding,
-                direct: req.direct,
+                outbox: req.outbox,
             },
         );
         self.viewers_changed();
@@ -450,7 +464,7 @@ impl RoomActor {
                 self.flush();
                 for conn in kicked {
                     if let Some(s) = self.subscribers.get(&conn) {
-                        let _ = s.direct.try_send(Outgoing::Close(CloseCode::Forbidden));
+                        s.outbox.close(CloseCode::Forbidden);
                     }
                     self.remove(conn);
                 }
@@ -591,14 +605,15 @@ impl RoomActor {
 
     fn close_all(&mut self, code: CloseCode) {
         for (_, s) in self.subscribers.drain() {
-            let _ = s.direct.try_send(Outgoing::Close(code));
+            s.outbox.close(code);
             self.ctx.metrics.viewers.dec();
         }
         self.viewers_changed();
     }
 
-    /// Sends a private message; a connection whose private queue is full is
-    /// dropped from the room (it sees its queue close and gets 4008).
+    /// Sends a private message, in order with the room's frames; a
+    /// connection whose backlog is full is dropped from the room (its task
+    /// closes it with 4008).
     fn send_direct(&mut self, conn: ConnId, msg: &ServerMsg) {
         let Some(sub) = self.subscribers.get(&conn) else {
             return;
@@ -610,9 +625,7 @@ impl RoomActor {
                 return;
             }
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = sub.direct.try_send(Outgoing::Frame(frame))
-        {
-            self.ctx.metrics.queue_overflows.inc();
+        if let Push::Overflow | Push::Closed = sub.outbox.push(frame.to_ws()) {
             self.remove(conn);
         }
     }
@@ -668,10 +681,15 @@ impl RoomActor {
             reactions,
             tallies,
         };
-        let metrics = &self.ctx.metrics;
+        let ctx = self.ctx.clone();
+        let metrics = &ctx.metrics;
+        let mut in_use = [0usize; 2];
+        for s in self.subscribers.values() {
+            in_use[s.encoding.index()] += 1;
+        }
+        let mut frames: [Option<bytes::Bytes>; 2] = [None, None];
         for encoding in Encoding::ALL {
-            let ring = &self.frames[encoding.index()];
-            let receivers = ring.receiver_count();
+            let receivers = in_use[encoding.index()];
             if receivers == 0 {
                 continue;
             }
@@ -686,11 +704,12 @@ impl RoomActor {
                             .with_label_values(&[kind])
                             .inc_by(receivers as u64);
                     }
-                    let _ = ring.send(frame);
+                    frames[encoding.index()] = Some(frame.to_ws());
                 }
                 Err(e) => tracing::error!(error = %e, "batch encode failed"),
             }
         }
+        self.fan_out(&frames);
         metrics.fanout_batch_events.observe(n_events as f64);
         self.flushed_seq = self.seq;
         metrics
@@ -698,12 +717,31 @@ impl RoomActor {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Writes the tick's frame to every subscriber. A full backlog or a dead
+    /// socket takes the viewer out of the room; its task closes it (4008)
+    /// and it resumes from its last `seq`.
+    fn fan_out(&mut self, frames: &[Option<bytes::Bytes>; 2]) {
+        let mut dropped = Vec::new();
+        for (conn, s) in &self.subscribers {
+            let Some(frame) = &frames[s.encoding.index()] else {
+                continue;
+            };
+            if let Push::Overflow | Push::Closed = s.outbox.push(frame.clone()) {
+                dropped.push(*conn);
+            }
+        }
+        for conn in dropped {
+            self.remove(conn);
+        }
+    }
+
     fn housekeeping(&mut self) {
         self.moderation.prune(now_ms());
         let gone: Vec<ConnId> = self
             .subscribers
             .iter()
-            .filter(|(_, s)| s.direct.is_closed())
+            // Only the room still holds the outbox: the connection is gone.
+            .filter(|(_, s)| Arc::strong_count(&s.outbox) == 1)
             .map(|(c, _)| *c)
             .collect();
         for conn in gone {
@@ -712,7 +750,7 @@ impl RoomActor {
     }
 }
 
-type JoinReply = oneshot::Sender<Result<JoinGrant, CloseCode>>;
+type JoinReply = oneshot::Sender<Result<(), CloseCode>>;
 
 enum Reply {
     None,

@@ -4,8 +4,10 @@
 //!
 //! - `registry`: the sharded map of rooms on this node.
 //! - `actor`: the room task: applies actions, assigns sequence numbers, and
-//!   once per tick encodes the tick's events once per encoding and publishes
-//!   the shared frame to every subscriber.
+//!   once per tick encodes the tick's events once per encoding and writes
+//!   the shared frame to every subscriber's socket.
+//! - `outbox`: a connection's outgoing stream, shared by the room's fanout
+//!   and the connection's task; bounded backlog behind a full socket.
 //! - `history`: the bounded ring used for resume and snapshots.
 //!
 //! A chat message arrives in `http::ws`, is checked there (role, rate, size),
@@ -14,35 +16,26 @@
 pub mod actor;
 pub mod history;
 pub mod market;
+pub mod outbox;
 pub mod registry;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Limits;
 use crate::engage::Rejection;
 use crate::ids::{RoomId, Seq};
 use crate::metrics::Metrics;
-use crate::protocol::codec::WireFrame;
-use crate::protocol::{
-    ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, ServerMsg, UserRef,
-};
+use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 use crate::store::Store;
 
+pub use outbox::Outbox;
 pub use registry::{Registry, RegistryError};
 
 /// Identifies one WebSocket connection on this node.
 pub type ConnId = u64;
-
-/// What a room sends privately to one connection.
-#[derive(Debug)]
-pub enum Outgoing {
-    Frame(WireFrame),
-    /// Send this close code (after any room frames already published).
-    Close(CloseCode),
-}
 
 /// What every room on a node shares.
 pub struct RoomContext {
@@ -95,25 +88,19 @@ impl RoomShared {
     }
 }
 
-/// A connection's request to join, answered with a grant or a close code.
+/// A connection's request to join. The room writes the `joined` answer
+/// and then every tick's frame to `outbox`, in that order.
 pub struct JoinRequest {
     pub conn: ConnId,
     pub user: UserRef,
     pub encoding: Encoding,
     pub last_seq: Option<Seq>,
     pub epoch: Option<u64>,
-    pub direct: mpsc::Sender<Outgoing>,
-}
-
-/// A successful join: the `joined` message to send, and the shared stream
-/// of tick frames that continues right after it.
-pub struct JoinGrant {
-    pub joined: ServerMsg,
-    pub frames: broadcast::Receiver<WireFrame>,
+    pub outbox: Arc<Outbox>,
 }
 
 pub(crate) enum Command {
-    Join(JoinRequest, oneshot::Sender<Result<JoinGrant, CloseCode>>),
+    Join(JoinRequest, oneshot::Sender<Result<(), CloseCode>>),
     Act {
         conn: ConnId,
         user: UserRef,
@@ -144,7 +131,8 @@ impl RoomHandle {
         self.shared.reactions[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub async fn join(&self, req: JoinRequest) -> Result<JoinGrant, CloseCode> {
+    /// Joins; once this returns `Ok` the `joined` message is on its way.
+    pub async fn join(&self, req: JoinRequest) -> Result<(), CloseCode> {
         if self.shared.is_closed() {
             return Err(CloseCode::RoomClosed);
         }
