@@ -55,6 +55,11 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: Limits,
+
+    /// Live video (WHIP/WHEP): the `media_*` options.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub media: crate::media::MediaSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -115,6 +120,7 @@ impl Settings {
             settings.config = config;
         }
         settings.limits.validate()?;
+        settings.media.validate()?;
         Ok(settings)
     }
 }

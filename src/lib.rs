@@ -5,6 +5,8 @@
 //!   checked against [`limits`] and [`auth`], and queued to its room;
 //! - [`room`] orders it (sequence numbers, history) and fans it out once per
 //!   tick; [`engage`] holds the chat, poll, Q&A and moderation rules;
+//! - [`media`] is the WebRTC SFU: WHIP ingest from the host, WHEP playback,
+//!   its `stream` state announced through the room;
 //! - [`store`] keeps what must survive a restart;
 //! - [`server`] wires it all together; [`config`] reads the settings.
 
@@ -15,6 +17,7 @@ pub mod engage;
 pub mod http;
 pub mod ids;
 pub mod limits;
+pub mod media;
 pub mod metrics;
 pub mod protocol;
 pub mod recording;

@@ -34,7 +34,14 @@ async fn main() {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The WebRTC stack logs every connection's state changes at info,
+        // and warns of harmless things at every connection's start (a DTLS
+        // server name, media arriving before the keys): per viewer, noise.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,rtc=warn,rtc::peer_connection::handler=error,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn,webrtc=warn",
+            )
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -41,6 +41,25 @@ pub struct Metrics {
     pub recordings_active: IntGauge,
     /// Recordings ended, by what ended them.
     pub recording_stops: IntCounterVec,
+    /// Video broadcasts (WHIP sessions) on this node, connecting or live.
+    pub media_publishers: IntGauge,
+    /// Video viewers (WHEP sessions) on this node.
+    pub media_viewers: IntGauge,
+    /// RTP packets written to viewers (packets x viewers), by `kind`.
+    pub media_rtp_packets: IntCounterVec,
+    /// RTP payload bytes written to viewers, by `kind`.
+    pub media_rtp_bytes: IntCounterVec,
+    /// Packets a viewer lost because its queue was full, by `kind`.
+    pub media_queue_drops: IntCounterVec,
+    /// Keyframe requests, by `reason` (join, pli, fir) and `outcome`
+    /// (queued, merged into a pending one, closed).
+    pub media_keyframe_requests: IntCounterVec,
+    /// PLIs sent to publishers (after pacing).
+    pub media_plis: IntCounter,
+    /// WHIP/WHEP requests refused, by `reason`.
+    pub media_refused: IntCounterVec,
+    /// Sessions ended, by `kind` (publisher, viewer) and `reason`.
+    pub media_sessions_ended: IntCounterVec,
 }
 
 impl Metrics {
@@ -128,6 +147,62 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            media_publishers: IntGauge::new(
+                "media_publishers",
+                "Video broadcasts (WHIP sessions), connecting or live",
+            )
+            .unwrap(),
+            media_viewers: IntGauge::new("media_viewers", "Video viewers (WHEP sessions)").unwrap(),
+            media_rtp_packets: IntCounterVec::new(
+                Opts::new(
+                    "media_rtp_packets_forwarded_total",
+                    "RTP packets written to viewers (packets x viewers), by kind",
+                ),
+                &["kind"],
+            )
+            .unwrap(),
+            media_rtp_bytes: IntCounterVec::new(
+                Opts::new(
+                    "media_rtp_bytes_forwarded_total",
+                    "RTP payload bytes written to viewers, by kind",
+                ),
+                &["kind"],
+            )
+            .unwrap(),
+            media_queue_drops: IntCounterVec::new(
+                Opts::new(
+                    "media_viewer_queue_drops_total",
+                    "RTP packets a viewer lost because its queue was full, by kind",
+                ),
+                &["kind"],
+            )
+            .unwrap(),
+            media_keyframe_requests: IntCounterVec::new(
+                Opts::new(
+                    "media_keyframe_requests_total",
+                    "Keyframe requests for publishers, by reason and outcome",
+                ),
+                &["reason", "outcome"],
+            )
+            .unwrap(),
+            media_plis: IntCounter::new("media_plis_sent_total", "PLIs sent to publishers")
+                .unwrap(),
+            media_refused: IntCounterVec::new(
+                Opts::new(
+                    "media_sessions_refused_total",
+                    "WHIP/WHEP requests refused, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            media_sessions_ended: IntCounterVec::new(
+                Opts::new(
+                    "media_sessions_ended_total",
+                    "Video sessions ended, by kind and reason",
+                ),
+                &["kind", "reason"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -158,6 +233,17 @@ impl Metrics {
         r.register(Box::new(m.recording_dropped.clone())).unwrap();
         r.register(Box::new(m.recordings_active.clone())).unwrap();
         r.register(Box::new(m.recording_stops.clone())).unwrap();
+        r.register(Box::new(m.media_publishers.clone())).unwrap();
+        r.register(Box::new(m.media_viewers.clone())).unwrap();
+        r.register(Box::new(m.media_rtp_packets.clone())).unwrap();
+        r.register(Box::new(m.media_rtp_bytes.clone())).unwrap();
+        r.register(Box::new(m.media_queue_drops.clone())).unwrap();
+        r.register(Box::new(m.media_keyframe_requests.clone()))
+            .unwrap();
+        r.register(Box::new(m.media_plis.clone())).unwrap();
+        r.register(Box::new(m.media_refused.clone())).unwrap();
+        r.register(Box::new(m.media_sessions_ended.clone()))
+            .unwrap();
         m
     }
 

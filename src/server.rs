@@ -32,6 +32,7 @@ pub struct Server {
 /// Starts a server and returns once it is listening.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     settings.limits.validate().map_err(anyhow::Error::msg)?;
+    settings.media.validate().map_err(anyhow::Error::msg)?;
     let data_dir = settings.data_dir.clone();
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
@@ -64,6 +65,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             .context("loading orders, sales and the catalog")?,
         )
     };
+    let media =
+        crate::media::MediaHub::new(settings.media.clone(), settings.listen, metrics.clone());
     let registry = Arc::new(Registry::new(Arc::new(RoomContext {
         limits,
         metrics,
@@ -76,6 +79,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         admin_key,
         store.clone(),
         settings.data_dir.join("recordings"),
+        media,
     );
 
     let mut demo_seen = false;
@@ -164,6 +168,8 @@ impl Server {
         tracing::info!("shutting down");
         self.app.shutdown.send_replace(true);
         self.app.registry.shutdown().await;
+        // Video sessions end with the rooms (their viewers' connections close).
+        self.app.media.shutdown().await;
         let deadline = Instant::now() + Duration::from_millis(self.app.limits.shutdown_grace_ms);
         while self.app.open_connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -153,7 +153,7 @@ async fn two_thousand_buyers_on_a_hundred_units() {
     }
     assert!(per_user.values().all(|q| *q == 1));
     let stored: HashSet<u64> = orders.iter().map(|o| o["id"].as_u64().unwrap()).collect();
-    assert_eq!(stored, accepted.iter().copied().collect());
+    assert_eq!(stored, accepted.iter().copied().collect::<HashSet<u64>>());
     let sale: Value = s
         .admin_get(&format!("/api/v1/rooms/demo/sales/{}", sale["id"]))
         .await;

@@ -62,6 +62,10 @@ async fn the_openapi_document_matches_the_handlers() {
         "/api/v1/orders.csv",
         "/api/v1/payments/webhook",
         "/api/v1/rooms/{id}/recording",
+        "/whip/{room}",
+        "/whep/{room}",
+        "/whip/{room}/{session}",
+        "/whep/{room}/{session}",
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }

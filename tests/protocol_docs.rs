@@ -29,7 +29,7 @@ use flashcast::ids::{
 use flashcast::protocol::codes::{CloseCode, ErrorCode};
 use flashcast::protocol::{
     ClientFrame, ClientMsg, Encoding, Event, EventBody, PollTally, PollView, QuestionView,
-    ReactionKind, Role, RoomState, SaleEndReason, ServerMsg, UserRef,
+    ReactionKind, Role, RoomState, SaleEndReason, ServerMsg, StreamState, StreamStatus, UserRef,
 };
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -373,6 +373,10 @@ fn event_samples() -> Vec<EventBody> {
             coupon_id: CouponId(3),
             left: 0,
         },
+        EventBody::Stream {
+            state: StreamState::Live,
+            since: 1,
+        },
     ];
     let mut seen = BTreeSet::new();
     for body in &all {
@@ -400,10 +404,11 @@ fn event_samples() -> Vec<EventBody> {
             EventBody::Stock { .. } => 20,
             EventBody::CouponDropped { .. } => 21,
             EventBody::CouponsLeft { .. } => 22,
+            EventBody::Stream { .. } => 23,
         };
         seen.insert(slot);
     }
-    assert_eq!(seen.len(), 23, "one sample per event kind");
+    assert_eq!(seen.len(), 24, "one sample per event kind");
     all
 }
 
@@ -432,6 +437,10 @@ fn server_samples() -> Vec<ServerMsg> {
                 pinned_product: Some(product()),
                 sales: vec![sale_view()],
                 coupons: vec![coupon_view()],
+                stream: Some(StreamStatus {
+                    state: StreamState::Live,
+                    since: 1,
+                }),
             }),
             events: vec![event.clone()],
         },

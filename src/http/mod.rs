@@ -1,8 +1,10 @@
-//! Routing: the WebSocket endpoint, the REST admin API, health, metrics and
-//! the web pages. Everything below `room` and `engage` knows nothing of HTTP.
+//! Routing: the WebSocket endpoint, the REST admin API, WHIP/WHEP video,
+//! health, metrics and the web pages. Everything below `room` and `engage`
+//! knows nothing of HTTP.
 
 pub mod admin;
 pub mod commerce;
+pub mod media;
 pub mod recording;
 pub mod serve;
 pub mod web;
@@ -43,6 +45,8 @@ pub struct AppInner {
     pub limiters: RateLimiters,
     /// Rooms' recordings of client actions (docs/recording.md).
     pub recordings: Arc<Recordings>,
+    /// Live video sessions (WHIP/WHEP, docs/video.md).
+    pub media: Arc<crate::media::MediaHub>,
     /// Flips to true once, when shutdown begins.
     pub shutdown: watch::Sender<bool>,
     connections: AtomicUsize,
@@ -63,6 +67,7 @@ impl AppState {
         admin_key: String,
         store: Arc<dyn Store>,
         recordings_dir: std::path::PathBuf,
+        media: Arc<crate::media::MediaHub>,
     ) -> Self {
         let ctx = registry.context().clone();
         Self(Arc::new(AppInner {
@@ -75,6 +80,7 @@ impl AppState {
             limits: ctx.limits.clone(),
             metrics: ctx.metrics.clone(),
             commerce: ctx.commerce.clone(),
+            media,
             registry,
             keys,
             admin_key,
@@ -117,7 +123,8 @@ impl AppState {
     info(
         title = "Flashcast admin API",
         description = "Rooms, tokens, catalog, flash sales, coupon drops, orders, the \
-            payment webhook and recordings of a room's client actions. Every error is `{\"error\": {\"code\", \"message\"}}`; the codes \
+            payment webhook, recordings of a room's client actions, and live video (WHIP ingest, \
+            WHEP playback; bodies are SDP, see docs/video.md). Every error is `{\"error\": {\"code\", \"message\"}}`; the codes \
             are listed in docs/protocol.md."
     ),
     modifiers(&AdminKey),
@@ -135,6 +142,16 @@ impl utoipa::Modify for AdminKey {
             "admin_key",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        // WHIP/WHEP: a room token minted by POST /api/v1/tokens.
+        components.add_security_scheme(
+            "room_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -145,6 +162,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(admin::routes())
         .merge(commerce::routes())
         .merge(recording::routes())
+        .merge(media::routes())
         .split_for_parts()
 }
 

@@ -108,14 +108,24 @@ pub enum ErrorCode {
     WebhookReplayed,
     /// A payment's amount or currency differs from the order total.
     AmountMismatch,
-    /// The request conflicts with current state (an id that exists, a SKU that already has a sale running).
+    /// The request conflicts with current state (an id that exists, a SKU that already has a sale running, a room that already has a live broadcast).
     Conflict,
+    /// Video (WHIP/WHEP): the body is not a usable SDP offer (not SDP, no audio or video, no codec this server forwards or this client plays).
+    BadSdp,
+    /// Video (WHIP/WHEP): the request's `Content-Type` is not `application/sdp`.
+    UnsupportedMediaType,
+    /// Video (WHIP/WHEP): the offer is larger than `media_max_offer_bytes`.
+    PayloadTooLarge,
+    /// Video (WHEP): nothing is being broadcast in the room; play when its `stream` event says `live`.
+    StreamOffline,
+    /// Video: this method is not supported on this URL (WHIP/WHEP `PATCH`: no trickle ICE or ICE restart).
+    MethodNotAllowed,
     /// An unexpected server fault; nothing was applied.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 52] = [
+    pub const ALL: [ErrorCode; 57] = [
         ErrorCode::Malformed,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownType,
@@ -167,6 +177,11 @@ impl ErrorCode {
         ErrorCode::WebhookReplayed,
         ErrorCode::AmountMismatch,
         ErrorCode::Conflict,
+        ErrorCode::BadSdp,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::StreamOffline,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::Internal,
     ];
 
@@ -224,6 +239,11 @@ impl ErrorCode {
             ErrorCode::WebhookReplayed => "webhook_replayed",
             ErrorCode::AmountMismatch => "amount_mismatch",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::StreamOffline => "stream_offline",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
         }
     }

@@ -305,6 +305,21 @@ pub enum SaleEndReason {
     Host,
 }
 
+/// Whether the room's host video is on air.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamState {
+    Live,
+    Offline,
+}
+
+/// The room's video state and since when (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    pub state: StreamState,
+    pub since: u64,
+}
+
 /// Who a message is from, as shown to others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRef {
@@ -421,6 +436,12 @@ pub enum EventBody {
         coupon_id: CouponId,
         left: u32,
     },
+    /// The host's video went live (play it over WHEP) or offline.
+    Stream {
+        state: StreamState,
+        /// Unix ms of the change.
+        since: u64,
+    },
 }
 
 impl EventBody {
@@ -449,6 +470,7 @@ impl EventBody {
             EventBody::Stock { .. } => "stock",
             EventBody::CouponDropped { .. } => "coupon_dropped",
             EventBody::CouponsLeft { .. } => "coupons_left",
+            EventBody::Stream { .. } => "stream",
         }
     }
 }
@@ -502,6 +524,9 @@ pub struct RoomState {
     /// Coupon drops not expired yet.
     #[serde(default)]
     pub coupons: Vec<CouponView>,
+    /// The video state; omitted until the room first goes live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
 }
 
 /// Live vote counts of an open poll, sent in a batch when they changed.

@@ -26,7 +26,7 @@ use crate::engage::{text, Rejection};
 use crate::ids::{PollId, RoomId, Seq, UserId};
 use crate::protocol::{
     now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
-    ServerMsg, UserRef,
+    ServerMsg, StreamStatus, UserRef,
 };
 
 /// Viewer counts go out at most this often (when they changed).
@@ -61,6 +61,8 @@ pub(crate) struct RoomActor {
     next_poll_id: u64,
     questions: Questions,
     market: MarketWatch,
+    /// The video state last announced (see `room::stream`).
+    stream: Option<StreamStatus>,
     ended: bool,
 }
 
@@ -77,6 +79,7 @@ impl RoomActor {
             history: History::new(limits.history_len),
             moderation: Moderation::with_bans(bans),
             market: MarketWatch::new(ctx.commerce.shop(&shared.info.id)),
+            stream: shared.stream.get(),
             shared,
             commands,
             seq: 0,
@@ -318,6 +321,7 @@ impl RoomActor {
             pinned_product: self.market.pinned(),
             sales: self.market.open_sales(now_ms()),
             coupons: self.market.open_coupons(now_ms()),
+            stream: self.stream,
         }
     }
 
@@ -640,6 +644,13 @@ impl RoomActor {
         }
         for body in self.market.changes(now) {
             self.push(body);
+        }
+        if let Some(s) = self.shared.stream.get().filter(|s| Some(*s) != self.stream) {
+            self.stream = Some(s);
+            self.push(EventBody::Stream {
+                state: s.state,
+                since: s.since,
+            });
         }
         let counts = self.shared.take_reactions();
         let reactions: BTreeMap<ReactionKind, u32> = ReactionKind::ALL

@@ -18,6 +18,7 @@ pub mod history;
 pub mod market;
 pub mod outbox;
 pub mod registry;
+pub mod stream;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub struct RoomShared {
     reactions: [AtomicU32; ReactionKind::ALL.len()],
     viewers: AtomicU32,
     closed: AtomicBool,
+    /// Set by the media module (WHIP); announced by the actor each tick.
+    pub stream: stream::StreamSignal,
 }
 
 impl RoomShared {
@@ -71,6 +74,7 @@ impl RoomShared {
             reactions: Default::default(),
             viewers: AtomicU32::new(0),
             closed: AtomicBool::new(false),
+            stream: stream::StreamSignal::default(),
         }
     }
 

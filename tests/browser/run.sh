@@ -7,9 +7,18 @@
 #
 # Needs: node >= 20 and npm; chromium is installed with apt if missing (as
 # root). Playwright never downloads a browser here.
+#
+# With no arguments it runs every test file (npm test, see package.json);
+# with file names it runs only those, e.g. `tests/browser/run.sh video.test.mjs`.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# Test files named on the command line, resolved from where we were called
+# (tests/browser/video.test.mjs) or from this folder (video.test.mjs).
+FILES=()
+for f in "$@"; do
+  if [ -e "$f" ]; then FILES+=("$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"); else FILES+=("$HERE/$f"); fi
+done
 ROOT="$(cd "$HERE/../.." && pwd)"
 CHROMIUM="${CHROMIUM_PATH:-/usr/bin/chromium}"
 ADMIN_KEY="testkey"
@@ -72,8 +81,12 @@ fi
 
 cd "$HERE"
 status=0
-FLASHCAST_URL="$URL" FLASHCAST_ADMIN_KEY="$ADMIN_KEY" CHROMIUM_PATH="$CHROMIUM" FLASHCAST_BIN="$BIN" \
+export FLASHCAST_URL="$URL" FLASHCAST_ADMIN_KEY="$ADMIN_KEY" CHROMIUM_PATH="$CHROMIUM" FLASHCAST_BIN="$BIN"
+if [ "${#FILES[@]}" -gt 0 ]; then
+  node --test --test-reporter=spec --test-concurrency=1 "${FILES[@]}" || status=$?
+else
   npm test --silent || status=$?
+fi
 if [ "$status" -ne 0 ]; then
   echo "--- server log (last 40 lines) ---" >&2
   tail -n 40 "$DATA/server.err" >&2 || true
