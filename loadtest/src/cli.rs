@@ -35,6 +35,10 @@ pub enum Command {
     /// nginx + nchan channel, one HTTP publisher at a fixed rate; delivery
     /// latency, gaps and duplicates by the publisher's sequence.
     Nchan(crate::nchan::NchanArgs),
+    /// The video benchmark: one WHIP publisher and N WHEP viewers (WebRTC,
+    /// in this process); per viewer first packet, loss and RTP-arrival
+    /// latency, and the server's CPU per viewer.
+    Video(crate::video::VideoArgs),
     /// Internal: one child process of `nchan --workers`.
     #[command(hide = true)]
     NchanWorker {

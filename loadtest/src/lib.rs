@@ -14,6 +14,7 @@
 //! - [`host`]: the host's WebSocket (polls);
 //! - [`verdict`]: the report of a scenario run, its pass criteria, table and HTML;
 //! - [`html`]: the HTML report with charts;
+//! - [`video`]: the WebRTC benchmark: a WHIP publisher and WHEP viewers;
 //! - [`timeline`]: the per-second samples the charts are drawn from;
 //! - [`cli`]: the command line.
 
@@ -30,6 +31,7 @@ pub mod storm;
 pub mod tally;
 pub mod timeline;
 pub mod verdict;
+pub mod video;
 pub mod viewer;
 pub mod wire;
 

@@ -22,6 +22,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Nchan(args) => flashcast_storm::nchan::main(args).await,
+        Command::Video(args) => flashcast_storm::video::main(args).await,
         Command::NchanWorker { plan } => flashcast_storm::nchan::worker_exit(&plan).await,
     }
 }

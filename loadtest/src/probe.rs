@@ -30,14 +30,14 @@ const METRICS: [&str; 9] = [
 
 /// CPU and memory of a process at one moment.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct ProcReading {
-    at_ms: u64,
+pub struct ProcReading {
+    pub at_ms: u64,
     /// utime + stime, seconds.
-    cpu_secs: f64,
-    rss_mib: f64,
+    pub cpu_secs: f64,
+    pub rss_mib: f64,
 }
 
-fn read_proc(pid: u32) -> Option<ProcReading> {
+pub fn read_proc(pid: u32) -> Option<ProcReading> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
