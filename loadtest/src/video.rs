@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
+use flashcast::media::peer::{Events, PeerEvents};
 use flashcast::protocol::Role;
 use hdrhistogram::Histogram;
 use rtc::media_stream::MediaStreamTrack;
@@ -42,8 +43,7 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
-    RTCPeerConnectionState, RTCSessionDescription, Registry,
+    RTCConfigurationBuilder, RTCPeerConnectionState, RTCSessionDescription, Registry,
 };
 
 use crate::admin::Admin;
@@ -243,28 +243,6 @@ impl ViewerState {
     }
 }
 
-/// Connection events into channels.
-struct Events {
-    state: watch::Sender<RTCPeerConnectionState>,
-    gathered: watch::Sender<bool>,
-    tracks: mpsc::Sender<Arc<dyn TrackRemote>>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Events {
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        self.state.send_replace(state);
-    }
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            self.gathered.send_replace(true);
-        }
-    }
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.tracks.try_send(track);
-    }
-}
-
 fn vp8() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "video/VP8".into(),
@@ -298,18 +276,13 @@ async fn client() -> anyhow::Result<Client> {
         RtpCodecKind::Video,
     )?;
     let registry = register_default_interceptors(Registry::new(), &mut engine)?;
-    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
-    let (gathered_tx, gathered) = watch::channel(false);
-    let (tracks_tx, tracks) = mpsc::channel(4);
+    // The server's own handler: connection state, gathering, remote tracks.
+    let (events, gathered, PeerEvents { state, tracks }) = Events::channels(4);
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(engine)
         .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Events {
-            state: state_tx,
-            gathered: gathered_tx,
-            tracks: tracks_tx,
-        }))
+        .with_handler(Arc::new(events))
         .with_runtime(Arc::new(webrtc::runtime::TokioRuntime))
         .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
         .build()

@@ -47,10 +47,27 @@ pub struct PeerEvents {
 
 /// Forwards the connection's events into channels. The driver awaits these
 /// methods on its own loop, so they only ever `send_replace`/`try_send`.
-struct Events {
+/// Also the load tester's (`flashcast-storm video`) peers' handler.
+pub struct Events {
     state: watch::Sender<RTCPeerConnectionState>,
     gathered: watch::Sender<bool>,
     tracks: mpsc::Sender<Arc<dyn TrackRemote>>,
+}
+
+impl Events {
+    /// The handler, whether ICE gathering is complete, and the rest of the
+    /// connection's events; at most `track_queue` remote tracks wait.
+    pub fn channels(track_queue: usize) -> (Events, watch::Receiver<bool>, PeerEvents) {
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (gathered_tx, gathered) = watch::channel(false);
+        let (tracks_tx, tracks) = mpsc::channel(track_queue);
+        let events = Events {
+            state: state_tx,
+            gathered: gathered_tx,
+            tracks: tracks_tx,
+        };
+        (events, gathered, PeerEvents { state, tracks })
+    }
 }
 
 #[async_trait::async_trait]
@@ -193,14 +210,8 @@ pub async fn build(
         .collect();
     let registry = register_default_interceptors(Registry::new(), &mut engine)
         .map_err(|e| MediaError::Internal(format!("interceptors: {e}")))?;
-    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
-    let (gathered_tx, gathered) = watch::channel(false);
-    let (tracks_tx, tracks) = mpsc::channel(TRACK_QUEUE);
-    let handler: Arc<dyn PeerConnectionEventHandler> = Arc::new(Events {
-        state: state_tx,
-        gathered: gathered_tx,
-        tracks: tracks_tx,
-    });
+    let (events, gathered, peer_events) = Events::channels(TRACK_QUEUE);
+    let handler: Arc<dyn PeerConnectionEventHandler> = Arc::new(events);
 
     let mut busy = Vec::new();
     let mut engine = Some(engine);
@@ -247,7 +258,7 @@ pub async fn build(
                     gathered,
                     _port: lease,
                 },
-                PeerEvents { state, tracks },
+                peer_events,
             )),
             Err(e) => Err(MediaError::Internal(format!("peer connection: {e}"))),
         };
