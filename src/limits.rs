@@ -50,6 +50,17 @@ pub struct Limits {
     /// Longest tick a large room stretches to (the latency it may add).
     #[arg(long, env = "FLASHCAST_MAX_TICK_MS", default_value_t = 100)]
     pub max_tick_ms: u64,
+    /// A tick's fanout to at least this many viewers hands its runtime
+    /// worker's other tasks to another thread first (tokio's
+    /// `block_in_place`): writing to 10,000 sockets takes the thread for
+    /// tens of milliseconds, and the connections queued on it (a flash
+    /// sale's buys) must not wait for that.
+    #[arg(
+        long,
+        env = "FLASHCAST_FANOUT_OFFLOAD_VIEWERS",
+        default_value_t = 1_000
+    )]
+    pub fanout_offload_viewers: usize,
     /// Frames (ticks and private replies) that may wait behind a viewer's
     /// full socket before it is closed with 4008.
     #[arg(long, env = "FLASHCAST_OUTBOUND_QUEUE", default_value_t = 256)]
@@ -239,6 +250,7 @@ impl Limits {
             ("max_poll_options", self.max_poll_options),
             ("tick_ms", self.tick_ms as usize),
             ("room_frames_per_sec", self.room_frames_per_sec as usize),
+            ("fanout_offload_viewers", self.fanout_offload_viewers),
             ("chat_per_sec", self.chat_per_sec as usize),
             ("chat_burst", self.chat_burst as usize),
             ("reactions_per_sec", self.reactions_per_sec as usize),

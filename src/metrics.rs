@@ -25,6 +25,8 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Time to build, encode and publish one tick.
     pub tick_seconds: Histogram,
+    /// Tick fanouts written off the runtime worker (`fanout_offload_viewers`).
+    pub fanouts_offloaded: IntCounter,
     /// Buys answered, by outcome (`reserved`, `existing`, or the error code).
     pub buys: IntCounterVec,
     /// Time from a buy's arrival to its answer, durable commit included.
@@ -109,6 +111,11 @@ impl Metrics {
             tick_seconds: Histogram::with_opts(
                 HistogramOpts::new("tick_seconds", "Time to encode and publish one tick")
                     .buckets(exponential_buckets(0.000_01, 2.0, 16).unwrap()),
+            )
+            .unwrap(),
+            fanouts_offloaded: IntCounter::new(
+                "fanouts_offloaded_total",
+                "Tick fanouts large enough to hand the worker's other tasks to another thread",
             )
             .unwrap(),
             buys: IntCounterVec::new(
@@ -218,6 +225,7 @@ impl Metrics {
         r.register(Box::new(m.queue_overflows.clone())).unwrap();
         r.register(Box::new(m.rejected.clone())).unwrap();
         r.register(Box::new(m.tick_seconds.clone())).unwrap();
+        r.register(Box::new(m.fanouts_offloaded.clone())).unwrap();
         r.register(Box::new(m.buys.clone())).unwrap();
         r.register(Box::new(m.buy_seconds.clone())).unwrap();
         r.register(Box::new(m.order_changes.clone())).unwrap();

@@ -1,5 +1,8 @@
 //! Fifty clients, two encodings, five concurrent senders: every client sees
-//! the same events in the same order, with no gap and no duplicate.
+//! the same events in the same order, with no gap and no duplicate. Once
+//! with the fanout written on the room's worker, once with every fanout
+//! written after handing that worker's other tasks away (`block_in_place`,
+//! what rooms of `fanout_offload_viewers` viewers do).
 
 mod common;
 
@@ -9,6 +12,47 @@ use flashcast::protocol::{Encoding, Role};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_clients_see_one_identical_order() {
     let srv = TestServer::start(&["--chat-per-sec", "1000", "--chat-burst", "1000"]).await;
+    identical_order(&srv).await;
+    assert_eq!(
+        offloaded(&srv).await,
+        0,
+        "55 viewers are below the default 1,000"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offloaded_fanouts_keep_one_identical_order() {
+    let srv = TestServer::start(&[
+        "--chat-per-sec",
+        "1000",
+        "--chat-burst",
+        "1000",
+        "--fanout-offload-viewers",
+        "1",
+    ])
+    .await;
+    identical_order(&srv).await;
+    assert!(offloaded(&srv).await > 0, "the offloaded path ran");
+    srv.stop().await;
+}
+
+async fn offloaded(srv: &TestServer) -> u64 {
+    let text = reqwest::get(srv.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("flashcast_fanouts_offloaded_total "))
+        .expect("the counter is exported")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn identical_order(srv: &TestServer) {
     let mut clients = Vec::new();
     for i in 0..50 {
         let enc = if i % 2 == 0 {
@@ -80,5 +124,4 @@ async fn fifty_clients_see_one_identical_order() {
             );
         }
     }
-    srv.stop().await;
 }

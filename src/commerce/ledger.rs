@@ -17,7 +17,7 @@ use super::money::{Currency, Money};
 use super::order::{OrderStatus, OrderView};
 use super::sale::SaleTerms;
 use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
-use crate::store::group_commit::{GroupCommit, GroupCommitConfig, WriteOp};
+use crate::store::group_commit::{AfterCommit, GroupCommit, GroupCommitConfig, WriteOp};
 use crate::store::{StoreError, StoreResult};
 
 pub const SCHEMA: &str = "
@@ -211,6 +211,12 @@ impl Ledger {
 
     pub async fn write(&self, op: WriteOp) -> StoreResult<()> {
         self.writer.write(op).await
+    }
+
+    /// A write whose `then` runs on the writer thread once it is durable
+    /// (see `GroupCommit::write_then`).
+    pub async fn write_then(&self, op: WriteOp, then: AfterCommit) -> StoreResult<()> {
+        self.writer.write_then(op, then).await
     }
 }
 

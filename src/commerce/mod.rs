@@ -13,6 +13,11 @@
 //! `Commerce` ties them together: decide in memory (atomics, no lock on the
 //! stock), commit through the group-commit writer, answer only after the
 //! commit, and undo the in-memory decision if the commit fails.
+//!
+//! Buys and coupon claims are answered through an [`Answer`] that runs on
+//! the writer thread right after the COMMIT: in a flash sale the thousand
+//! winners are told the moment their orders are durable, not after their
+//! tasks get a turn again among the refusals and fanouts of the same second.
 
 pub mod catalog;
 pub mod coupon;
@@ -48,6 +53,13 @@ use order::{OrderCell, OrderStatus, OrderView};
 use payment::PaymentEvent;
 use sale::{BuyFingerprint, Reserve, Sale, SaleTerms, SaleView};
 use shop::Shop;
+
+/// Tells a buyer or claimant that it succeeded. Called exactly once when
+/// the request succeeds, before `buy` / `claim_coupon` return: on the writer
+/// thread right after the COMMIT for a new order or claim, on the caller's
+/// thread for a retry answered from memory. Never called on failure (the
+/// error is returned). Keep it short: other writes wait behind it.
+pub type Answer<T> = Box<dyn FnOnce(&T) + Send>;
 
 /// A refused commerce request: the code clients see and a readable reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -547,14 +559,16 @@ impl Commerce {
             .map_or_else(Vec::new, |s| s.coupons().iter().map(|c| c.view()).collect())
     }
 
-    /// First come, first served; answered after the claim is durable.
+    /// First come, first served; answered (`answer`) once the claim is
+    /// durable.
     pub async fn claim_coupon(
         &self,
         room: &RoomId,
         user: &UserRef,
         id: CouponId,
+        answer: Answer<CouponView>,
     ) -> CommerceResult<CouponView> {
-        let result = self.claim_inner(room, user, id).await;
+        let result = self.claim_inner(room, user, id, answer).await;
         let outcome = match &result {
             Ok(_) => "claimed",
             Err(e) => e.code.as_str(),
@@ -571,6 +585,7 @@ impl Commerce {
         room: &RoomId,
         user: &UserRef,
         id: CouponId,
+        answer: Answer<CouponView>,
     ) -> CommerceResult<CouponView> {
         let coupon = self
             .existing_shop(room)
@@ -578,26 +593,31 @@ impl Commerce {
             .ok_or_else(|| CommerceError::new(ErrorCode::CouponUnknown, "no such coupon"))?;
         let now = now_ms();
         let hold = coupon.claim(&user.id, now)?;
+        let claimed = coupon.clone();
+        let then = Box::new(move || {
+            hold.commit();
+            answer(&claimed.view());
+        });
         self.ledger
-            .write(ledger::insert_claim(id, &user.id, now))
+            .write_then(ledger::insert_claim(id, &user.id, now), then)
             .await
             .map_err(CommerceError::store)?;
-        hold.commit();
         Ok(coupon.view())
     }
 
     // -------------------------------------------------------------- buying
 
     /// Reserves units for a buyer: decided in memory without a lock on the
-    /// stock, committed durably, answered after the commit.
+    /// stock, committed durably, answered (`answer`) after the commit.
     pub async fn buy(
-        &self,
+        self: &Arc<Self>,
         room: &RoomId,
         user: &UserRef,
         req: BuyRequest,
+        answer: Answer<OrderView>,
     ) -> CommerceResult<OrderView> {
         let started = std::time::Instant::now();
-        let result = self.buy_inner(room, user, req).await;
+        let result = self.buy_inner(room, user, req, answer).await;
         let outcome = match &result {
             Ok((_, true)) => "reserved",
             Ok((_, false)) => "existing",
@@ -611,10 +631,11 @@ impl Commerce {
     }
 
     async fn buy_inner(
-        &self,
+        self: &Arc<Self>,
         room: &RoomId,
         user: &UserRef,
         req: BuyRequest,
+        answer: Answer<OrderView>,
     ) -> CommerceResult<(OrderView, bool)> {
         let shop = self.existing_shop(room).ok_or_else(unknown_sku)?;
         let fingerprint = BuyFingerprint {
@@ -638,8 +659,10 @@ impl Commerce {
             let order = self
                 .orders
                 .get(&id)
-                .expect("a committed key names a stored order");
-            return Ok((order.view(), false));
+                .expect("a committed key names a stored order")
+                .view();
+            answer(&order);
+            return Ok((order, false));
         }
         let sale = match shop.sale_for_sku(&req.sku) {
             Some(sale) => sale,
@@ -665,8 +688,10 @@ impl Commerce {
                 let order = self
                     .orders
                     .get(&id)
-                    .expect("a committed key names a stored order");
-                return Ok((order.view(), false));
+                    .expect("a committed key names a stored order")
+                    .view();
+                answer(&order);
+                return Ok((order, false));
             }
             Reserve::New(hold) => hold,
         };
@@ -711,17 +736,25 @@ impl Commerce {
             paid_at: None,
             closed_at: None,
         };
+        // Everything a later request may look at (the order, the key, the
+        // coupon) is in place before the buyer hears of the order; on a
+        // failed commit the holds are dropped unrun and give the units back.
+        let me = self.clone();
+        let order = view.clone();
+        let then = Box::new(move || {
+            let cell = Arc::new(OrderCell::new(order.clone()));
+            me.orders.insert(order.id, cell.clone());
+            me.reserved.insert(order.id, cell);
+            hold.commit(order.id);
+            if let Some(c) = coupon_hold {
+                c.commit();
+            }
+            answer(&order);
+        });
         self.ledger
-            .write(ledger::insert_order(&view))
+            .write_then(ledger::insert_order(&view), then)
             .await
             .map_err(CommerceError::store)?;
-        let cell = Arc::new(OrderCell::new(view.clone()));
-        self.orders.insert(view.id, cell.clone());
-        self.reserved.insert(view.id, cell);
-        hold.commit(view.id);
-        if let Some(c) = coupon_hold {
-            c.commit();
-        }
         Ok((view, true))
     }
 

@@ -24,7 +24,9 @@ use tungstenite::Message;
 use super::ws_socket::WsSocket;
 use super::{api_error, AppState};
 use crate::auth::TokenError;
-use crate::commerce::{BuyRequest, CouponSpec, SaleSpec};
+use crate::commerce::coupon::CouponView;
+use crate::commerce::order::OrderView;
+use crate::commerce::{Answer, BuyRequest, CouponSpec, SaleSpec};
 use crate::engage::Rejection;
 use crate::ids::UserId;
 use crate::limits;
@@ -34,7 +36,7 @@ use crate::protocol::{
 };
 use crate::recording::recorder::ConnRecorder;
 use crate::room::actor::clean_action_text;
-use crate::room::outbox::{Push, Wake};
+use crate::room::outbox::{Outbox, Push, Wake};
 use crate::room::{ConnId, JoinRequest, RoomHandle};
 
 /// `GET /ws`: refuses early (HTTP status) when the node is full, shutting
@@ -478,10 +480,14 @@ impl Connection {
             | ClientMsg::EndSale { .. }
             | ClientMsg::DropCoupon { .. } => {
                 let kind = msg.kind();
-                match self.commerce(j, reference, msg).await {
+                match self.commerce(j, &socket.outbox, reference, msg).await {
                     Ok(reply) => {
                         self.app.metrics.events_in.with_label_values(&[kind]).inc();
-                        return if self.send(socket, &reply).await {
+                        let sent = match reply {
+                            Some(reply) => self.send(socket, &reply).await,
+                            None => true, // answered from the commit
+                        };
+                        return if sent {
                             Flow::Continue
                         } else {
                             Flow::Close(CloseCode::Normal)
@@ -507,16 +513,18 @@ impl Connection {
         }
     }
 
-    /// Buys, coupon claims and the host's shop actions. They are answered
-    /// by the connection itself, after the durable commit; what every
-    /// viewer sees (stock, sales, coupons, the pinned card) follows as room
-    /// events.
+    /// Buys, coupon claims and the host's shop actions, answered after the
+    /// durable commit: buys and claims straight from the commit (see
+    /// `commerce::Answer`; then there is nothing left to send, `None`), the
+    /// host's actions by the connection. What every viewer sees (stock,
+    /// sales, coupons, the pinned card) follows as room events.
     async fn commerce(
         &self,
         j: &Joined,
+        outbox: &Arc<Outbox>,
         reference: Option<u32>,
         msg: ClientMsg,
-    ) -> Result<ServerMsg, Rejection> {
+    ) -> Result<Option<ServerMsg>, Rejection> {
         let commerce = &self.app.commerce;
         let room = j.room.id();
         if j.room.shared.is_closed() {
@@ -537,20 +545,27 @@ impl Connection {
                     key,
                     coupon_id,
                 };
-                commerce
-                    .buy(room, &j.user, req)
-                    .await
-                    .map(|order| ServerMsg::Order { reference, order })
+                let answer = self.answer(outbox, move |order: &OrderView| ServerMsg::Order {
+                    reference,
+                    order: order.clone(),
+                });
+                commerce.buy(room, &j.user, req, answer).await.map(|_| None)
             }
             ClientMsg::ClaimCoupon { coupon_id } => {
                 limits::check(&self.app.limiters.buys, &j.user.id).map_err(rate_limited)?;
+                let answer = self.answer(outbox, move |coupon: &CouponView| {
+                    ServerMsg::CouponClaimed {
+                        reference,
+                        coupon: coupon.clone(),
+                    }
+                });
                 commerce
-                    .claim_coupon(room, &j.user, coupon_id)
+                    .claim_coupon(room, &j.user, coupon_id, answer)
                     .await
-                    .map(|coupon| ServerMsg::CouponClaimed { reference, coupon })
+                    .map(|_| None)
             }
             ClientMsg::PinProduct { product_id } => {
-                commerce.pin(room, product_id).await.map(|()| ack)
+                commerce.pin(room, product_id).await.map(|()| Some(ack))
             }
             ClientMsg::StartSale {
                 sku,
@@ -570,9 +585,11 @@ impl Connection {
                     duration_secs,
                     payment_window_secs,
                 };
-                commerce.start_sale(room, spec).await.map(|_| ack)
+                commerce.start_sale(room, spec).await.map(|_| Some(ack))
             }
-            ClientMsg::EndSale { sale_id } => commerce.end_sale(room, sale_id).await.map(|_| ack),
+            ClientMsg::EndSale { sale_id } => {
+                commerce.end_sale(room, sale_id).await.map(|_| Some(ack))
+            }
             ClientMsg::DropCoupon {
                 count,
                 discount,
@@ -585,7 +602,7 @@ impl Connection {
                     scope,
                     expires_in_secs,
                 };
-                commerce.drop_coupon(room, spec).await.map(|_| ack)
+                commerce.drop_coupon(room, spec).await.map(|_| Some(ack))
             }
             _ => unreachable!("only commerce messages are routed here"),
         };
@@ -647,6 +664,24 @@ impl Connection {
                 false
             }
         }
+    }
+
+    /// An answer that the commit itself writes to this connection (on the
+    /// writer thread): encoded there, in order with everything else pushed
+    /// to the outbox. A full backlog closes the connection as usual.
+    fn answer<T>(
+        &self,
+        outbox: &Arc<Outbox>,
+        reply: impl FnOnce(&T) -> ServerMsg + Send + 'static,
+    ) -> Answer<T> {
+        let outbox = outbox.clone();
+        let encoding = self.encoding;
+        Box::new(move |value: &T| match encoding.encode(&reply(value)) {
+            Ok(frame) => {
+                outbox.push(frame.to_ws());
+            }
+            Err(e) => tracing::error!(error = %e, "encode failed"),
+        })
     }
 
     /// Writes the backlog as the peer reads; a peer that takes longer than

@@ -731,7 +731,20 @@ impl RoomActor {
     /// Writes the tick's frame to every subscriber. A full backlog or a dead
     /// socket takes the viewer out of the room; its task closes it (4008)
     /// and it resumes from its last `seq`.
+    ///
+    /// A large fanout first gives this worker's queued tasks to another
+    /// thread (`fanout_offload_viewers`): otherwise the connections that
+    /// happened to be scheduled here would wait for the whole fanout.
     fn fan_out(&mut self, frames: &[Option<bytes::Bytes>; 2]) {
+        if self.subscribers.len() >= self.ctx.limits.fanout_offload_viewers && multi_thread() {
+            self.ctx.metrics.fanouts_offloaded.inc();
+            tokio::task::block_in_place(|| self.write_frames(frames))
+        } else {
+            self.write_frames(frames)
+        }
+    }
+
+    fn write_frames(&mut self, frames: &[Option<bytes::Bytes>; 2]) {
         let mut dropped = Vec::new();
         for (conn, s) in &self.subscribers {
             let Some(frame) = &frames[s.encoding.index()] else {
@@ -787,4 +800,13 @@ pub fn clean_action_text(
         _ => {}
     }
     Ok(())
+}
+
+/// `block_in_place` needs the multi-thread runtime (the server's); a
+/// single-threaded one (some embedders' tests) just writes in place.
+fn multi_thread() -> bool {
+    matches!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::MultiThread
+    )
 }
