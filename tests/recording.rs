@@ -94,18 +94,6 @@ async fn wait_stopped(s: &TestServer) {
     }
 }
 
-async fn metric(s: &TestServer, name: &str) -> u64 {
-    let text = reqwest::get(s.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn actions(lines: &[TraceLine]) -> Vec<(u32, TraceAction)> {
     lines.iter().map(|l| (l.conn, l.action.clone())).collect()
 }
@@ -376,12 +364,13 @@ async fn a_show_is_recorded_in_order_without_identities() {
     let again = stop(&s).await;
     assert_eq!(again, summary);
     // Written lines are counted.
-    assert!(metric(&s, "flashcast_recording_lines_total").await >= lines.len() as u64);
+    assert!(s.metric("flashcast_recording_lines_total").await >= lines.len() as u64);
     assert_eq!(
-        metric(&s, "flashcast_recording_stops_total{reason=\"request\"}").await,
+        s.metric("flashcast_recording_stops_total{reason=\"request\"}")
+            .await,
         1
     );
-    assert_eq!(metric(&s, "flashcast_recordings_active").await, 0);
+    assert_eq!(s.metric("flashcast_recordings_active").await, 0);
 
     // A new recording starts afresh: new file, new numbering; the download
     // is now the running one, header only so far.
@@ -442,11 +431,8 @@ async fn a_size_limit_stops_the_recording_and_the_room_goes_on() {
     assert!(lines.len() >= 2 && lines.len() < 11, "{}", lines.len());
     assert_eq!(lines[0].action, TraceAction::Join { role: Role::Viewer });
     assert_eq!(
-        metric(
-            &s,
-            "flashcast_recording_stops_total{reason=\"max_recording_bytes\"}"
-        )
-        .await,
+        s.metric("flashcast_recording_stops_total{reason=\"max_recording_bytes\"}")
+            .await,
         1
     );
 
@@ -515,10 +501,7 @@ async fn a_tiny_queue_drops_lines_but_never_holds_up_the_room() {
     // join is retried, so it may be counted more than once).
     assert!(lines + dropped >= total as u64 + 4, "{summary}");
     assert!(lines <= total as u64 + 4, "{summary}");
-    assert_eq!(
-        metric(&s, "flashcast_recording_dropped_total").await,
-        dropped
-    );
+    assert_eq!(s.metric("flashcast_recording_dropped_total").await, dropped);
     let (_, body) = download(&s).await;
     let (_, read) = parse(&body);
     assert_eq!(read.len() as u64, lines);

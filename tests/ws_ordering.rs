@@ -14,7 +14,7 @@ async fn fifty_clients_see_one_identical_order() {
     let srv = TestServer::start(&["--chat-per-sec", "1000", "--chat-burst", "1000"]).await;
     identical_order(&srv).await;
     assert_eq!(
-        offloaded(&srv).await,
+        srv.metric(OFFLOADED).await,
         0,
         "55 viewers are below the default 1,000"
     );
@@ -33,24 +33,11 @@ async fn offloaded_fanouts_keep_one_identical_order() {
     ])
     .await;
     identical_order(&srv).await;
-    assert!(offloaded(&srv).await > 0, "the offloaded path ran");
+    assert!(srv.metric(OFFLOADED).await > 0, "the offloaded path ran");
     srv.stop().await;
 }
 
-async fn offloaded(srv: &TestServer) -> u64 {
-    let text = reqwest::get(srv.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("flashcast_fanouts_offloaded_total "))
-        .expect("the counter is exported")
-        .trim()
-        .parse()
-        .unwrap()
-}
+const OFFLOADED: &str = "flashcast_fanouts_offloaded_total";
 
 async fn identical_order(srv: &TestServer) {
     let mut clients = Vec::new();

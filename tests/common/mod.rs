@@ -74,6 +74,20 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// One sample of `/metrics` by its full name (labels included); 0 when
+    /// the series has not appeared yet.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::get(self.http("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn token(&self, room: &str, user: &str, role: Role) -> String {
         let server = self.server.as_ref().unwrap();
         server
