@@ -18,6 +18,9 @@ use crate::ids::UserId;
 /// The smallest `max_recording_bytes`: room for the header and some lines.
 pub const MIN_RECORDING_BYTES: u64 = 1_024;
 
+/// Most threads one tick's fanout is split over.
+pub const MAX_FANOUT_THREADS: usize = 64;
+
 /// Every bound in the system. Exceeding one is a documented error path.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct Limits {
@@ -61,6 +64,12 @@ pub struct Limits {
         default_value_t = 1_000
     )]
     pub fanout_offload_viewers: usize,
+    /// Threads one such fanout is split over, the room's own included: a
+    /// slice of `fanout_offload_viewers` viewers or more per thread, at
+    /// most this many threads. Unset: one per CPU. 1: the room's thread
+    /// writes alone.
+    #[arg(long, env = "FLASHCAST_FANOUT_THREADS")]
+    pub fanout_threads: Option<usize>,
     /// Frames (ticks and private replies) that may wait behind a viewer's
     /// full socket before it is closed with 4008.
     #[arg(long, env = "FLASHCAST_OUTBOUND_QUEUE", default_value_t = 256)]
@@ -233,6 +242,18 @@ impl Limits {
         Duration::from_millis(needed.clamp(self.tick_ms, self.max_tick_ms.max(self.tick_ms)))
     }
 
+    /// Threads a tick's fanout to `viewers` viewers is written by (1: the
+    /// room's own, in place).
+    pub fn fanout_threads_for(&self, viewers: usize) -> usize {
+        if viewers < self.fanout_offload_viewers {
+            return 1;
+        }
+        let max = self
+            .fanout_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        (viewers / self.fanout_offload_viewers).clamp(1, max.clamp(1, MAX_FANOUT_THREADS))
+    }
+
     /// Refuses settings that would break an invariant (a zero-sized queue,
     /// a snapshot larger than the history...).
     pub fn validate(&self) -> Result<(), String> {
@@ -292,6 +313,14 @@ impl Limits {
         if self.max_recording_bytes < MIN_RECORDING_BYTES {
             return Err(format!(
                 "max_recording_bytes must be at least {MIN_RECORDING_BYTES}"
+            ));
+        }
+        if self
+            .fanout_threads
+            .is_some_and(|n| n == 0 || n > MAX_FANOUT_THREADS)
+        {
+            return Err(format!(
+                "fanout_threads must be between 1 and {MAX_FANOUT_THREADS}"
             ));
         }
         if self.tick_ms > 1_000 {
@@ -391,5 +420,23 @@ mod tick_tests {
         let mut bad = l.clone();
         bad.max_tick_ms = 10;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_fanout_is_split_into_slices_of_at_least_the_offload_size() {
+        let mut l = Args::parse_from(["x", "--fanout-threads", "4"]).limits;
+        assert_eq!(l.fanout_threads_for(999), 1, "small rooms write in place");
+        assert_eq!(l.fanout_threads_for(1_000), 1);
+        assert_eq!(l.fanout_threads_for(2_500), 2);
+        assert_eq!(l.fanout_threads_for(10_000), 4);
+        l.fanout_threads = Some(1);
+        assert_eq!(l.fanout_threads_for(10_000), 1);
+        l.fanout_threads = None;
+        assert!(l.fanout_threads_for(1_000_000) >= 1);
+        for bad in [0, MAX_FANOUT_THREADS + 1] {
+            l.fanout_threads = Some(bad);
+            let err = l.validate().unwrap_err();
+            assert!(err.contains("fanout_threads"), "{err}");
+        }
     }
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub tick_seconds: Histogram,
     /// Tick fanouts written off the runtime worker (`fanout_offload_viewers`).
     pub fanouts_offloaded: IntCounter,
+    /// Tick fanouts split over more than one thread (`fanout_threads`).
+    pub fanouts_split: IntCounter,
     /// Buys answered, by outcome (`reserved`, `existing`, or the error code).
     pub buys: IntCounterVec,
     /// Time from a buy's arrival to its answer, durable commit included.
@@ -116,6 +118,11 @@ impl Metrics {
             fanouts_offloaded: IntCounter::new(
                 "fanouts_offloaded_total",
                 "Tick fanouts large enough to hand the worker's other tasks to another thread",
+            )
+            .unwrap(),
+            fanouts_split: IntCounter::new(
+                "fanouts_split_total",
+                "Tick fanouts written by more than one thread at once",
             )
             .unwrap(),
             buys: IntCounterVec::new(
@@ -226,6 +233,7 @@ impl Metrics {
         r.register(Box::new(m.rejected.clone())).unwrap();
         r.register(Box::new(m.tick_seconds.clone())).unwrap();
         r.register(Box::new(m.fanouts_offloaded.clone())).unwrap();
+        r.register(Box::new(m.fanouts_split.clone())).unwrap();
         r.register(Box::new(m.buys.clone())).unwrap();
         r.register(Box::new(m.buy_seconds.clone())).unwrap();
         r.register(Box::new(m.order_changes.clone())).unwrap();

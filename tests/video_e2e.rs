@@ -186,8 +186,8 @@ async fn every_refusal_has_its_documented_status_and_code() {
         "forbidden",
     )
     .await;
-    // 403: a viewer banned from the room's chat gets no video either (the
-    // ban is stored a moment after the room applies it).
+    // 403: a viewer banned from the room's chat gets no video either (once
+    // the room's task has applied the ban).
     let troll = mint(&s, ROOM, "troll", "viewer").await;
     let mut moderator = s.joined(Encoding::Json, ROOM, "ana", Role::Host).await;
     moderator
@@ -198,6 +198,20 @@ async fn every_refusal_has_its_documented_status_and_code() {
         let resp = post(&s, &whep, Some(&troll), sdp, HOLLOW_OFFER).await;
         if resp.status() == 403 || std::time::Instant::now() > deadline {
             refused(resp, 403, "forbidden").await;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Unbanned, the same viewer gets as far as a viewer gets here (409:
+    // nothing is live).
+    moderator
+        .send(json!({"type": "unban", "user_id": "troll"}))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let resp = post(&s, &whep, Some(&troll), sdp, RECV_OFFER).await;
+        if resp.status() != 403 || std::time::Instant::now() > deadline {
+            refused(resp, 409, "stream_offline").await;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -548,6 +562,11 @@ async fn a_host_broadcasts_and_viewers_decode_over_whip_and_whep() {
     );
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/video/aiortc_peers.py");
+    // In the first broadcast a viewer is banned while it watches: the
+    // script creates `ban_ready` once it decodes, and a host bans it here.
+    let troll = mint(&s, ROOM, "troll", "viewer").await;
+    let ban_dir = tempfile::tempdir().unwrap();
+    let ban_ready = ban_dir.path().join("ready");
     let mut last_since = 0;
     for (codec, end) in [("vp8", "delete"), ("h264", "drop")] {
         let mut cmd = tokio::process::Command::new(&py);
@@ -557,6 +576,23 @@ async fn a_host_broadcasts_and_viewers_decode_over_whip_and_whep() {
             .args(["--codec", codec, "--end", end]);
         for v in &viewers {
             cmd.args(["--viewer-token", v]);
+        }
+        let mut ban = None;
+        if codec == "vp8" {
+            cmd.args(["--banned-token", &troll])
+                .arg("--ban-ready")
+                .arg(&ban_ready);
+            let mut moderator = s.joined(Encoding::Json, ROOM, "ana", Role::Host).await;
+            let ready = ban_ready.clone();
+            ban = Some(tokio::spawn(async move {
+                while !ready.exists() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                moderator
+                    .send(json!({"type": "ban", "user_id": "troll"}))
+                    .await;
+                moderator
+            }));
         }
         let child = cmd
             .stdout(std::process::Stdio::piped())
@@ -594,6 +630,16 @@ async fn a_host_broadcasts_and_viewers_decode_over_whip_and_whep() {
         );
         eprintln!("{codec}: {stdout}");
         let result: Value = serde_json::from_str(stdout.trim()).expect("the peers print JSON");
+        if let Some(ban) = ban {
+            let moderator = tokio::time::timeout(Duration::from_secs(10), ban)
+                .await
+                .expect("the ban was sent while the script waited for it");
+            drop(moderator.unwrap());
+            assert!(
+                result["banned_ended_after_s"].as_f64().unwrap() < 5.0,
+                "{result}"
+            );
+        }
         assert_eq!(result["codec"], codec);
         assert_eq!(result["second_publisher"], 409);
         assert_eq!(
@@ -633,14 +679,15 @@ async fn a_host_broadcasts_and_viewers_decode_over_whip_and_whep() {
     let get = |name: &str, labels: &[&str]| metric(&m, name, labels);
     assert_eq!(get("flashcast_media_publishers", &[]), 0.0, "{m}");
     assert_eq!(get("flashcast_media_viewers", &[]), 0.0);
-    // Each viewer that connected (3 + the late one, per broadcast) asked
-    // for a keyframe; at least the late viewers' requests became PLIs.
+    // Each viewer that connected (3 + the late one, per broadcast, and the
+    // banned one) asked for a keyframe; at least the late viewers'
+    // requests became PLIs.
     assert_eq!(
         get(
             "flashcast_media_keyframe_requests_total",
             &["reason=\"join\""]
         ),
-        8.0
+        9.0
     );
     assert!(get("flashcast_media_plis_sent_total", &[]) >= 2.0);
     assert!(
@@ -677,6 +724,7 @@ async fn a_host_broadcasts_and_viewers_decode_over_whip_and_whep() {
     );
     assert_eq!(ended("viewer", "deleted"), 2.0);
     assert_eq!(ended("viewer", "broadcast_ended"), 6.0);
+    assert_eq!(ended("viewer", "banned"), 1.0, "{m}");
     let refused = |reason: &str| {
         get(
             "flashcast_media_sessions_refused_total",

@@ -1,8 +1,9 @@
 //! Fifty clients, two encodings, five concurrent senders: every client sees
-//! the same events in the same order, with no gap and no duplicate. Once
-//! with the fanout written on the room's worker, once with every fanout
-//! written after handing that worker's other tasks away (`block_in_place`,
-//! what rooms of `fanout_offload_viewers` viewers do).
+//! the same events in the same order, with no gap and no duplicate. Three
+//! ways: the fanout written on the room's worker; every fanout written after
+//! handing that worker's other tasks away (`block_in_place`, what rooms of
+//! `fanout_offload_viewers` viewers do) by the room's thread alone; and
+//! split over four threads at once (`fanout_threads`).
 
 mod common;
 
@@ -30,14 +31,36 @@ async fn offloaded_fanouts_keep_one_identical_order() {
         "1000",
         "--fanout-offload-viewers",
         "1",
+        "--fanout-threads",
+        "1",
     ])
     .await;
     identical_order(&srv).await;
     assert!(srv.metric(OFFLOADED).await > 0, "the offloaded path ran");
+    assert_eq!(srv.metric(SPLIT).await, 0, "one thread was asked for");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_fanouts_keep_one_identical_order() {
+    let srv = TestServer::start(&[
+        "--chat-per-sec",
+        "1000",
+        "--chat-burst",
+        "1000",
+        "--fanout-offload-viewers",
+        "1",
+        "--fanout-threads",
+        "4",
+    ])
+    .await;
+    identical_order(&srv).await;
+    assert!(srv.metric(SPLIT).await > 0, "the split path ran");
     srv.stop().await;
 }
 
 const OFFLOADED: &str = "flashcast_fanouts_offloaded_total";
+const SPLIT: &str = "flashcast_fanouts_split_total";
 
 async fn identical_order(srv: &TestServer) {
     let mut clients = Vec::new();

@@ -1,5 +1,8 @@
 //! A viewer that stops reading is told and closed with 4008 while a hundred
 //! others keep receiving everything, in order; it then resumes without a gap.
+//! Once with the room's thread writing every fanout, once with each fanout
+//! split over four threads (the slow viewer is found by a helper thread
+//! as often as by the room's).
 
 mod common;
 
@@ -29,7 +32,23 @@ async fn tiny_window_client(srv: &TestServer) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_viewer_is_closed_while_others_lose_nothing() {
-    let srv = TestServer::start(&[
+    let srv = slow_viewer_case(&[]).await;
+    assert_eq!(srv.metric(SPLIT).await, 0, "102 viewers are below 1,000");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_viewer_is_closed_from_a_split_fanout_while_others_lose_nothing() {
+    let srv = slow_viewer_case(&["--fanout-offload-viewers", "1", "--fanout-threads", "4"]).await;
+    assert!(srv.metric(SPLIT).await > 0, "the split path ran");
+    srv.stop().await;
+}
+
+const SPLIT: &str = "flashcast_fanouts_split_total";
+
+/// Runs the case on a server started with `extra` options; returns it.
+async fn slow_viewer_case(extra: &[&str]) -> TestServer {
+    let mut args = vec![
         "--outbound-queue",
         "4",
         "--tick-ms",
@@ -46,8 +65,9 @@ async fn slow_viewer_is_closed_while_others_lose_nothing() {
         "60000",
         "--socket-send-buffer",
         "16384",
-    ])
-    .await;
+    ];
+    args.extend_from_slice(extra);
+    let srv = TestServer::start(&args).await;
     let mut slow = tiny_window_client(&srv).await;
     let token = srv.token("demo", "slowpoke", Role::Viewer);
     slow.join("demo", Some(&token), None).await;
@@ -118,5 +138,5 @@ async fn slow_viewer_is_closed_while_others_lose_nothing() {
         }
         _ => unreachable!(),
     }
-    srv.stop().await;
+    srv
 }

@@ -419,7 +419,7 @@ async fn whep_play(
             match claims {
                 Some(claims) => {
                     same_room(&claims, &room)?;
-                    not_banned(&app, room.id(), &claims.sub).await?;
+                    not_banned(&room, &claims.sub)?;
                     Holder::User {
                         room: room.id().clone(),
                         user: claims.sub,
@@ -446,22 +446,10 @@ async fn whep_play(
     ))
 }
 
-fn internal(message: String) -> Refusal {
-    Refusal::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorCode::Internal,
-        message,
-    )
-}
-
-/// A viewer banned from the room's chat does not get its video either.
-async fn not_banned(app: &AppState, room: &RoomId, user: &UserId) -> Result<(), Refusal> {
-    let (store, id) = (app.store.clone(), room.clone());
-    let bans = tokio::task::spawn_blocking(move || store.bans(&id))
-        .await
-        .map_err(|e| internal(e.to_string()))?
-        .map_err(|e| internal(e.to_string()))?;
-    if bans.contains(user) {
+/// A viewer banned from the room's chat does not get its video either (and
+/// one banned while watching loses it: `media::viewer`).
+fn not_banned(room: &RoomHandle, user: &UserId) -> Result<(), Refusal> {
+    if room.shared.is_banned(user) {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,

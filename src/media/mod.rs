@@ -121,6 +121,8 @@ pub enum EndReason {
     RoomClosed,
     /// The server is shutting down.
     Shutdown,
+    /// The viewer was banned from the room.
+    Banned,
 }
 
 impl EndReason {
@@ -134,6 +136,7 @@ impl EndReason {
             EndReason::BroadcastEnded => "broadcast_ended",
             EndReason::RoomClosed => "room_closed",
             EndReason::Shutdown => "shutting_down",
+            EndReason::Banned => "banned",
         }
     }
 }

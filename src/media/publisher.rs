@@ -142,6 +142,10 @@ impl Broadcast {
         self.room.id()
     }
 
+    pub fn room(&self) -> &RoomHandle {
+        &self.room
+    }
+
     pub fn feeds(&self) -> &[Feed] {
         &self.feeds
     }

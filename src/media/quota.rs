@@ -118,6 +118,13 @@ impl<K: Eq + Hash + Clone> Keyed<K> {
     }
 }
 
+impl<K: Eq + Hash + Clone> KeyedSlot<K> {
+    /// Whose session this is.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+}
+
 impl<K: Eq + Hash + Clone> Drop for KeyedSlot<K> {
     fn drop(&mut self) {
         let mut counts = self.owner.counts.lock().expect("quota lock");

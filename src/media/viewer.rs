@@ -54,7 +54,7 @@ pub struct Viewer {
     forwarding: AtomicBool,
     ending: AtomicBool,
     ended: watch::Sender<bool>,
-    _slots: ViewerSlots,
+    slots: ViewerSlots,
 }
 
 /// Negotiates a viewer's offer against the broadcast; not registered yet.
@@ -92,7 +92,7 @@ pub(crate) async fn start(
                 forwarding: AtomicBool::new(false),
                 ending: AtomicBool::new(false),
                 ended: watch::channel(false).0,
-                _slots: slots,
+                slots,
             });
             Ok((viewer, hub.plan.apply_nat(&answer)))
         }
@@ -240,6 +240,9 @@ impl Viewer {
                     }
                 }
                 _ = tick.tick() => {
+                    if self.banned() {
+                        break EndReason::Banned;
+                    }
                     if !self.forwarding.load(Ordering::Acquire) && self.created.elapsed() > connect_timeout {
                         break EndReason::ConnectTimeout;
                     }
@@ -250,6 +253,15 @@ impl Viewer {
             }
         };
         self.end(&hub, reason).await;
+    }
+
+    /// A ban applies to the video a viewer is already watching, found at
+    /// the next check (`CHECK_EVERY`); a guest has no user id to ban.
+    fn banned(&self) -> bool {
+        match self.slots.holder.key() {
+            Holder::User { user, .. } => self.broadcast.room().shared.is_banned(user),
+            Holder::Guest(_) => false,
+        }
     }
 
     /// Subscribes each track to its feed and asks for a keyframe, so the

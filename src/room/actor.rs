@@ -74,6 +74,9 @@ impl RoomActor {
         bans: Vec<UserId>,
     ) -> Self {
         let limits = &ctx.limits;
+        for user in &bans {
+            shared.set_banned(user, true);
+        }
         Self {
             epoch: rand::random::<u64>() >> 11, // fits a JSON number exactly
             history: History::new(limits.history_len),
@@ -102,7 +105,11 @@ impl RoomActor {
     pub(crate) async fn run(mut self) {
         let mut tick_len = self.ctx.limits.tick();
         let mut tick = tokio::time::interval(tick_len);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        // A fanout longer than the tick starts the next one as soon as it is
+        // done (not at the next multiple of the tick, which would add idle
+        // time to every event's wait); frames per second stay under
+        // `room_frames_per_sec` either way.
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
@@ -138,7 +145,7 @@ impl RoomActor {
                     if want != tick_len {
                         tick_len = want;
                         tick = tokio::time::interval_at(tokio::time::Instant::now() + want, want);
-                        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                         tracing::debug!(room = %self.shared.info.id, tick_ms = want.as_millis() as u64, "tick length changed");
                     }
                 }
@@ -454,6 +461,7 @@ impl RoomActor {
             ClientMsg::Ban { user_id } => {
                 self.protect(&user_id)?;
                 self.moderation.ban(&user_id, limits.max_moderated_users)?;
+                self.shared.set_banned(&user_id, true);
                 self.persist(PersistBan::Add(user_id.clone()));
                 self.push(EventBody::UserBanned {
                     user_id: user_id.clone(),
@@ -480,6 +488,7 @@ impl RoomActor {
                         "that user is not banned",
                     ));
                 }
+                self.shared.set_banned(&user_id, false);
                 self.persist(PersistBan::Remove(user_id.clone()));
                 self.push(EventBody::UserUnbanned { user_id });
             }
@@ -734,26 +743,19 @@ impl RoomActor {
     ///
     /// A large fanout first gives this worker's queued tasks to another
     /// thread (`fanout_offload_viewers`): otherwise the connections that
-    /// happened to be scheduled here would wait for the whole fanout.
+    /// happened to be scheduled here would wait for the whole fanout. It is
+    /// then split over `fanout_threads`: the last viewer's wait is the
+    /// fanout's length, and one thread writes 10,000 sockets in over 100 ms.
     fn fan_out(&mut self, frames: &[Option<bytes::Bytes>; 2]) {
-        if self.subscribers.len() >= self.ctx.limits.fanout_offload_viewers && multi_thread() {
+        let viewers = self.subscribers.len();
+        let dropped = if viewers >= self.ctx.limits.fanout_offload_viewers && multi_thread() {
             self.ctx.metrics.fanouts_offloaded.inc();
-            tokio::task::block_in_place(|| self.write_frames(frames))
+            let threads = self.ctx.limits.fanout_threads_for(viewers);
+            let (subscribers, split) = (&self.subscribers, &self.ctx.metrics.fanouts_split);
+            tokio::task::block_in_place(|| write_split(subscribers, frames, threads, split))
         } else {
-            self.write_frames(frames)
-        }
-    }
-
-    fn write_frames(&mut self, frames: &[Option<bytes::Bytes>; 2]) {
-        let mut dropped = Vec::new();
-        for (conn, s) in &self.subscribers {
-            let Some(frame) = &frames[s.encoding.index()] else {
-                continue;
-            };
-            if let Push::Overflow | Push::Closed = s.outbox.push(frame.clone()) {
-                dropped.push(*conn);
-            }
-        }
+            write_to(self.subscribers.iter(), frames)
+        };
         for conn in dropped {
             self.remove(conn);
         }
@@ -800,6 +802,72 @@ pub fn clean_action_text(
         _ => {}
     }
     Ok(())
+}
+
+/// Writes the tick's frame to each of `viewers`; returns the ones to drop.
+fn write_to<'a>(
+    viewers: impl Iterator<Item = (&'a ConnId, &'a Subscriber)>,
+    frames: &[Option<bytes::Bytes>; 2],
+) -> Vec<ConnId> {
+    let mut dropped = Vec::new();
+    for (conn, s) in viewers {
+        let Some(frame) = &frames[s.encoding.index()] else {
+            continue;
+        };
+        if let Push::Overflow | Push::Closed = s.outbox.push(frame.clone()) {
+            dropped.push(*conn);
+        }
+    }
+    dropped
+}
+
+/// Splits one fanout into `threads` slices: this thread writes the first,
+/// scoped threads the others, and all are done before the room goes on, so
+/// a viewer's frames still leave in tick order. A thread the system refuses
+/// to start leaves its slice to this one.
+fn write_split(
+    subscribers: &HashMap<ConnId, Subscriber>,
+    frames: &[Option<bytes::Bytes>; 2],
+    threads: usize,
+    split: &prometheus::IntCounter,
+) -> Vec<ConnId> {
+    if threads <= 1 {
+        return write_to(subscribers.iter(), frames);
+    }
+    let all: Vec<(&ConnId, &Subscriber)> = subscribers.iter().collect();
+    let per_thread = all.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let mut slices = all.chunks(per_thread);
+        let mine = slices.next().unwrap_or_default();
+        let mut left: Vec<&[(&ConnId, &Subscriber)]> = Vec::new();
+        let mut helpers = Vec::with_capacity(threads - 1);
+        for slice in slices {
+            let spawned = std::thread::Builder::new()
+                .name("flashcast-fanout".into())
+                .spawn_scoped(scope, move || write_to(slice.iter().copied(), frames));
+            match spawned {
+                Ok(helper) => helpers.push(helper),
+                Err(e) => {
+                    tracing::warn!(error = %e, "fanout thread not started; writing its slice here");
+                    left.push(slice);
+                }
+            }
+        }
+        if !helpers.is_empty() {
+            split.inc();
+        }
+        let mut dropped = write_to(mine.iter().copied(), frames);
+        for slice in left {
+            dropped.extend(write_to(slice.iter().copied(), frames));
+        }
+        for helper in helpers {
+            match helper.join() {
+                Ok(d) => dropped.extend(d),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        dropped
+    })
 }
 
 /// `block_in_place` needs the multi-thread runtime (the server's); a

@@ -20,14 +20,15 @@ pub mod outbox;
 pub mod registry;
 pub mod stream;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Limits;
 use crate::engage::Rejection;
-use crate::ids::{RoomId, Seq};
+use crate::ids::{RoomId, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 use crate::store::Store;
@@ -63,6 +64,10 @@ pub struct RoomShared {
     reactions: [AtomicU32; ReactionKind::ALL.len()],
     viewers: AtomicU32,
     closed: AtomicBool,
+    /// The room's bans as its task last set them (bounded by
+    /// `max_moderated_users`): video, which does not go through the room's
+    /// queue, refuses and ends a banned viewer's sessions by it.
+    banned: RwLock<HashSet<UserId>>,
     /// Set by the media module (WHIP); announced by the actor each tick.
     pub stream: stream::StreamSignal,
 }
@@ -74,6 +79,7 @@ impl RoomShared {
             reactions: Default::default(),
             viewers: AtomicU32::new(0),
             closed: AtomicBool::new(false),
+            banned: RwLock::new(HashSet::new()),
             stream: stream::StreamSignal::default(),
         }
     }
@@ -84,6 +90,24 @@ impl RoomShared {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn is_banned(&self, user: &UserId) -> bool {
+        self.banned
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(user)
+    }
+
+    /// Only the room's task calls this, right after its own moderation
+    /// state changed.
+    fn set_banned(&self, user: &UserId, banned: bool) {
+        let mut set = self.banned.write().unwrap_or_else(|e| e.into_inner());
+        if banned {
+            set.insert(user.clone());
+        } else {
+            set.remove(user);
+        }
     }
 
     /// Takes this tick's reaction counts, leaving zeros.

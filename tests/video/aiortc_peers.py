@@ -13,6 +13,9 @@ One run is one broadcast of a room:
    seconds (it needs a keyframe: the server asks the publisher for one);
 6. PATCH answers 405; a viewer's DELETE answers 200 (then 404) and ends
    its connection;
+6b. with --banned-token: that viewer plays, then the test bans it over the
+   room's WebSocket (signalled by creating the file --ban-ready); its
+   connection must end, its session URL answer 404 and playing again 403;
 7. the broadcast ends, by DELETE (--end delete) or by the publisher
    vanishing without one (--end drop), and every viewer's connection ends;
 8. playing again is refused with 409 stream_offline.
@@ -303,6 +306,19 @@ async def run(args):
     await first.pc.close()
     log("viewer deleted")
 
+    if args.banned_token:
+        banned = await play(base, room, args.banned_token, "banned")
+        await wait_for(lambda: banned.frames >= 5, 15, "the viewer to be banned to decode 5 frames")
+        open(args.ban_ready, "w").close()
+        banned_at = time.monotonic()
+        await wait_for(lambda: banned.ended, 15, "the banned viewer's connection to end")
+        out["banned_ended_after_s"] = round(time.monotonic() - banned_at, 3)
+        status, _, body = await request("DELETE", base + banned.location)
+        check(status == 404, f"banned viewer's session: DELETE answered {status}: {body}")
+        await refused_play(base, room, args.banned_token, 403, "forbidden", "banned viewer again")
+        await banned.pc.close()
+        log("banned viewer ended after", out["banned_ended_after_s"], "s")
+
     # The broadcast ends: every viewer's connection ends with it.
     ended_at = time.monotonic()
     if args.end == "delete":
@@ -338,6 +354,8 @@ def main():
     p.add_argument("--viewer-token", action="append", required=True, help="five, one per viewer")
     p.add_argument("--codec", choices=["vp8", "h264"], required=True)
     p.add_argument("--end", choices=["delete", "drop"], required=True)
+    p.add_argument("--banned-token", help="a viewer the test bans while it watches")
+    p.add_argument("--ban-ready", help="file created when the test may ban it")
     p.add_argument("--late-after", type=float, default=3.0)
     p.add_argument("--late-max-s", type=float, default=3.0)
     args = p.parse_args()
