@@ -73,6 +73,26 @@ async fn post(
     req.send().await.unwrap()
 }
 
+/// POSTs an SDP offer with `token` until `done(status)` or 5 s have
+/// passed (a ban or unban applies once the room's task has read it);
+/// returns the last answer.
+async fn post_until(
+    s: &TestServer,
+    path: &str,
+    token: &str,
+    offer: &str,
+    done: impl Fn(u16) -> bool,
+) -> reqwest::Response {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = post(s, path, Some(token), "application/sdp", offer.to_owned()).await;
+        if done(resp.status().as_u16()) || std::time::Instant::now() > deadline {
+            return resp;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Asserts a refusal's status and error code; returns its headers.
 async fn refused(resp: reqwest::Response, status: u16, code: &str) -> reqwest::header::HeaderMap {
     let headers = resp.headers().clone();
@@ -193,29 +213,15 @@ async fn every_refusal_has_its_documented_status_and_code() {
     moderator
         .send(json!({"type": "ban", "user_id": "troll"}))
         .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let resp = post(&s, &whep, Some(&troll), sdp, HOLLOW_OFFER).await;
-        if resp.status() == 403 || std::time::Instant::now() > deadline {
-            refused(resp, 403, "forbidden").await;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let resp = post_until(&s, &whep, &troll, HOLLOW_OFFER, |status| status == 403).await;
+    refused(resp, 403, "forbidden").await;
     // Unbanned, the same viewer gets as far as a viewer gets here (409:
     // nothing is live).
     moderator
         .send(json!({"type": "unban", "user_id": "troll"}))
         .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let resp = post(&s, &whep, Some(&troll), sdp, RECV_OFFER).await;
-        if resp.status() != 403 || std::time::Instant::now() > deadline {
-            refused(resp, 409, "stream_offline").await;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let resp = post_until(&s, &whep, &troll, RECV_OFFER, |status| status != 403).await;
+    refused(resp, 409, "stream_offline").await;
     // 404: no such room (an impossible id too).
     refused(
         post(&s, "/whip/nope", Some(&host), sdp, HOLLOW_OFFER).await,

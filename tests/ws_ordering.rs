@@ -24,17 +24,7 @@ async fn fifty_clients_see_one_identical_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offloaded_fanouts_keep_one_identical_order() {
-    let srv = TestServer::start(&[
-        "--chat-per-sec",
-        "1000",
-        "--chat-burst",
-        "1000",
-        "--fanout-offload-viewers",
-        "1",
-        "--fanout-threads",
-        "1",
-    ])
-    .await;
+    let srv = offloading_server("1").await;
     identical_order(&srv).await;
     assert!(srv.metric(OFFLOADED).await > 0, "the offloaded path ran");
     assert_eq!(srv.metric(SPLIT).await, 0, "one thread was asked for");
@@ -43,7 +33,16 @@ async fn offloaded_fanouts_keep_one_identical_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_fanouts_keep_one_identical_order() {
-    let srv = TestServer::start(&[
+    let srv = offloading_server("4").await;
+    identical_order(&srv).await;
+    assert!(srv.metric(SPLIT).await > 0, "the split path ran");
+    srv.stop().await;
+}
+
+/// A server on which every fanout is offloaded (one viewer is a "large"
+/// room), written by up to `threads` threads.
+async fn offloading_server(threads: &str) -> TestServer {
+    TestServer::start(&[
         "--chat-per-sec",
         "1000",
         "--chat-burst",
@@ -51,12 +50,9 @@ async fn split_fanouts_keep_one_identical_order() {
         "--fanout-offload-viewers",
         "1",
         "--fanout-threads",
-        "4",
+        threads,
     ])
-    .await;
-    identical_order(&srv).await;
-    assert!(srv.metric(SPLIT).await > 0, "the split path ran");
-    srv.stop().await;
+    .await
 }
 
 const OFFLOADED: &str = "flashcast_fanouts_offloaded_total";
