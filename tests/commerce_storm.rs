@@ -1,6 +1,7 @@
 //! 2,000 buyers over real WebSockets hit one sale of 100 units in the same
 //! instant: exactly 100 are accepted, 1,900 are sold out, nobody holds more
-//! than the per-user limit, and duplicate keys return the same order.
+//! than the per-user limit, and duplicate keys return the same order; every
+//! buy's answer time is measured once.
 
 mod common;
 
@@ -158,5 +159,9 @@ async fn two_thousand_buyers_on_a_hundred_units() {
         .admin_get(&format!("/api/v1/rooms/demo/sales/{}", sale["id"]))
         .await;
     assert_eq!(sale["available"], 0);
+    // Every buy was answered and timed once: accepted ones when their
+    // answer left after the commit, the others when refused.
+    let buys = 4 * BUYERS as u64;
+    assert_eq!(s.metric("flashcast_buy_seconds_count").await, buys);
     s.stop().await;
 }

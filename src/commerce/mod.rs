@@ -617,16 +617,25 @@ impl Commerce {
         answer: Answer<OrderView>,
     ) -> CommerceResult<OrderView> {
         let started = std::time::Instant::now();
+        // An order is timed when its answer leaves (on the commit writer's
+        // thread for a new one), not when this task resumes after it.
+        let metrics = self.metrics.clone();
+        let answer: Answer<OrderView> = Box::new(move |order| {
+            answer(order);
+            metrics.buy_seconds.observe(started.elapsed().as_secs_f64());
+        });
         let result = self.buy_inner(room, user, req, answer).await;
         let outcome = match &result {
             Ok((_, true)) => "reserved",
             Ok((_, false)) => "existing",
-            Err(e) => e.code.as_str(),
+            Err(e) => {
+                self.metrics
+                    .buy_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                e.code.as_str()
+            }
         };
         self.metrics.buys.with_label_values(&[outcome]).inc();
-        self.metrics
-            .buy_seconds
-            .observe(started.elapsed().as_secs_f64());
         result.map(|(order, _)| order)
     }
 

@@ -13,23 +13,16 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const BASE = process.env.FLASHCAST_URL;
-const ADMIN_KEY = process.env.FLASHCAST_ADMIN_KEY;
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+import { BASE, CHROMIUM, SHOTS, api, byId, eventually, tokens } from './helpers.mjs';
+
 // The server binary, for the test that restarts a server of its own.
 const BIN = process.env.FLASHCAST_BIN;
-const SHOTS = join(dirname(fileURLToPath(import.meta.url)), 'screenshots');
 // A room of our own, so nothing else in the server can disturb the checks.
 const ROOM = `browser-${Date.now().toString(36)}`;
 const NONCE = Math.random().toString(36).slice(2, 8);
-
-if (!BASE || !ADMIN_KEY) {
-  throw new Error('set FLASHCAST_URL and FLASHCAST_ADMIN_KEY (tests/browser/run.sh does)');
-}
 
 let browser;
 let host; // { context, page, frames }
@@ -39,33 +32,7 @@ let viewer;
 // Helpers
 // ---------------------------------------------------------------------------
 
-async function api(path, body) {
-  const res = await fetch(`${BASE}${path}`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  const json = await res.json();
-  assert.ok(res.ok, `${path} -> ${res.status} ${JSON.stringify(json)}`);
-  return json;
-}
-
-async function token(userId, name, role) {
-  return (await api('/api/v1/tokens', { room: ROOM, user_id: userId, name, role })).token;
-}
-
-/** Retries an assertion until it passes or the time is up. */
-async function eventually(check, timeout = 5000) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    try {
-      return await check();
-    } catch (e) {
-      if (Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}
+const token = tokens(ROOM);
 
 /** Opens the page as one user in its own browser context. */
 async function openAs(tok, viewport = { width: 1280, height: 800 }, base = BASE, room = ROOM) {
@@ -98,7 +65,6 @@ async function waitHealthy(base) {
   await eventually(async () => assert.ok((await fetch(`${base}/healthz`)).ok), 30000);
 }
 
-const byId = (page, id) => page.getByTestId(id);
 const status = (page) => byId(page, 'status').getAttribute('data-state');
 
 async function chatTexts(page) {
@@ -120,7 +86,7 @@ function chatMsg(page, text) {
 
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
-  await api('/api/v1/rooms', { id: ROOM, title: 'Spring sneaker drop', allow_guests: true });
+  await api('POST', '/api/v1/rooms', { id: ROOM, title: 'Spring sneaker drop', allow_guests: true });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',

@@ -11,21 +11,14 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const BASE = process.env.FLASHCAST_URL;
-const ADMIN_KEY = process.env.FLASHCAST_ADMIN_KEY;
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const SHOTS = join(dirname(fileURLToPath(import.meta.url)), 'screenshots');
+import { BASE, CHROMIUM, SHOTS, api, byId, eventually, tokens } from './helpers.mjs';
+
 // A room of our own: SKUs are unique per room, so every run starts clean.
 const ROOM = `shop-${Date.now().toString(36)}`;
 const R = `/api/v1/rooms/${ROOM}`;
-
-if (!BASE || !ADMIN_KEY) {
-  throw new Error('set FLASHCAST_URL and FLASHCAST_ADMIN_KEY (tests/browser/run.sh does)');
-}
 
 let browser;
 let host; // { context, page, errors, sent }
@@ -38,39 +31,9 @@ let tote;
 // Helpers
 // ---------------------------------------------------------------------------
 
-/** An admin API call; fails the test unless the status is `expect`. */
-async function api(method, path, body, expect) {
-  const res = await fetch(`${BASE}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  const json = text ? JSON.parse(text) : null;
-  if (expect !== undefined) assert.equal(res.status, expect, `${method} ${path} -> ${res.status} ${text}`);
-  else assert.ok(res.ok, `${method} ${path} -> ${res.status} ${text}`);
-  return json;
-}
-
-async function token(userId, name, role) {
-  return (await api('POST', '/api/v1/tokens', { room: ROOM, user_id: userId, name, role })).token;
-}
-
+const token = tokens(ROOM);
 const pin = (productId) => api('PUT', `${R}/pin`, { product_id: productId }, 204);
 const startSale = (spec) => api('POST', `${R}/sales`, spec, 201);
-
-/** Retries an assertion until it passes or the time is up. */
-async function eventually(check, timeout = 5000) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    try {
-      return await check();
-    } catch (e) {
-      if (Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}
 
 /** Opens the page as one user in its own browser context (en-US money). */
 async function openAs(tok, viewport = { width: 1280, height: 900 }) {
@@ -88,7 +51,6 @@ async function openAs(tok, viewport = { width: 1280, height: 900 }) {
   return { context, page, errors, sent };
 }
 
-const byId = (page, id) => page.getByTestId(id);
 const text = (locator) => locator.textContent();
 
 /** The sale panel of a SKU. */

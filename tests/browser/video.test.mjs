@@ -14,19 +14,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const BASE = process.env.FLASHCAST_URL;
-const ADMIN_KEY = process.env.FLASHCAST_ADMIN_KEY;
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const SHOTS = join(dirname(fileURLToPath(import.meta.url)), 'screenshots');
-const ROOM = `video-${Date.now().toString(36)}`;
+import { BASE, CHROMIUM, SHOTS, api, byId, eventually, tokens } from './helpers.mjs';
 
-if (!BASE || !ADMIN_KEY) {
-  throw new Error('set FLASHCAST_URL and FLASHCAST_ADMIN_KEY (tests/browser/run.sh does)');
-}
+const ROOM = `video-${Date.now().toString(36)}`;
 
 let browser;
 let host; // { context, page, errors, http }
@@ -37,35 +30,7 @@ let viewerToken;
 // Helpers
 // ---------------------------------------------------------------------------
 
-async function api(path, body) {
-  const res = await fetch(`${BASE}${path}`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  const json = await res.json();
-  assert.ok(res.ok, `${path} -> ${res.status} ${JSON.stringify(json)}`);
-  return json;
-}
-
-async function token(userId, name, role) {
-  return (await api('/api/v1/tokens', { room: ROOM, user_id: userId, name, role })).token;
-}
-
-/** Retries an assertion until it passes or the time is up. */
-async function eventually(check, timeout = 5000) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    try {
-      return await check();
-    } catch (e) {
-      if (Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}
-
-const byId = (page, id) => page.getByTestId(id);
+const token = tokens(ROOM);
 const attr = (page, id, name) => byId(page, id).getAttribute(name);
 const videoState = (page) => attr(page, 'video-box', 'data-state');
 const badgeState = (page) => attr(page, 'live-badge', 'data-state');
@@ -176,7 +141,7 @@ const systemLines = (page) => byId(page, 'system-msg').allTextContents();
 
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
-  await api('/api/v1/rooms', { id: ROOM, title: 'Live video test', allow_guests: true });
+  await api('POST', '/api/v1/rooms', { id: ROOM, title: 'Live video test', allow_guests: true });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
