@@ -2,6 +2,7 @@
 //! and hosts are never muted, banned or slowed.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::text::BannedWords;
 use super::Rejection;
@@ -13,9 +14,34 @@ pub const MAX_MUTE_SECS: u32 = 7 * 24 * 3600;
 /// Longest slow-mode interval.
 pub const MAX_SLOW_MODE_SECS: u32 = 3600;
 
+/// A room's banned users. Only its `Moderation` changes it (on the room's
+/// task); video, which does not go through the room's queue, reads it to
+/// refuse and end a banned viewer's sessions (`RoomShared::is_banned`).
+#[derive(Debug, Default)]
+pub struct BanList(RwLock<HashSet<UserId>>);
+
+impl BanList {
+    pub fn new(users: impl IntoIterator<Item = UserId>) -> Self {
+        Self(RwLock::new(users.into_iter().collect()))
+    }
+
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.read().contains(user)
+    }
+
+    // A panic while holding the lock cannot leave the set half-changed.
+    fn read(&self) -> RwLockReadGuard<'_, HashSet<UserId>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashSet<UserId>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Moderation {
-    bans: HashSet<UserId>,
+    bans: Arc<BanList>,
     /// User -> unix ms when the mute ends.
     mutes: HashMap<UserId, u64>,
     slow_mode_secs: u32,
@@ -25,9 +51,9 @@ pub struct Moderation {
 }
 
 impl Moderation {
-    pub fn with_bans(bans: impl IntoIterator<Item = UserId>) -> Self {
+    pub fn with_bans(bans: Arc<BanList>) -> Self {
         Self {
-            bans: bans.into_iter().collect(),
+            bans,
             ..Self::default()
         }
     }
@@ -37,7 +63,7 @@ impl Moderation {
     }
 
     fn room_for_one_more(&self, max: usize) -> Result<(), Rejection> {
-        if self.bans.len() + self.mutes.len() >= max {
+        if self.bans.read().len() + self.mutes.len() >= max {
             return Err(Rejection::new(
                 ErrorCode::LimitReached,
                 "too many muted and banned users in this room",
@@ -49,13 +75,13 @@ impl Moderation {
     pub fn ban(&mut self, user: &UserId, max: usize) -> Result<(), Rejection> {
         if !self.bans.contains(user) {
             self.room_for_one_more(max)?;
-            self.bans.insert(user.clone());
+            self.bans.write().insert(user.clone());
         }
         Ok(())
     }
 
     pub fn unban(&mut self, user: &UserId) -> bool {
-        self.bans.remove(user)
+        self.bans.write().remove(user)
     }
 
     /// Returns the unix ms when the mute ends.

@@ -71,16 +71,12 @@ impl RoomActor {
         shared: Arc<RoomShared>,
         ctx: Arc<RoomContext>,
         commands: mpsc::Receiver<Command>,
-        bans: Vec<UserId>,
     ) -> Self {
         let limits = &ctx.limits;
-        for user in &bans {
-            shared.set_banned(user, true);
-        }
         Self {
             epoch: rand::random::<u64>() >> 11, // fits a JSON number exactly
             history: History::new(limits.history_len),
-            moderation: Moderation::with_bans(bans),
+            moderation: Moderation::with_bans(shared.bans.clone()),
             market: MarketWatch::new(ctx.commerce.shop(&shared.info.id)),
             stream: shared.stream.get(),
             shared,
@@ -461,7 +457,6 @@ impl RoomActor {
             ClientMsg::Ban { user_id } => {
                 self.protect(&user_id)?;
                 self.moderation.ban(&user_id, limits.max_moderated_users)?;
-                self.shared.set_banned(&user_id, true);
                 self.persist(PersistBan::Add(user_id.clone()));
                 self.push(EventBody::UserBanned {
                     user_id: user_id.clone(),
@@ -488,7 +483,6 @@ impl RoomActor {
                         "that user is not banned",
                     ));
                 }
-                self.shared.set_banned(&user_id, false);
                 self.persist(PersistBan::Remove(user_id.clone()));
                 self.push(EventBody::UserUnbanned { user_id });
             }

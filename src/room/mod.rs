@@ -20,13 +20,13 @@ pub mod outbox;
 pub mod registry;
 pub mod stream;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Limits;
+use crate::engage::moderation::BanList;
 use crate::engage::Rejection;
 use crate::ids::{RoomId, Seq, UserId};
 use crate::metrics::Metrics;
@@ -64,22 +64,20 @@ pub struct RoomShared {
     reactions: [AtomicU32; ReactionKind::ALL.len()],
     viewers: AtomicU32,
     closed: AtomicBool,
-    /// The room's bans as its task last set them (bounded by
-    /// `max_moderated_users`): video, which does not go through the room's
-    /// queue, refuses and ends a banned viewer's sessions by it.
-    banned: RwLock<HashSet<UserId>>,
+    /// Changed by the room's task (`Moderation`), read by video.
+    bans: Arc<BanList>,
     /// Set by the media module (WHIP); announced by the actor each tick.
     pub stream: stream::StreamSignal,
 }
 
 impl RoomShared {
-    fn new(info: RoomInfo) -> Self {
+    fn new(info: RoomInfo, bans: Vec<UserId>) -> Self {
         Self {
             info,
             reactions: Default::default(),
             viewers: AtomicU32::new(0),
             closed: AtomicBool::new(false),
-            banned: RwLock::new(HashSet::new()),
+            bans: Arc::new(BanList::new(bans)),
             stream: stream::StreamSignal::default(),
         }
     }
@@ -93,21 +91,7 @@ impl RoomShared {
     }
 
     pub fn is_banned(&self, user: &UserId) -> bool {
-        self.banned
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(user)
-    }
-
-    /// Only the room's task calls this, right after its own moderation
-    /// state changed.
-    fn set_banned(&self, user: &UserId, banned: bool) {
-        let mut set = self.banned.write().unwrap_or_else(|e| e.into_inner());
-        if banned {
-            set.insert(user.clone());
-        } else {
-            set.remove(user);
-        }
+        self.bans.contains(user)
     }
 
     /// Takes this tick's reaction counts, leaving zeros.

@@ -52,13 +52,13 @@ impl Registry {
             dashmap::Entry::Vacant(v) => v,
         };
         let (tx, rx) = mpsc::channel(self.ctx.limits.room_queue);
-        let shared = Arc::new(RoomShared::new(info));
+        let shared = Arc::new(RoomShared::new(info, bans));
         let handle = RoomHandle {
             shared: shared.clone(),
             commands: tx,
         };
         entry.insert(handle.clone());
-        let actor = RoomActor::new(shared, self.ctx.clone(), rx, bans);
+        let actor = RoomActor::new(shared, self.ctx.clone(), rx);
         tokio::spawn(actor.run());
         self.ctx.metrics.rooms.inc();
         Ok(handle)
@@ -71,7 +71,7 @@ impl Registry {
     pub fn remember_closed(&self, info: RoomInfo) {
         self.forget_oldest_closed(self.ctx.limits.max_rooms.saturating_sub(1));
         let (tx, _) = mpsc::channel(1);
-        let shared = Arc::new(RoomShared::new(info));
+        let shared = Arc::new(RoomShared::new(info, Vec::new()));
         shared
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
