@@ -248,9 +248,7 @@ impl Limits {
         if viewers < self.fanout_offload_viewers {
             return 1;
         }
-        let max = self
-            .fanout_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let max = self.fanout_threads.unwrap_or_else(cpus);
         (viewers / self.fanout_offload_viewers).clamp(1, max.clamp(1, MAX_FANOUT_THREADS))
     }
 
@@ -337,6 +335,13 @@ impl Default for Limits {
     fn default() -> Self {
         Settings::parse_from(["flashcast"]).limits
     }
+}
+
+/// CPUs this process may use, read once: on Linux the standard library
+/// reads cgroup files for it, which a room's every tick must not do.
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn quota(per_sec: u32, burst: u32) -> Quota {
