@@ -42,8 +42,11 @@ pub struct Limits {
     /// Open questions listed in a snapshot.
     #[arg(long, env = "FLASHCAST_SNAPSHOT_QUESTIONS", default_value_t = 20)]
     pub snapshot_questions: usize,
-    /// Tick length: events of one tick go out as one frame per viewer.
-    #[arg(long, env = "FLASHCAST_TICK_MS", default_value_t = 25)]
+    /// Tick length: events of one tick go out as one frame per viewer, at
+    /// most one per tick. A room that sent nothing for a whole tick sends
+    /// its next event at once, so the tick adds latency only when there is
+    /// something to batch.
+    #[arg(long, env = "FLASHCAST_TICK_MS", default_value_t = 50)]
     pub tick_ms: u64,
     /// Frames per second one room may write (viewers x ticks per second).
     /// A room with more viewers lengthens its tick, so the fanout cost stays
@@ -417,9 +420,10 @@ mod tick_tests {
     #[test]
     fn large_rooms_tick_less_often_within_the_bounds() {
         let l = Args::parse_from(["x"]).limits;
-        assert_eq!(l.tick_for(0), Duration::from_millis(25));
-        assert_eq!(l.tick_for(2_500), Duration::from_millis(25));
+        assert_eq!(l.tick_for(0), Duration::from_millis(50));
+        assert_eq!(l.tick_for(2_500), Duration::from_millis(50));
         assert_eq!(l.tick_for(5_000), Duration::from_millis(50));
+        assert_eq!(l.tick_for(7_500), Duration::from_millis(75));
         assert_eq!(l.tick_for(10_000), Duration::from_millis(100));
         assert_eq!(l.tick_for(1_000_000), Duration::from_millis(100));
         let mut bad = l.clone();

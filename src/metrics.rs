@@ -29,6 +29,8 @@ pub struct Metrics {
     pub fanouts_offloaded: IntCounter,
     /// Tick fanouts split over more than one thread (`fanout_threads`).
     pub fanouts_split: IntCounter,
+    /// Batches sent at once because the room had been quiet for a tick.
+    pub batches_leading: IntCounter,
     /// Buys answered, by outcome (`reserved`, `existing`, or the error code).
     pub buys: IntCounterVec,
     /// Time from a buy's arrival to its answer, durable commit included.
@@ -123,6 +125,11 @@ impl Metrics {
             fanouts_split: IntCounter::new(
                 "fanouts_split_total",
                 "Tick fanouts written by more than one thread at once",
+            )
+            .unwrap(),
+            batches_leading: IntCounter::new(
+                "batches_leading_total",
+                "Batches sent as soon as their first event arrived, the room having been quiet for a tick",
             )
             .unwrap(),
             buys: IntCounterVec::new(
@@ -234,6 +241,7 @@ impl Metrics {
         r.register(Box::new(m.tick_seconds.clone())).unwrap();
         r.register(Box::new(m.fanouts_offloaded.clone())).unwrap();
         r.register(Box::new(m.fanouts_split.clone())).unwrap();
+        r.register(Box::new(m.batches_leading.clone())).unwrap();
         r.register(Box::new(m.buys.clone())).unwrap();
         r.register(Box::new(m.buy_seconds.clone())).unwrap();
         r.register(Box::new(m.order_changes.clone())).unwrap();

@@ -56,6 +56,9 @@ pub(crate) struct RoomActor {
     pending_joins: Vec<(JoinRequest, JoinReply)>,
     viewers_dirty: bool,
     viewers_sent_at: Instant,
+    /// When the last batch went out: a room quiet for a whole tick sends
+    /// its next event at once instead of at the next tick (see `run`).
+    batch_sent_at: Instant,
     moderation: Moderation,
     poll: Option<Poll>,
     next_poll_id: u64,
@@ -90,6 +93,7 @@ impl RoomActor {
             viewers_sent_at: Instant::now()
                 .checked_sub(VIEWER_COUNT_INTERVAL)
                 .unwrap_or_else(Instant::now),
+            batch_sent_at: Instant::now(),
             poll: None,
             next_poll_id: 0,
             questions: Questions::default(),
@@ -126,6 +130,21 @@ impl RoomActor {
                     }
                     if stop {
                         break;
+                    }
+                    // Leading edge: a room that sent nothing for a whole
+                    // tick sends now, so a lone event (or join) does not
+                    // wait for the tick; the tick then restarts, so a
+                    // viewer still gets at most one batch per tick and a
+                    // busy room still batches a tick's worth of events.
+                    if (!self.pending.is_empty() || !self.pending_joins.is_empty())
+                        && self.batch_sent_at.elapsed() >= tick_len
+                    {
+                        if !self.pending.is_empty() {
+                            self.ctx.metrics.batches_leading.inc();
+                        }
+                        self.flush();
+                        self.admit_joins();
+                        tick.reset();
                     }
                 }
                 _ = tick.tick() => {
@@ -686,6 +705,7 @@ impl RoomActor {
         {
             return;
         }
+        self.batch_sent_at = started;
         let events = std::mem::take(&mut self.pending);
         let n_events = events.len();
         let kinds: Vec<&'static str> = events.iter().map(|e| e.body.kind()).collect();
