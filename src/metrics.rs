@@ -31,6 +31,8 @@ pub struct Metrics {
     pub fanouts_split: IntCounter,
     /// Batches sent at once because the room had been quiet for a tick.
     pub batches_leading: IntCounter,
+    /// io_uring submissions of fanout sends (`fanout_io_uring`).
+    pub fanout_uring_submissions: IntCounter,
     /// Buys answered, by outcome (`reserved`, `existing`, or the error code).
     pub buys: IntCounterVec,
     /// Time from a buy's arrival to its answer, durable commit included.
@@ -125,6 +127,11 @@ impl Metrics {
             fanouts_split: IntCounter::new(
                 "fanouts_split_total",
                 "Tick fanouts written by more than one thread at once",
+            )
+            .unwrap(),
+            fanout_uring_submissions: IntCounter::new(
+                "fanout_uring_submissions_total",
+                "io_uring submissions of fanout sends (up to 256 viewers each)",
             )
             .unwrap(),
             batches_leading: IntCounter::new(
@@ -242,6 +249,8 @@ impl Metrics {
         r.register(Box::new(m.fanouts_offloaded.clone())).unwrap();
         r.register(Box::new(m.fanouts_split.clone())).unwrap();
         r.register(Box::new(m.batches_leading.clone())).unwrap();
+        r.register(Box::new(m.fanout_uring_submissions.clone()))
+            .unwrap();
         r.register(Box::new(m.buys.clone())).unwrap();
         r.register(Box::new(m.buy_seconds.clone())).unwrap();
         r.register(Box::new(m.order_changes.clone())).unwrap();

@@ -3,7 +3,8 @@
 //! ways: the fanout written on the room's worker; every fanout written after
 //! handing that worker's other tasks away (`block_in_place`, what rooms of
 //! `fanout_offload_viewers` viewers do) by the room's thread alone; and
-//! split over four threads at once (`fanout_threads`).
+//! split over four threads at once (`fanout_threads`); and with the sends
+//! submitted through io_uring (`fanout_io_uring`).
 
 mod common;
 
@@ -18,6 +19,32 @@ async fn fifty_clients_see_one_identical_order() {
         srv.metric(OFFLOADED).await,
         0,
         "55 viewers are below the default 1,000"
+    );
+    assert_eq!(
+        srv.metric(URING).await,
+        0,
+        "io_uring sends are off by default"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_uring_sends_keep_one_identical_order() {
+    let srv = TestServer::start(&[
+        "--chat-per-sec",
+        "1000",
+        "--chat-burst",
+        "1000",
+        "--fanout-io-uring",
+        "true",
+    ])
+    .await;
+    identical_order(&srv).await;
+    let available = io_uring::IoUring::new(8).is_ok();
+    assert_eq!(
+        srv.metric(URING).await > 0,
+        available,
+        "io_uring available here: {available}"
     );
     srv.stop().await;
 }
@@ -57,6 +84,7 @@ async fn offloading_server(threads: &str) -> TestServer {
 
 const OFFLOADED: &str = "flashcast_fanouts_offloaded_total";
 const SPLIT: &str = "flashcast_fanouts_split_total";
+const URING: &str = "flashcast_fanout_uring_submissions_total";
 
 async fn identical_order(srv: &TestServer) {
     let mut clients = Vec::new();

@@ -38,9 +38,24 @@ async fn slow_viewer_is_closed_while_others_lose_nothing() {
     assert_eq!(srv.metric(SPLIT).await, 0, "102 viewers are below 1,000");
     srv.stop().await;
 
-    // Again with every fanout split over four threads.
-    let srv = slow_viewer_case(&["--fanout-offload-viewers", "1", "--fanout-threads", "4"]).await;
+    // Again with every fanout split over four threads, sent through
+    // io_uring where the kernel allows it.
+    let srv = slow_viewer_case(&[
+        "--fanout-offload-viewers",
+        "1",
+        "--fanout-threads",
+        "4",
+        "--fanout-io-uring",
+        "true",
+    ])
+    .await;
     assert!(srv.metric(SPLIT).await > 0, "the split path ran");
+    let uring = srv.metric("flashcast_fanout_uring_submissions_total").await;
+    assert_eq!(
+        uring > 0,
+        io_uring::IoUring::new(8).is_ok(),
+        "io_uring submissions: {uring}"
+    );
     srv.stop().await;
 }
 

@@ -56,7 +56,16 @@ fn main() {
     let size: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(150);
     let rate: f64 = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(10.0);
     let secs: f64 = args.get(4).map(|s| s.parse().unwrap()).unwrap_or(10.0);
-    let nodelay = args.get(5).map(|s| s == "nodelay").unwrap_or(true);
+    // How the sender sends: `write` (one blocking write per connection),
+    // `uring` (io_uring SEND operations, `batch` per submission: fewer
+    // system calls, the same TCP work), `null` (a getppid() per connection
+    // instead of a send: the cost of a bare system call).
+    let mode = args.get(5).map(String::as_str).unwrap_or("write").to_string();
+    let batch: usize = args.get(6).map(|s| s.parse().unwrap()).unwrap_or(256);
+    assert!(["write", "uring", "null"].contains(&mode.as_str()), "mode: write, uring or null");
+    assert!((1..=4096).contains(&batch), "batch: 1..=4096");
+    let mut ring = io_uring::IoUring::new(4096).expect("io_uring available");
+    let nodelay = true;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let mut child = std::process::Command::new(&args[0])
@@ -76,9 +85,38 @@ fn main() {
     let start = Instant::now();
     let mut sends = 0u64;
     for r in 0..rounds {
-        for c in conns.iter_mut() {
-            c.write_all(&payload).unwrap();
-            sends += 1;
+        match mode.as_str() {
+            "write" => {
+                for c in conns.iter_mut() {
+                    c.write_all(&payload).unwrap();
+                    sends += 1;
+                }
+            }
+            "null" => {
+                for _ in &conns {
+                    unsafe { libc::getppid() };
+                    sends += 1;
+                }
+            }
+            _ => {
+                for chunk in conns.chunks(batch) {
+                    for c in chunk {
+                        let send = io_uring::opcode::Send::new(
+                            io_uring::types::Fd(c.as_raw_fd()),
+                            payload.as_ptr(),
+                            payload.len() as u32,
+                        )
+                        .build();
+                        // SAFETY: `payload` outlives the wait below.
+                        unsafe { ring.submission().push(&send).unwrap() };
+                    }
+                    ring.submit_and_wait(chunk.len()).unwrap();
+                    for cqe in ring.completion() {
+                        assert_eq!(cqe.result(), payload.len() as i32, "one whole send");
+                        sends += 1;
+                    }
+                }
+            }
         }
         let next = start + period * (r as u32 + 1);
         let now = Instant::now();
@@ -87,7 +125,7 @@ fn main() {
     let (u1, s1) = cpu_self();
     let wall = start.elapsed().as_secs_f64();
     println!(
-        "n={n} size={size} rate={rate}/s sends={sends} wall={wall:.1}s user={:.2}us/send sys={:.2}us/send total={:.2}us/send",
+        "mode={mode} n={n} size={size} rate={rate}/s sends={sends} wall={wall:.1}s user={:.2}us/send sys={:.2}us/send total={:.2}us/send",
         (u1 - u0) * 1e6 / sends as f64, (s1 - s0) * 1e6 / sends as f64, ((u1 - u0) + (s1 - s0)) * 1e6 / sends as f64
     );
     drop(conns);
