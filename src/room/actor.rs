@@ -830,14 +830,26 @@ struct Sends<'a> {
     submissions: &'a prometheus::IntCounter,
 }
 
-/// Writes the tick's frame to each of `viewers`, `outbox::BATCH` at a
-/// time; returns the ones to drop.
+/// Writes the tick's frame to each of `viewers` (with io_uring,
+/// `outbox::BATCH` at a time); returns the ones to drop.
 fn write_to<'a>(
     viewers: impl Iterator<Item = (&'a ConnId, &'a Subscriber)>,
     frames: &[Option<bytes::Bytes>; 2],
     sends: Sends<'_>,
 ) -> Vec<ConnId> {
     let mut dropped = Vec::new();
+    if !sends.io_uring {
+        // One send per viewer, straight from the loop: no batch to build.
+        for (conn, s) in viewers {
+            let Some(frame) = &frames[s.encoding.index()] else {
+                continue;
+            };
+            if let Push::Overflow | Push::Closed = s.outbox.push(frame.clone()) {
+                dropped.push(*conn);
+            }
+        }
+        return dropped;
+    }
     let mut conns: Vec<ConnId> = Vec::with_capacity(outbox::BATCH);
     let mut batch: Vec<(&Outbox, &bytes::Bytes)> = Vec::with_capacity(outbox::BATCH);
     let mut send = |conns: &mut Vec<ConnId>, batch: &mut Vec<(&Outbox, &bytes::Bytes)>| {
