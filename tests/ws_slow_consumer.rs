@@ -1,8 +1,8 @@
 //! A viewer that stops reading is told and closed with 4008 while a hundred
 //! others keep receiving everything, in order; it then resumes without a gap.
-//! Once with the room's thread writing every fanout, once with each fanout
-//! split over four threads (the slow viewer is found by a helper thread
-//! as often as by the room's).
+//! Once with the room's thread writing every fanout one `send` per viewer,
+//! once with each fanout split over four threads and sent through io_uring
+//! (the slow viewer is found by a helper thread as often as by the room's).
 
 mod common;
 
@@ -34,21 +34,14 @@ async fn tiny_window_client(srv: &TestServer) -> Client {
 // compete for the same two cores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_viewer_is_closed_while_others_lose_nothing() {
-    let srv = slow_viewer_case(&[]).await;
+    // One `send` per viewer from the room's thread.
+    let srv = slow_viewer_case(&["--fanout-io-uring", "false"]).await;
     assert_eq!(srv.metric(SPLIT).await, 0, "102 viewers are below 1,000");
     srv.stop().await;
 
     // Again with every fanout split over four threads, sent through
-    // io_uring where the kernel allows it.
-    let srv = slow_viewer_case(&[
-        "--fanout-offload-viewers",
-        "1",
-        "--fanout-threads",
-        "4",
-        "--fanout-io-uring",
-        "true",
-    ])
-    .await;
+    // io_uring (the default) where the kernel allows it.
+    let srv = slow_viewer_case(&["--fanout-offload-viewers", "1", "--fanout-threads", "4"]).await;
     assert!(srv.metric(SPLIT).await > 0, "the split path ran");
     let uring = srv.metric("flashcast_fanout_uring_submissions_total").await;
     assert_eq!(

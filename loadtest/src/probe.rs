@@ -16,12 +16,17 @@ const CPU_METRIC: &str = "flashcast_process_cpu_seconds_total";
 const RSS_METRIC: &str = "flashcast_process_resident_memory_bytes";
 
 /// Counters read from `/metrics` (summed over labels).
-const METRICS: [&str; 9] = [
+const METRICS: [&str; 12] = [
     CPU_METRIC,
     RSS_METRIC,
     "flashcast_events_out_total",
     "flashcast_frames_out_total",
     "flashcast_bytes_out_total",
+    // How the fanouts went out: split over threads, sent through io_uring,
+    // sent as soon as a quiet room's event arrived.
+    "flashcast_fanouts_split_total",
+    "flashcast_fanout_uring_submissions_total",
+    "flashcast_batches_leading_total",
     "flashcast_queue_overflows_total",
     "flashcast_rejected_total",
     "flashcast_buys_total",

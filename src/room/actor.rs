@@ -5,7 +5,7 @@
 //! aggregated counts (reactions, viewers, poll tallies), encodes them ONCE per
 //! encoding in use, frames them as WebSocket frames once, and writes the same
 //! `Bytes` to every viewer's socket (see `outbox`): one kernel send per
-//! viewer (with `fanout_io_uring`, submitted 256 at a time), no task
+//! viewer (submitted 256 at a time through io_uring), no task
 //! wake-up. A viewer whose socket stays full for more than
 //! `outbound_queue` frames is closed with 4008 and resumes.
 
