@@ -19,19 +19,43 @@ fn receiver(port: u16, n: usize) {
         let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_nonblocking(true).unwrap();
         socks.push(s);
-        if i % 1000 == 999 { std::thread::sleep(Duration::from_millis(10)); }
+        if i % 1000 == 999 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     let ep = unsafe { libc::epoll_create1(0) };
     for (i, s) in socks.iter().enumerate() {
-        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: i as u64 };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: i as u64,
+        };
         unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) };
     }
     let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut buf = vec![0u8; 65536];
     let mut total = 0u64;
+    let spin = std::env::var("SENDFLOOR_SPIN").is_ok_and(|v| v == "1");
+    let mut idle_since = Instant::now();
     loop {
-        let k = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 1024, 5000) };
-        if k <= 0 { break; }
+        // SENDFLOOR_SPIN=1: the reader never sleeps (epoll_wait with no
+        // timeout, in a loop), so no send has to wake it: the difference
+        // is what waking the reader costs the sender.
+        let k = if spin {
+            let k = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 1024, 0) };
+            if k == 0 {
+                if idle_since.elapsed() > Duration::from_secs(5) {
+                    break;
+                }
+                continue;
+            }
+            idle_since = Instant::now();
+            k
+        } else {
+            unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 1024, 5000) }
+        };
+        if k <= 0 {
+            break;
+        }
         for e in &evs[..k as usize] {
             let s = &mut socks[e.u64 as usize];
             loop {
@@ -60,22 +84,44 @@ fn main() {
     // `uring` (io_uring SEND operations, `batch` per submission: fewer
     // system calls, the same TCP work), `null` (a getppid() per connection
     // instead of a send: the cost of a bare system call).
-    let mode = args.get(5).map(String::as_str).unwrap_or("write").to_string();
+    let mode = args
+        .get(5)
+        .map(String::as_str)
+        .unwrap_or("write")
+        .to_string();
     let batch: usize = args.get(6).map(|s| s.parse().unwrap()).unwrap_or(256);
-    assert!(["write", "uring", "null"].contains(&mode.as_str()), "mode: write, uring or null");
+    assert!(
+        ["write", "uring", "uring-fixed", "null"].contains(&mode.as_str()),
+        "mode: write, uring, uring-fixed or null"
+    );
     assert!((1..=4096).contains(&batch), "batch: 1..=4096");
-    let mut ring = io_uring::IoUring::new(4096).expect("io_uring available");
+    // SENDFLOOR_DEFER=1: a single-issuer ring whose completions run when
+    // the submitter waits (IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN).
+    let mut builder =
+        io_uring::IoUring::<io_uring::squeue::Entry, io_uring::cqueue::Entry>::builder();
+    if std::env::var("SENDFLOOR_DEFER").is_ok_and(|v| v == "1") {
+        builder.setup_single_issuer().setup_defer_taskrun();
+    }
+    let mut ring = builder.build(4096).expect("io_uring available");
     let nodelay = true;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let mut child = std::process::Command::new(&args[0])
         .args(["recv", &port.to_string(), &n.to_string()])
-        .spawn().unwrap();
+        .spawn()
+        .unwrap();
     let mut conns = Vec::new();
     for _ in 0..n {
         let (s, _) = l.accept().unwrap();
         s.set_nodelay(nodelay).unwrap();
         conns.push(s);
+    }
+    if mode == "uring-fixed" {
+        // Registered descriptors: no fget/fput per send.
+        let fds: Vec<i32> = conns.iter().map(|c| c.as_raw_fd()).collect();
+        ring.submitter()
+            .register_files(&fds)
+            .expect("register_files");
     }
     let payload = vec![0x42u8; size];
     std::thread::sleep(Duration::from_millis(500));
@@ -99,14 +145,23 @@ fn main() {
                 }
             }
             _ => {
-                for chunk in conns.chunks(batch) {
-                    for c in chunk {
-                        let send = io_uring::opcode::Send::new(
-                            io_uring::types::Fd(c.as_raw_fd()),
-                            payload.as_ptr(),
-                            payload.len() as u32,
-                        )
-                        .build();
+                for (k, chunk) in conns.chunks(batch).enumerate() {
+                    for (j, c) in chunk.iter().enumerate() {
+                        let send = if mode == "uring-fixed" {
+                            io_uring::opcode::Send::new(
+                                io_uring::types::Fixed((k * batch + j) as u32),
+                                payload.as_ptr(),
+                                payload.len() as u32,
+                            )
+                            .build()
+                        } else {
+                            io_uring::opcode::Send::new(
+                                io_uring::types::Fd(c.as_raw_fd()),
+                                payload.as_ptr(),
+                                payload.len() as u32,
+                            )
+                            .build()
+                        };
                         // SAFETY: `payload` outlives the wait below.
                         unsafe { ring.submission().push(&send).unwrap() };
                     }
@@ -120,7 +175,9 @@ fn main() {
         }
         let next = start + period * (r as u32 + 1);
         let now = Instant::now();
-        if next > now { std::thread::sleep(next - now); }
+        if next > now {
+            std::thread::sleep(next - now);
+        }
     }
     let (u1, s1) = cpu_self();
     let wall = start.elapsed().as_secs_f64();
