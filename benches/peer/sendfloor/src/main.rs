@@ -147,20 +147,22 @@ fn main() {
             _ => {
                 for (k, chunk) in conns.chunks(batch).enumerate() {
                     for (j, c) in chunk.iter().enumerate() {
+                        // Fd and Fixed are different types behind io_uring's
+                        // sealed trait, so one macro builds both entries.
+                        macro_rules! send_to {
+                            ($target:expr) => {
+                                io_uring::opcode::Send::new(
+                                    $target,
+                                    payload.as_ptr(),
+                                    payload.len() as u32,
+                                )
+                                .build()
+                            };
+                        }
                         let send = if mode == "uring-fixed" {
-                            io_uring::opcode::Send::new(
-                                io_uring::types::Fixed((k * batch + j) as u32),
-                                payload.as_ptr(),
-                                payload.len() as u32,
-                            )
-                            .build()
+                            send_to!(io_uring::types::Fixed((k * batch + j) as u32))
                         } else {
-                            io_uring::opcode::Send::new(
-                                io_uring::types::Fd(c.as_raw_fd()),
-                                payload.as_ptr(),
-                                payload.len() as u32,
-                            )
-                            .build()
+                            send_to!(io_uring::types::Fd(c.as_raw_fd()))
                         };
                         // SAFETY: `payload` outlives the wait below.
                         unsafe { ring.submission().push(&send).unwrap() };
