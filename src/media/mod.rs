@@ -22,6 +22,7 @@ pub mod peer;
 pub mod publisher;
 pub mod quota;
 pub mod sdp;
+pub mod session;
 pub mod settings;
 pub mod viewer;
 
@@ -184,12 +185,6 @@ impl MediaError {
     }
 }
 
-/// Resolves once a session's `ended` flag is set. (The guard `wait_for`
-/// returns is dropped here, so callers' futures stay `Send`.)
-pub(crate) async fn until_ended(ended: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = ended.wait_for(|e| *e).await;
-}
-
 /// A session that was set up: its id and the SDP answer.
 #[derive(Debug)]
 pub struct Answer {
@@ -302,12 +297,30 @@ impl MediaHub {
         Duration::from_millis(ms)
     }
 
-    fn refuse(&self, e: MediaError) -> MediaError {
-        self.metrics
-            .media_refused
-            .with_label_values(&[e.reason()])
-            .inc();
-        e
+    /// An attempt to start a session, its refusal counted by reason.
+    async fn refusing(
+        &self,
+        attempt: impl std::future::Future<Output = Result<Answer, MediaError>>,
+    ) -> Result<Answer, MediaError> {
+        attempt.await.inspect_err(|e| {
+            self.metrics
+                .media_refused
+                .with_label_values(&[e.reason()])
+                .inc();
+        })
+    }
+
+    /// The checks before any work: the node is not shutting down, and the
+    /// offer (`read` by WHIP's or WHEP's rule) asks for something to do.
+    fn admit(
+        &self,
+        offer: &str,
+        read: fn(&str) -> Result<sdp::Offer, sdp::SdpError>,
+    ) -> Result<sdp::Offer, MediaError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(MediaError::ShuttingDown);
+        }
+        read(offer).map_err(|e| MediaError::BadOffer(e.0))
     }
 
     fn holder_slot(&self, holder: &Holder) -> Result<quota::KeyedSlot<Holder>, MediaError> {
@@ -327,9 +340,7 @@ impl MediaHub {
         holder: Holder,
         offer: &str,
     ) -> Result<Answer, MediaError> {
-        self.try_publish(room, holder, offer)
-            .await
-            .map_err(|e| self.refuse(e))
+        self.refusing(self.try_publish(room, holder, offer)).await
     }
 
     async fn try_publish(
@@ -338,10 +349,7 @@ impl MediaHub {
         holder: Holder,
         offer: &str,
     ) -> Result<Answer, MediaError> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(MediaError::ShuttingDown);
-        }
-        let kinds = sdp::publish_offer(offer).map_err(|e| MediaError::BadOffer(e.0))?;
+        let kinds = self.admit(offer, sdp::publish_offer)?;
         let holder_slot = self.holder_slot(&holder)?;
         let id = SessionId::random();
         // The room's one publisher slot, held until this attempt succeeds
@@ -373,9 +381,7 @@ impl MediaHub {
         holder: Holder,
         offer: &str,
     ) -> Result<Answer, MediaError> {
-        self.try_play(room, holder, offer)
-            .await
-            .map_err(|e| self.refuse(e))
+        self.refusing(self.try_play(room, holder, offer)).await
     }
 
     async fn try_play(
@@ -384,10 +390,7 @@ impl MediaHub {
         holder: Holder,
         offer: &str,
     ) -> Result<Answer, MediaError> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(MediaError::ShuttingDown);
-        }
-        let kinds = sdp::play_offer(offer).map_err(|e| MediaError::BadOffer(e.0))?;
+        let kinds = self.admit(offer, sdp::play_offer)?;
         let broadcast = self
             .live_broadcast(room.id())
             .ok_or(MediaError::StreamOffline)?;

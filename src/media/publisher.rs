@@ -8,7 +8,7 @@
 //! ends every viewer of it and puts the room `offline`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,20 +17,17 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp;
 use tokio::sync::watch;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::forward::{strip_extensions, Fanout};
 use super::keyframe::{keyframe_gate, KeyframeGate, KeyframePacer, KeyframeReason};
 use super::peer::{self, Peer, PeerEvents};
 use super::quota::{Counter, Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer, SdpCodec};
-use super::{until_ended, EndReason, MediaError, MediaHub, SessionId, Viewer};
+use super::session::{self, until_ended, Ending, Supervised};
+use super::{EndReason, MediaError, MediaHub, SessionId, Viewer};
 use crate::ids::RoomId;
 use crate::protocol::{now_ms, StreamState};
 use crate::room::RoomHandle;
-
-/// How often a supervisor looks at its timers.
-pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// One forwarded track of the broadcast.
 pub struct Feed {
@@ -61,8 +58,7 @@ pub struct Broadcast {
     live_since: AtomicU64,
     /// Milliseconds after `created` of the last RTP packet.
     last_rtp: AtomicU64,
-    ending: AtomicBool,
-    ended: watch::Sender<bool>,
+    ending: Ending,
     _holder: KeyedSlot<Holder>,
 }
 
@@ -130,8 +126,7 @@ pub(crate) async fn start(
         created: Instant::now(),
         live_since: AtomicU64::new(0),
         last_rtp: AtomicU64::new(0),
-        ending: AtomicBool::new(false),
-        ended: watch::channel(false).0,
+        ending: Ending::new(),
         _holder: holder,
     });
     Ok((broadcast, hub.plan.apply_nat(&answer)))
@@ -159,12 +154,12 @@ impl Broadcast {
     }
 
     pub fn is_ended(&self) -> bool {
-        self.ending.load(Ordering::Acquire)
+        self.ending.is_ended()
     }
 
-    /// Resolves when the broadcast has ended.
+    /// Changes to `true` when the broadcast has ended.
     pub fn ended(&self) -> watch::Receiver<bool> {
-        self.ended.subscribe()
+        self.ending.subscribe()
     }
 
     /// A place among the room's viewers, or `RoomFull`.
@@ -210,55 +205,15 @@ impl Broadcast {
         let Some(mut events) = self.events.lock().expect("events lock").take() else {
             return;
         };
-        let settings = &hub.settings;
-        let connect_timeout = hub.ms(settings.media_connect_timeout_ms);
-        let media_timeout = settings.media_publisher_timeout_ms;
-        let mut ended = self.ended.subscribe();
-        let mut tick = tokio::time::interval(CHECK_EVERY);
-        let mut disconnected_at: Option<Instant> = None;
-        let reason = loop {
-            tokio::select! {
-                _ = until_ended(&mut ended) => return,
-                changed = events.state.changed() => {
-                    if changed.is_err() {
-                        break EndReason::Dropped;
-                    }
-                    let state = *events.state.borrow_and_update();
-                    match state {
-                        RTCPeerConnectionState::Connected => {
-                            disconnected_at = None;
-                            if !self.is_live() {
-                                self.go_live();
-                            }
-                        }
-                        RTCPeerConnectionState::Disconnected => {
-                            disconnected_at.get_or_insert_with(Instant::now);
-                        }
-                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                            break EndReason::Dropped;
-                        }
-                        _ => {}
-                    }
-                }
-                Some(track) = events.tracks.recv() => self.attach(&hub, track).await,
-                _ = tick.tick() => {
-                    if self.room.shared.is_closed() {
-                        break EndReason::RoomClosed;
-                    }
-                    if !self.is_live() && self.created.elapsed() > connect_timeout {
-                        break EndReason::ConnectTimeout;
-                    }
-                    if disconnected_at.is_some_and(|t| t.elapsed().as_millis() as u64 > media_timeout) {
-                        break EndReason::Disconnected;
-                    }
-                    let quiet = self.since_start_ms().saturating_sub(self.last_rtp.load(Ordering::Acquire));
-                    if self.is_live() && quiet > media_timeout {
-                        break EndReason::NoMedia;
-                    }
-                }
-            }
+        let supervisor = Supervisor {
+            connect_timeout: hub.ms(hub.settings.media_connect_timeout_ms),
+            media_timeout: hub.ms(hub.settings.media_publisher_timeout_ms),
+            broadcast: &self,
+            hub: &hub,
         };
-        self.end(&hub, reason).await;
+        if let Some(reason) = session::supervise(&supervisor, &mut events, &self.ending).await {
+            self.end(&hub, reason).await;
+        }
     }
 
     fn go_live(&self) {
@@ -271,7 +226,7 @@ impl Broadcast {
     }
 
     /// Starts forwarding a track the publisher opened.
-    async fn attach(self: &Arc<Self>, hub: &Arc<MediaHub>, track: Arc<dyn TrackRemote>) {
+    async fn attach(self: Arc<Self>, hub: Arc<MediaHub>, track: Arc<dyn TrackRemote>) {
         let kind = match track.kind().await {
             rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio => MediaKind::Audio,
             rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video => MediaKind::Video,
@@ -280,10 +235,10 @@ impl Broadcast {
         tracing::debug!(room = %self.room.id(), session = %self.id, %kind, "publisher track open");
         if kind == MediaKind::Video {
             if let Some(pacer) = self.pacer.lock().expect("pacer lock").take() {
-                tokio::spawn(self.clone().send_plis(hub.clone(), pacer, track.clone()));
+                tokio::spawn(self.clone().send_plis(hub, pacer, track.clone()));
             }
         }
-        tokio::spawn(self.clone().read(kind, track));
+        tokio::spawn(self.read(kind, track));
     }
 
     /// The reader of one publisher track: every packet to the fan-out. A
@@ -291,7 +246,7 @@ impl Broadcast {
     /// so its events never pile up in the connection.
     async fn read(self: Arc<Self>, kind: MediaKind, track: Arc<dyn TrackRemote>) {
         let feed = self.feed(kind);
-        let mut ended = self.ended.subscribe();
+        let mut ended = self.ending.subscribe();
         loop {
             let event = tokio::select! {
                 e = track.poll() => e,
@@ -329,7 +284,7 @@ impl Broadcast {
         pacer: KeyframePacer,
         track: Arc<dyn TrackRemote>,
     ) {
-        let mut ended = self.ended.subscribe();
+        let mut ended = self.ending.subscribe();
         let me = self.clone();
         let run = pacer.run(move || {
             let (me, track, hub) = (me.clone(), track.clone(), hub.clone());
@@ -363,10 +318,9 @@ impl Broadcast {
     /// Ends the broadcast (idempotent): the room goes offline, every viewer
     /// ends, the connection closes.
     pub(crate) async fn end(&self, hub: &MediaHub, reason: EndReason) {
-        if self.ending.swap(true, Ordering::AcqRel) {
+        if !self.ending.begin() {
             return;
         }
-        self.ended.send_replace(true);
         // Before the room's publisher slot is freed, so a new broadcast's
         // `live` can never be overwritten by this one's `offline`.
         if self.is_live() {
@@ -396,8 +350,48 @@ impl Broadcast {
 
     /// Closes a broadcast that was never registered (shutdown raced it).
     pub(crate) async fn close_unregistered(&self) {
-        self.ending.store(true, Ordering::Release);
-        self.ended.send_replace(true);
+        self.ending.begin();
         self.peer.close().await;
+    }
+}
+
+/// The broadcast's side of [`session::supervise`].
+struct Supervisor<'a> {
+    broadcast: &'a Arc<Broadcast>,
+    hub: &'a Arc<MediaHub>,
+    connect_timeout: Duration,
+    /// No RTP, or a disconnection, for this long ends the broadcast.
+    media_timeout: Duration,
+}
+
+impl Supervised for Supervisor<'_> {
+    fn connected(&self) {
+        if !self.broadcast.is_live() {
+            self.broadcast.go_live();
+        }
+    }
+
+    fn track(&self, track: Arc<dyn TrackRemote>) {
+        tokio::spawn(self.broadcast.clone().attach(self.hub.clone(), track));
+    }
+
+    fn check(&self, disconnected_for: Option<Duration>) -> Option<EndReason> {
+        let b = self.broadcast;
+        if b.room.shared.is_closed() {
+            return Some(EndReason::RoomClosed);
+        }
+        if !b.is_live() && b.created.elapsed() > self.connect_timeout {
+            return Some(EndReason::ConnectTimeout);
+        }
+        if disconnected_for.is_some_and(|d| d.as_millis() > self.media_timeout.as_millis()) {
+            return Some(EndReason::Disconnected);
+        }
+        let quiet = b
+            .since_start_ms()
+            .saturating_sub(b.last_rtp.load(Ordering::Acquire));
+        if b.is_live() && u128::from(quiet) > self.media_timeout.as_millis() {
+            return Some(EndReason::NoMedia);
+        }
+        None
     }
 }

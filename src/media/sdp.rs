@@ -2,9 +2,16 @@
 //! offer has and in which direction (checked before any peer connection is
 //! built, so a bad offer costs nothing), and which codec each section of an
 //! answer settled on (what the broadcast forwards, and what viewers must
-//! accept). Everything else in the SDP is the WebRTC stack's business.
+//! accept). The text is parsed by the WebRTC stack's own SDP types
+//! (`rtc::sdp`), so an offer is read here exactly as the stack reads it
+//! when it negotiates; everything else in the SDP is the stack's business.
 
 use std::fmt;
+use std::io::Cursor;
+
+use rtc::sdp::description::common::Attribute;
+use rtc::sdp::direction::Direction;
+use rtc::sdp::{MediaDescription, SessionDescription};
 
 /// The kinds of media the SFU forwards. Data channels and anything else
 /// in an offer are left to the stack (and get no answer section of use).
@@ -31,28 +38,17 @@ impl fmt::Display for MediaKind {
     }
 }
 
-/// A section's direction, from its own point of view (the offerer's in an
-/// offer, ours in an answer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    SendRecv,
-    SendOnly,
-    RecvOnly,
-    Inactive,
+/// Whether a section in this direction sends media (from its own point
+/// of view: the offerer's in an offer, ours in an answer).
+fn sends(d: &Direction) -> bool {
+    matches!(d, Direction::SendRecv | Direction::SendOnly)
 }
 
-impl Direction {
-    pub fn sends(self) -> bool {
-        matches!(self, Direction::SendRecv | Direction::SendOnly)
-    }
-
-    pub fn receives(self) -> bool {
-        matches!(self, Direction::SendRecv | Direction::RecvOnly)
-    }
+fn receives(d: &Direction) -> bool {
+    matches!(d, Direction::SendRecv | Direction::RecvOnly)
 }
 
-/// A codec as one SDP section describes it (`a=rtpmap`, `a=fmtp`,
-/// `a=rtcp-fb`).
+/// A codec as one SDP section describes it (`a=rtpmap`, `a=fmtp`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SdpCodec {
     pub payload_type: u8,
@@ -62,8 +58,6 @@ pub struct SdpCodec {
     /// Audio channels; 0 for video.
     pub channels: u16,
     pub fmtp: String,
-    /// `(type, parameter)` pairs, e.g. `("nack", "pli")`.
-    pub feedback: Vec<(String, String)>,
 }
 
 impl SdpCodec {
@@ -79,6 +73,7 @@ pub struct Section {
     pub kind: MediaKind,
     /// 0 in an answer means the section was refused.
     pub port: u16,
+    /// The section's own, else the session's, else `sendrecv`.
     pub direction: Direction,
     /// Payload types in the `m=` line's order of preference.
     pub payload_types: Vec<u8>,
@@ -108,78 +103,18 @@ fn err(msg: impl Into<String>) -> SdpError {
 /// forwards one audio and one video track).
 pub fn sections(sdp: &str) -> Result<Vec<Section>, SdpError> {
     let text = sdp.trim_start_matches('\u{feff}');
-    if !text.starts_with("v=0") {
-        return Err(err(
-            "the body is not an SDP session description (it must start with v=0)",
-        ));
-    }
-    let mut out: Vec<Section> = Vec::new();
-    // Lines before the first m= apply to every section (a session-level
-    // direction); inside a section, the section's own line wins.
-    let mut session_direction = None;
-    let mut current: Option<(Section, Option<Direction>)> = None;
-    let mut other_section = false;
-    let finish = |out: &mut Vec<Section>,
-                  cur: Option<(Section, Option<Direction>)>,
-                  session: Option<Direction>| {
-        if let Some((mut s, own)) = cur {
-            s.direction = own.or(session).unwrap_or(Direction::SendRecv);
-            out.push(s);
-        }
-    };
-    for raw in text.lines() {
-        let line = raw.trim_end_matches('\r');
-        if let Some(m) = line.strip_prefix("m=") {
-            finish(&mut out, current.take(), session_direction);
-            let mut words = m.split(' ');
-            let kind = match words.next() {
-                Some("audio") => Some(MediaKind::Audio),
-                Some("video") => Some(MediaKind::Video),
-                _ => None,
-            };
-            other_section = kind.is_none();
-            let Some(kind) = kind else { continue };
-            let port = words
-                .next()
-                .and_then(|p| p.split('/').next())
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| err(format!("bad media line `m={m}`")))?;
-            let _proto = words.next();
-            let payload_types = words
-                .filter(|w| !w.is_empty())
-                .map(|w| w.parse::<u8>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| err(format!("bad payload type in `m={m}`")))?;
-            current = Some((
-                Section {
-                    kind,
-                    port,
-                    direction: Direction::SendRecv,
-                    payload_types,
-                    codecs: Vec::new(),
-                },
-                None,
-            ));
-            continue;
-        }
-        let Some(attr) = line.strip_prefix("a=") else {
-            continue;
-        };
-        let direction = match attr {
-            "sendrecv" => Some(Direction::SendRecv),
-            "sendonly" => Some(Direction::SendOnly),
-            "recvonly" => Some(Direction::RecvOnly),
-            "inactive" => Some(Direction::Inactive),
-            _ => None,
-        };
-        match (&mut current, direction) {
-            (Some((_, own)), Some(d)) => *own = Some(d),
-            (None, Some(d)) if !other_section => session_direction = Some(d),
-            (Some((section, _)), None) => read_codec_attr(section, attr)?,
-            _ => {}
+    let desc = SessionDescription::unmarshal(&mut Cursor::new(text)).map_err(|e| {
+        err(format!(
+            "the body is not an SDP session description (it must start with v=0, o=, s=, t=): {e}"
+        ))
+    })?;
+    let session_direction = direction(&desc.attributes);
+    let mut out = Vec::new();
+    for media in &desc.media_descriptions {
+        if let Some(section) = section(media, &session_direction)? {
+            out.push(section);
         }
     }
-    finish(&mut out, current.take(), session_direction);
     for kind in MediaKind::ALL {
         if out.iter().filter(|s| s.kind == kind).count() > 1 {
             return Err(err(format!(
@@ -190,67 +125,65 @@ pub fn sections(sdp: &str) -> Result<Vec<Section>, SdpError> {
     Ok(out)
 }
 
-fn read_codec_attr(section: &mut Section, attr: &str) -> Result<(), SdpError> {
-    let (name, value) = match attr.split_once(':') {
-        Some(kv) => kv,
-        None => return Ok(()),
+/// The direction attribute among `attributes`, if any.
+fn direction(attributes: &[Attribute]) -> Direction {
+    attributes
+        .iter()
+        .map(|a| Direction::new(&a.key))
+        .find(|d| *d != Direction::Unspecified)
+        .unwrap_or_default()
+}
+
+/// One `m=audio` or `m=video` section; `None` for any other kind.
+fn section(media: &MediaDescription, session: &Direction) -> Result<Option<Section>, SdpError> {
+    let name = &media.media_name;
+    let kind = match name.media.as_str() {
+        "audio" => MediaKind::Audio,
+        "video" => MediaKind::Video,
+        _ => return Ok(None),
     };
-    let (pt, rest) = match value.split_once(' ') {
-        Some((pt, rest)) => (pt, rest.trim()),
-        None => (value, ""),
+    let payload_types = name
+        .formats
+        .iter()
+        .map(|f| f.parse::<u8>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            err(format!(
+                "bad payload type in `m={} {}`",
+                name.media,
+                name.formats.join(" ")
+            ))
+        })?;
+    let direction = match direction(&media.attributes) {
+        Direction::Unspecified if *session != Direction::Unspecified => session.clone(),
+        Direction::Unspecified => Direction::SendRecv,
+        own => own,
     };
-    let Ok(pt) = pt.parse::<u8>() else {
-        return Ok(()); // `a=rtcp-fb:* ...` and the like
-    };
-    let codec = |section: &mut Section| -> usize {
-        match section.codecs.iter().position(|c| c.payload_type == pt) {
-            Some(i) => i,
-            None => {
-                section.codecs.push(SdpCodec {
-                    payload_type: pt,
-                    name: String::new(),
-                    clock_rate: 0,
-                    channels: 0,
-                    fmtp: String::new(),
-                    feedback: Vec::new(),
-                });
-                section.codecs.len() - 1
-            }
-        }
-    };
-    match name {
-        "rtpmap" => {
-            let mut parts = rest.split('/');
-            let codec_name = parts.next().unwrap_or("").to_string();
-            let clock_rate = parts
-                .next()
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| err(format!("bad `a=rtpmap:{value}`")))?;
-            let channels = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
-            let i = codec(section);
-            let c = &mut section.codecs[i];
-            c.name = codec_name;
-            c.clock_rate = clock_rate;
-            c.channels = if section.kind == MediaKind::Audio && channels == 0 {
-                1
-            } else {
-                channels
-            };
-        }
-        "fmtp" => {
-            let i = codec(section);
-            section.codecs[i].fmtp = rest.to_string();
-        }
-        "rtcp-fb" => {
-            let (typ, param) = rest.split_once(' ').unwrap_or((rest, ""));
-            let i = codec(section);
-            section.codecs[i]
-                .feedback
-                .push((typ.to_string(), param.to_string()));
-        }
-        _ => {}
-    }
-    Ok(())
+    let mut codecs: Vec<SdpCodec> = media
+        .codecs()
+        .into_values()
+        .filter(|c| !c.name.is_empty())
+        .map(|c| SdpCodec {
+            payload_type: c.payload_type,
+            channels: match (c.encoding_parameters.parse().ok(), kind) {
+                (Some(n), _) => n,
+                (None, MediaKind::Audio) => 1,
+                (None, MediaKind::Video) => 0,
+            },
+            name: c.name,
+            clock_rate: c.clock_rate,
+            fmtp: c.fmtp,
+        })
+        .collect();
+    codecs.sort_by_key(|c| c.payload_type);
+    Ok(Some(Section {
+        kind,
+        // The parser reads the port as a u16.
+        port: u16::try_from(name.port.value).unwrap_or(0),
+        direction,
+        payload_types,
+        codecs,
+    }))
 }
 
 /// What a WHIP or WHEP client's offer asks for.
@@ -264,7 +197,7 @@ pub struct Offer {
 pub fn publish_offer(sdp: &str) -> Result<Offer, SdpError> {
     let kinds: Vec<MediaKind> = sections(sdp)?
         .iter()
-        .filter(|s| s.port != 0 && s.direction.sends())
+        .filter(|s| s.port != 0 && sends(&s.direction))
         .map(|s| s.kind)
         .collect();
     if kinds.is_empty() {
@@ -279,7 +212,7 @@ pub fn publish_offer(sdp: &str) -> Result<Offer, SdpError> {
 pub fn play_offer(sdp: &str) -> Result<Offer, SdpError> {
     let kinds: Vec<MediaKind> = sections(sdp)?
         .iter()
-        .filter(|s| s.port != 0 && s.direction.receives())
+        .filter(|s| s.port != 0 && receives(&s.direction))
         .map(|s| s.kind)
         .collect();
     if kinds.is_empty() {
@@ -342,21 +275,20 @@ mod tests {
         assert_eq!(h264.mime_type(MediaKind::Video), "video/H264");
         assert_eq!(h264.clock_rate, 90_000);
         assert!(h264.fmtp.contains("packetization-mode=1"));
-        assert_eq!(
-            h264.feedback,
-            [
-                ("nack".to_string(), String::new()),
-                ("nack".to_string(), "pli".to_string())
-            ]
-        );
         let opus = s[0].first_codec().unwrap();
         assert_eq!((opus.clock_rate, opus.channels), (48_000, 2));
     }
 
+    /// The lines every session description starts with.
+    fn session(body: &str) -> String {
+        format!("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n{body}")
+    }
+
     #[test]
     fn directions_default_and_inherit() {
-        let lf = "v=0\na=recvonly\nm=video 9 UDP/TLS/RTP/SAVPF 96\na=rtpmap:96 VP8/90000\nm=audio 9 UDP/TLS/RTP/SAVPF 0\na=sendrecv\n";
+        let lf = "v=0\no=- 1 1 IN IP4 0.0.0.0\ns=-\nt=0 0\na=recvonly\nm=video 9 UDP/TLS/RTP/SAVPF 96\na=rtpmap:96 VP8/90000\nm=audio 9 UDP/TLS/RTP/SAVPF 0\na=sendrecv\n";
         let s = sections(lf).unwrap();
+        assert_eq!(s.len(), 2, "LF line ends are read too");
         assert_eq!(
             s[0].direction,
             Direction::RecvOnly,
@@ -373,45 +305,48 @@ mod tests {
     #[test]
     fn bad_offers_are_refused_with_a_reason() {
         for (sdp, says) in [
-            ("", "not an SDP"),
-            ("hello", "not an SDP"),
+            (String::new(), "not an SDP"),
+            ("hello".to_string(), "not an SDP"),
             (
-                "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n",
+                "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n".to_string(),
+                "not an SDP",
+            ),
+            (
+                session("m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"),
                 "no audio or video",
             ),
             (
-                "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\n",
+                session("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\n"),
                 "no audio or video",
             ),
             (
-                "v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\n",
+                session("m=video 0 UDP/TLS/RTP/SAVPF 96\r\n"),
                 "no audio or video",
             ),
+            (session("m=video x UDP/TLS/RTP/SAVPF 96\r\n"), "not an SDP"),
             (
-                "v=0\r\nm=video x UDP/TLS/RTP/SAVPF 96\r\n",
-                "bad media line",
-            ),
-            (
-                "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 960\r\n",
+                session("m=video 9 UDP/TLS/RTP/SAVPF 960\r\n"),
                 "bad payload type",
             ),
             (
-                "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n",
+                session("m=video 9 UDP/TLS/RTP/SAVPF 96\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"),
                 "more than one video",
             ),
         ] {
-            let e = publish_offer(sdp).unwrap_err();
+            let e = publish_offer(&sdp).unwrap_err();
             assert!(e.0.contains(says), "{sdp:?}: {e}");
         }
     }
 
     #[test]
     fn an_answer_names_its_codecs() {
-        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 109\r\na=recvonly\r\na=rtpmap:109 opus/48000/2\r\n\
+        let answer = session(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 109\r\na=recvonly\r\na=rtpmap:109 opus/48000/2\r\n\
             m=video 9 UDP/TLS/RTP/SAVPF 102 96\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n\
-            a=fmtp:102 packetization-mode=1\r\nm=video 0 UDP/TLS/RTP/SAVPF 0\r\n";
+            a=fmtp:102 packetization-mode=1\r\nm=video 0 UDP/TLS/RTP/SAVPF 0\r\n",
+        );
         // Two video sections are refused as an offer would be.
-        assert!(answer_codecs(answer).is_err());
+        assert!(answer_codecs(&answer).is_err());
         let answer = answer.replace("m=video 0 UDP/TLS/RTP/SAVPF 0\r\n", "");
         let codecs = answer_codecs(&answer).unwrap();
         assert_eq!(codecs.len(), 2);

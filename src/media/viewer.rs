@@ -9,25 +9,24 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
-use tokio::sync::watch;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
-use webrtc::peer_connection::RTCPeerConnectionState;
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::rtp_transceiver::RtpSender;
 
 use super::forward::{write_loop, ViewerStream};
 use super::keyframe::KeyframeReason;
 use super::peer::{self, Peer, PeerEvents};
-use super::publisher::CHECK_EVERY;
 use super::quota::{Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer};
-use super::{until_ended, Broadcast, EndReason, MediaError, MediaHub, SessionId};
+use super::session::{self, until_ended, Ending, Supervised};
+use super::{Broadcast, EndReason, MediaError, MediaHub, SessionId};
 use crate::ids::RoomId;
 
 /// The limits a viewer counts against, given back when it is dropped.
@@ -52,8 +51,7 @@ pub struct Viewer {
     outputs: Vec<Output>,
     created: Instant,
     forwarding: AtomicBool,
-    ending: AtomicBool,
-    ended: watch::Sender<bool>,
+    ending: Ending,
     slots: ViewerSlots,
 }
 
@@ -90,8 +88,7 @@ pub(crate) async fn start(
                 outputs,
                 created: Instant::now(),
                 forwarding: AtomicBool::new(false),
-                ending: AtomicBool::new(false),
-                ended: watch::channel(false).0,
+                ending: Ending::new(),
                 slots,
             });
             Ok((viewer, hub.plan.apply_nat(&answer)))
@@ -203,10 +200,6 @@ impl Viewer {
         let Some(mut events) = self.events.lock().expect("events lock").take() else {
             return;
         };
-        let connect_timeout = hub.ms(hub.settings.media_connect_timeout_ms);
-        let mut ended = self.ended.subscribe();
-        let mut tick = tokio::time::interval(CHECK_EVERY);
-        let mut disconnected_at: Option<Instant> = None;
         // Every track's RTCP is read, audio's too: what is not read fills
         // the connection's bounded queue for it (and is logged as lost).
         for output in &self.outputs {
@@ -215,48 +208,18 @@ impl Viewer {
                     .read_rtcp(hub.clone(), output.kind, output.track.clone()),
             );
         }
-        let reason = loop {
-            tokio::select! {
-                _ = until_ended(&mut ended) => return,
-                changed = events.state.changed() => {
-                    if changed.is_err() {
-                        break EndReason::Dropped;
-                    }
-                    let state = *events.state.borrow_and_update();
-                    match state {
-                        RTCPeerConnectionState::Connected => {
-                            disconnected_at = None;
-                            if !self.forwarding.swap(true, Ordering::AcqRel) {
-                                self.start_forwarding(&hub);
-                            }
-                        }
-                        RTCPeerConnectionState::Disconnected => {
-                            disconnected_at.get_or_insert_with(Instant::now);
-                        }
-                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                            break EndReason::Dropped;
-                        }
-                        _ => {}
-                    }
-                }
-                _ = tick.tick() => {
-                    if self.banned() {
-                        break EndReason::Banned;
-                    }
-                    if !self.forwarding.load(Ordering::Acquire) && self.created.elapsed() > connect_timeout {
-                        break EndReason::ConnectTimeout;
-                    }
-                    if disconnected_at.is_some_and(|t| t.elapsed() > connect_timeout) {
-                        break EndReason::Disconnected;
-                    }
-                }
-            }
+        let supervisor = Supervisor {
+            connect_timeout: hub.ms(hub.settings.media_connect_timeout_ms),
+            viewer: &self,
+            hub: &hub,
         };
-        self.end(&hub, reason).await;
+        if let Some(reason) = session::supervise(&supervisor, &mut events, &self.ending).await {
+            self.end(&hub, reason).await;
+        }
     }
 
     /// A ban applies to the video a viewer is already watching, found at
-    /// the next check (`CHECK_EVERY`); a guest has no user id to ban.
+    /// the next check (`session::CHECK_EVERY`); a guest has no user id to ban.
     fn banned(&self) -> bool {
         match self.slots.holder.key() {
             Holder::User { user, .. } => self.broadcast.room().shared.is_banned(user),
@@ -295,7 +258,7 @@ impl Viewer {
         kind: MediaKind,
         track: Arc<TrackLocalStaticRTP>,
     ) {
-        let mut ended = self.ended.subscribe();
+        let mut ended = self.ending.subscribe();
         loop {
             let event = tokio::select! {
                 e = track.poll() => e,
@@ -321,10 +284,9 @@ impl Viewer {
     /// Ends the viewer (idempotent): it leaves the fan-outs (its writers
     /// stop) and its connection closes.
     pub(crate) async fn end(&self, hub: &MediaHub, reason: EndReason) {
-        if self.ending.swap(true, Ordering::AcqRel) {
+        if !self.ending.begin() {
             return;
         }
-        self.ended.send_replace(true);
         for output in &self.outputs {
             if let Some(feed) = self.broadcast.feed(output.kind) {
                 feed.fanout.unsubscribe(&self.id);
@@ -342,8 +304,40 @@ impl Viewer {
 
     /// Closes a viewer that was never registered.
     pub(crate) async fn close_unregistered(&self) {
-        self.ending.store(true, Ordering::Release);
-        self.ended.send_replace(true);
+        self.ending.begin();
         self.peer.close().await;
+    }
+}
+
+/// The viewer's side of [`session::supervise`].
+struct Supervisor<'a> {
+    viewer: &'a Arc<Viewer>,
+    hub: &'a Arc<MediaHub>,
+    /// Longest wait for the first connection, and for a reconnection.
+    connect_timeout: Duration,
+}
+
+impl Supervised for Supervisor<'_> {
+    fn connected(&self) {
+        if !self.viewer.forwarding.swap(true, Ordering::AcqRel) {
+            self.viewer.start_forwarding(self.hub);
+        }
+    }
+
+    /// A viewer's connection receives no tracks.
+    fn track(&self, _track: Arc<dyn TrackRemote>) {}
+
+    fn check(&self, disconnected_for: Option<Duration>) -> Option<EndReason> {
+        let v = self.viewer;
+        if v.banned() {
+            return Some(EndReason::Banned);
+        }
+        if !v.forwarding.load(Ordering::Acquire) && v.created.elapsed() > self.connect_timeout {
+            return Some(EndReason::ConnectTimeout);
+        }
+        if disconnected_for.is_some_and(|d| d > self.connect_timeout) {
+            return Some(EndReason::Disconnected);
+        }
+        None
     }
 }

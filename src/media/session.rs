@@ -1,0 +1,127 @@
+//! What a broadcast and a viewer have in common: the flag that ends them
+//! once (and wakes every task of theirs), and the supervisor loop that
+//! follows their connection until something ends them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use super::peer::PeerEvents;
+use super::EndReason;
+
+/// How often a supervisor looks at its timers.
+pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// A session's end: set once, seen by every task of the session.
+pub(crate) struct Ending {
+    ending: AtomicBool,
+    ended: watch::Sender<bool>,
+}
+
+impl Ending {
+    pub fn new() -> Self {
+        Self {
+            ending: AtomicBool::new(false),
+            ended: watch::channel(false).0,
+        }
+    }
+
+    /// Marks the session ended; true only for the first caller, who then
+    /// does the ending.
+    pub fn begin(&self) -> bool {
+        if self.ending.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.ended.send_replace(true);
+        true
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
+    }
+
+    /// Changes to `true` when the session ends.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.ended.subscribe()
+    }
+}
+
+/// Resolves once the session has ended. (The guard `wait_for` returns is
+/// dropped here, so callers' futures stay `Send`.)
+pub(crate) async fn until_ended(ended: &mut watch::Receiver<bool>) {
+    let _ = ended.wait_for(|e| *e).await;
+}
+
+/// What a supervisor does on its connection's events.
+pub(crate) trait Supervised {
+    /// The connection is up (again).
+    fn connected(&self);
+    /// A remote track opened (only a publisher's connection has any).
+    fn track(&self, track: Arc<dyn TrackRemote>);
+    /// Called every [`CHECK_EVERY`] with how long the connection has been
+    /// disconnected, if it is; a reason ends the session.
+    fn check(&self, disconnected_for: Option<Duration>) -> Option<EndReason>;
+}
+
+/// Follows a session's connection until it fails or closes (`Dropped`),
+/// `check` names a reason, or the session is ended from elsewhere (`None`:
+/// whoever ended it did the ending).
+pub(crate) async fn supervise(
+    session: &impl Supervised,
+    events: &mut PeerEvents,
+    ending: &Ending,
+) -> Option<EndReason> {
+    let mut ended = ending.subscribe();
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    let mut disconnected_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = until_ended(&mut ended) => return None,
+            changed = events.state.changed() => {
+                if changed.is_err() {
+                    return Some(EndReason::Dropped);
+                }
+                let state = *events.state.borrow_and_update();
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        disconnected_at = None;
+                        session.connected();
+                    }
+                    RTCPeerConnectionState::Disconnected => {
+                        disconnected_at.get_or_insert_with(Instant::now);
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        return Some(EndReason::Dropped);
+                    }
+                    _ => {}
+                }
+            }
+            Some(track) = events.tracks.recv() => session.track(track),
+            _ = tick.tick() => {
+                if let Some(reason) = session.check(disconnected_at.map(|t| t.elapsed())) {
+                    return Some(reason);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_ends_once() {
+        let ending = Ending::new();
+        let rx = ending.subscribe();
+        assert!(!ending.is_ended());
+        assert!(ending.begin(), "the first caller ends it");
+        assert!(!ending.begin(), "a second caller does nothing");
+        assert!(ending.is_ended());
+        assert!(*rx.borrow());
+    }
+}
