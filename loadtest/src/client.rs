@@ -1,15 +1,19 @@
-//! A real WebSocket from a chosen loopback source address with the
-//! MessagePack subprotocol: what every simulated viewer connects with.
+//! A real WebSocket from a chosen loopback source address (with the
+//! MessagePack subprotocol for Flashcast, with none for the nchan peer):
+//! what every simulated viewer and subscriber connects with.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
 
 use anyhow::Context;
 use flashcast::protocol::codec::SUBPROTOCOL_MSGPACK;
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 pub type Ws = WebSocketStream<TcpStream>;
@@ -19,10 +23,12 @@ pub type Ws = WebSocketStream<TcpStream>;
 pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
+    /// Asked for in the handshake, and required in the answer.
+    pub subprotocol: Option<&'static str>,
 }
 
 impl Target {
-    /// Resolves the host of a `ws://host:port/path` URL.
+    /// Resolves the host of a `ws://host:port/path` URL (MessagePack).
     pub async fn resolve(url: &str) -> anyhow::Result<Target> {
         let rest = url
             .strip_prefix("ws://")
@@ -41,7 +47,16 @@ impl Target {
         Ok(Target {
             url: url.to_string(),
             addr,
+            subprotocol: Some(SUBPROTOCOL_MSGPACK),
         })
+    }
+
+    /// The same target, connected to with no subprotocol.
+    pub fn without_subprotocol(self) -> Target {
+        Target {
+            subprotocol: None,
+            ..self
+        }
     }
 }
 
@@ -53,7 +68,7 @@ pub fn source_ip(index: u32) -> Ipv4Addr {
     Ipv4Addr::new(127, (net / 256 % 256) as u8, (net % 256) as u8, host as u8)
 }
 
-/// Opens a WebSocket from `source` (any free port) with the MessagePack
+/// Opens a WebSocket from `source` (any free port) with the target's
 /// subprotocol. The error is a short reason, used as a counter key.
 pub async fn connect(target: &Target, source: Ipv4Addr) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
@@ -70,10 +85,12 @@ pub async fn connect(target: &Target, source: Ipv4Addr) -> Result<Ws, String> {
         .as_str()
         .into_client_request()
         .map_err(|e| format!("bad url: {e}"))?;
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(SUBPROTOCOL_MSGPACK),
-    );
+    if let Some(subprotocol) = target.subprotocol {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(subprotocol),
+        );
+    }
     // Server frames are small; tungstenite's default 128 KiB read buffer
     // (zero-filled, so resident) would cost 128 KiB per simulated viewer.
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
@@ -87,10 +104,25 @@ pub async fn connect(target: &Target, source: Ipv4Addr) -> Result<Ws, String> {
         .headers()
         .get("Sec-WebSocket-Protocol")
         .and_then(|v| v.to_str().ok());
-    if chosen != Some(SUBPROTOCOL_MSGPACK) {
+    if target.subprotocol.is_some() && chosen != target.subprotocol {
         return Err(format!("subprotocol not accepted: {chosen:?}"));
     }
     Ok(ws)
+}
+
+/// Sends a 1000 close and waits briefly for the server's answer.
+pub async fn close_politely(ws: &mut Ws) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "storm done".into(),
+    };
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 #[cfg(test)]

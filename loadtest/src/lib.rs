@@ -5,7 +5,9 @@
 //! - [`stats`]: latency histograms and sequence gap/duplicate checks;
 //! - [`nchan`]: the peer benchmark against nginx + nchan (`benches/peer/`);
 //! - [`scenario`]: scenario files (phases on a timeline, pass criteria);
-//! - [`storm`]: runs a scenario: coordinator, worker processes, the host's part;
+//! - [`storm`]: runs a scenario: coordinator, the workers' scripts, the host's part;
+//! - [`workers`]: worker processes shared by `run` and `nchan` (shares of the
+//!   connections and source addresses, the go signal, merged results);
 //! - [`viewer`]: one simulated viewer running its script;
 //! - [`wire`]: the lean reader of tick frames;
 //! - [`tally`]: what a scenario run counts, per process and merged;
@@ -34,5 +36,6 @@ pub mod verdict;
 pub mod video;
 pub mod viewer;
 pub mod wire;
+pub mod workers;
 
 pub use cli::{Cli, Command};

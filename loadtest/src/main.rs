@@ -4,6 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use flashcast_storm::nchan::NchanPlan;
+use flashcast_storm::storm::WorkerPlan;
+use flashcast_storm::workers::worker_main;
 use flashcast_storm::{Cli, Command};
 
 #[tokio::main]
@@ -12,17 +15,9 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => flashcast_storm::storm::main(args).await,
         Command::Check { file } => flashcast_storm::storm::check_main(&file),
-        Command::ScenarioWorker { plan } => {
-            match flashcast_storm::storm::worker_main(&plan).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("worker error: {e:#}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::ScenarioWorker { plan } => worker_main::<WorkerPlan>(&plan).await,
         Command::Nchan(args) => flashcast_storm::nchan::main(args).await,
         Command::Video(args) => flashcast_storm::video::main(args).await,
-        Command::NchanWorker { plan } => flashcast_storm::nchan::worker_exit(&plan).await,
+        Command::NchanWorker { plan } => worker_main::<NchanPlan>(&plan).await,
     }
 }

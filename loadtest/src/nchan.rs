@@ -10,49 +10,45 @@
 //! time, both unix ms, the same clock as the `chat` scenario) and checks
 //! gaps and duplicates against the publisher's sequence.
 //!
-//! Timeline: subscribers connect (ramped, from source addresses 127.0.0.x)
-//! -> every connect attempt resolved (barrier across worker processes) ->
-//! the publisher connects -> go -> publish for `duration` -> `drain` ->
-//! stop, close, merge. The publisher keeps its schedule and, when the
-//! server answers slower than the schedule, sends the next message as soon
-//! as the previous one is answered; it stops at the end of `duration`
-//! whatever it managed to send (`publish_rate` then falls short of `rate`).
+//! The subscribers run on the storm's own worker machinery
+//! ([`crate::workers`]: shares of connections and source addresses, worker
+//! processes, go signal) and count into its [`Live`] tally; only the
+//! subscriber's protocol, the publisher and the report are this module's.
 //!
-//! With `--workers K` the subscribers are spread over K child processes
-//! (`nchan-worker`, hidden), each with its own source addresses and
-//! open-file budget; the publisher always runs in the parent.
+//! Timeline: subscribers connect (ramped, from source addresses 127.0.0.x)
+//! -> every connect attempt resolved in every worker (ready) -> the
+//! publisher connects -> go -> publish for `duration` -> `drain` -> the
+//! workers close their subscribers and report. The publisher keeps its
+//! schedule and, when the server answers slower than the schedule, sends
+//! the next message as soon as the previous one is answered; it stops at
+//! the end of `duration` whatever it managed to send (`publish_rate` then
+//! falls short of `rate`).
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::io::Write as _;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::source_ip;
-use crate::stats::{new_histogram, HistData, LatencySummary, Window};
-
-/// Histogram shards, so thousands of subscriber tasks rarely contend.
-const SHARDS: usize = 16;
+use crate::client::{close_politely, connect, Target};
+use crate::stats::{HistData, LatencySummary, SeqCheck, SeqVerdict, Window};
+use crate::storm::new_run_id;
+use crate::tally::{Live, Progress, Tally, Timing};
+use crate::workers::{check_open_files, shares, Go, Job, Share, Workers, GO_LEAD_MS};
 
 /// Options of the `nchan` scenario.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -163,6 +159,17 @@ impl NchanArgs {
     pub fn scheduled_messages(&self) -> u64 {
         (self.rate * self.duration).round() as u64
     }
+
+    /// Milliseconds from the go signal until the subscribers stop: the
+    /// publishing and the drain.
+    pub fn run_ms(&self) -> u64 {
+        ((self.duration + self.drain) * 1_000.0).round() as u64
+    }
+
+    /// Seconds of timeline the per-second figures cover.
+    pub fn timeline_secs(&self) -> u32 {
+        (self.duration + self.drain).ceil() as u32 + 2
+    }
 }
 
 fn valid_channel(ch: &str) -> bool {
@@ -191,7 +198,7 @@ pub fn split_url(url: &str) -> Result<String, String> {
 }
 
 // ---------------------------------------------------------------------------
-// Message bodies and sequence accounting
+// Message bodies
 // ---------------------------------------------------------------------------
 
 /// The body of message `seq`, sent at `ts_ms`, padded to `pad_to` bytes.
@@ -219,189 +226,47 @@ pub fn parse_body(body: &[u8]) -> Option<(u64, u64)> {
     (seq > 0).then_some((seq, ts))
 }
 
-/// What [`SeqTrack::observe`] made of one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    InOrder,
-    /// Arrived after this many missing messages.
-    Gap(u64),
-    /// At or below the last seq seen (a repeat, or out of order).
-    Duplicate,
-}
-
-/// The publisher's sequence as one subscriber saw it. Seqs start at 1 and
-/// the subscriber was connected before the first one was published, so
-/// every seq 1..=published must arrive once, in order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeqTrack {
-    pub last: u64,
-    /// Messages received, duplicates included.
-    pub received: u64,
-    /// Times the stream jumped forward.
-    pub gaps: u64,
-    /// Messages skipped by those jumps.
-    pub missed: u64,
-    pub duplicates: u64,
-}
-
-impl SeqTrack {
-    pub fn observe(&mut self, seq: u64) -> Verdict {
-        self.received += 1;
-        if seq == self.last + 1 {
-            self.last = seq;
-            Verdict::InOrder
-        } else if seq <= self.last {
-            self.duplicates += 1;
-            Verdict::Duplicate
-        } else {
-            let missing = seq - self.last - 1;
-            self.gaps += 1;
-            self.missed += missing;
-            self.last = seq;
-            Verdict::Gap(missing)
-        }
-    }
-
-    /// Distinct messages received.
-    pub fn unique(&self) -> u64 {
-        self.received - self.duplicates
-    }
-
-    /// Messages of `1..=published` never received: skipped by a gap, or
-    /// after the last one received (the tail).
-    pub fn missing(&self, published: u64) -> u64 {
-        published.saturating_sub(self.unique())
-    }
-}
-
 // ---------------------------------------------------------------------------
-// Live counters and mergeable results
+// Subscribers: one worker's share
 // ---------------------------------------------------------------------------
 
-/// Live counters of one process.
-struct Live {
-    attempts: AtomicU64,
-    connected: AtomicU64,
-    failed: AtomicU64,
-    events: AtomicU64,
-    gaps: AtomicU64,
-    duplicates: AtomicU64,
-    bad_bodies: AtomicU64,
-    connect_failures: Mutex<BTreeMap<String, u64>>,
-    closes: Mutex<BTreeMap<String, u64>>,
-    latency: [Mutex<Histogram<u64>>; SHARDS],
+/// One worker's share of the subscribers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NchanPlan {
+    pub args: NchanArgs,
+    pub channel: String,
+    pub share: Share,
 }
 
-impl Live {
-    fn new() -> Self {
-        Self {
-            attempts: AtomicU64::new(0),
-            connected: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            events: AtomicU64::new(0),
-            gaps: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            bad_bodies: AtomicU64::new(0),
-            connect_failures: Mutex::new(BTreeMap::new()),
-            closes: Mutex::new(BTreeMap::new()),
-            latency: std::array::from_fn(|_| Mutex::new(new_histogram())),
-        }
-    }
-
-    fn latency(&self) -> Histogram<u64> {
-        let mut all = new_histogram();
-        for shard in &self.latency {
-            all.add(&*shard.lock().expect("histogram lock"))
-                .expect("same bounds");
-        }
-        all
-    }
-
-    fn progress(&self) -> Progress {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let latency = self.latency();
-        Progress {
-            attempts: get(&self.attempts),
-            connected: get(&self.connected),
-            failed: get(&self.failed),
-            events: get(&self.events),
-            gaps: get(&self.gaps),
-            duplicates: get(&self.duplicates),
-            p99_ms: (!latency.is_empty()).then(|| latency.value_at_quantile(0.99)),
-        }
-    }
+/// Splits the subscribers evenly over `args.workers` workers, each with
+/// its own source addresses.
+pub fn plans(args: &NchanArgs, channel: &str) -> Vec<NchanPlan> {
+    shares(args.subscribers, args.source_ip_count(), args.workers)
+        .into_iter()
+        .map(|share| NchanPlan {
+            args: args.clone(),
+            channel: channel.to_string(),
+            share,
+        })
+        .collect()
 }
 
-fn bump(map: &Mutex<BTreeMap<String, u64>>, key: String) {
-    *map.lock().expect("lock").entry(key).or_default() += 1;
-}
-
-fn merge_map<K: Ord + Clone>(into: &mut BTreeMap<K, u64>, from: &BTreeMap<K, u64>) {
-    for (k, v) in from {
-        *into.entry(k.clone()).or_default() += v;
-    }
-}
-
-/// Cumulative counters for the progress line.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Progress {
-    pub attempts: u64,
-    pub connected: u64,
-    pub failed: u64,
-    pub events: u64,
-    pub gaps: u64,
-    pub duplicates: u64,
-    pub p99_ms: Option<u64>,
-}
-
-impl Progress {
-    fn merge(&mut self, o: &Progress) {
-        self.attempts += o.attempts;
-        self.connected += o.connected;
-        self.failed += o.failed;
-        self.events += o.events;
-        self.gaps += o.gaps;
-        self.duplicates += o.duplicates;
-        self.p99_ms = self.p99_ms.max(o.p99_ms);
-    }
-}
-
-/// What the subscribers of one process saw; results of processes merge.
+/// What one worker's subscribers saw: the storm's tally, plus how many
+/// distinct messages each connected subscriber got (the tally's counters
+/// add up over subscribers; completeness is per subscriber).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ShareResult {
-    pub attempts: u64,
-    pub connected: u64,
-    pub failed: u64,
-    pub connect_failures: BTreeMap<String, u64>,
-    pub events: u64,
-    pub gaps: u64,
-    /// Messages skipped by gaps (not counting a missing tail).
-    pub missed: u64,
-    pub duplicates: u64,
-    pub bad_bodies: u64,
-    /// Closes before the stop, by close code ("eof", "error" without one).
-    pub closes: BTreeMap<String, u64>,
+pub struct NchanTally {
+    pub tally: Tally,
     /// Distinct messages received -> connected subscribers that got that many.
     pub per_subscriber: BTreeMap<u64, u64>,
-    pub latency_ms: HistData,
 }
 
-impl ShareResult {
-    pub fn merge(&mut self, o: &ShareResult) {
-        self.attempts += o.attempts;
-        self.connected += o.connected;
-        self.failed += o.failed;
-        merge_map(&mut self.connect_failures, &o.connect_failures);
-        self.events += o.events;
-        self.gaps += o.gaps;
-        self.missed += o.missed;
-        self.duplicates += o.duplicates;
-        self.bad_bodies += o.bad_bodies;
-        merge_map(&mut self.closes, &o.closes);
-        merge_map(&mut self.per_subscriber, &o.per_subscriber);
-        let mut h = self.latency_ms.to_histogram();
-        h.add(o.latency_ms.to_histogram()).expect("same bounds");
-        self.latency_ms = HistData::from_histogram(&h);
+impl NchanTally {
+    pub fn merge(&mut self, o: &NchanTally) {
+        self.tally.merge(&o.tally);
+        for (k, v) in &o.per_subscriber {
+            *self.per_subscriber.entry(*k).or_default() += v;
+        }
     }
 
     /// Messages of `1..=published` that connected subscribers never got.
@@ -422,263 +287,168 @@ impl ShareResult {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Subscribers
-// ---------------------------------------------------------------------------
+impl Job for NchanPlan {
+    type Output = NchanTally;
+    const SUBCOMMAND: &'static str = "nchan-worker";
 
-type Ws = WebSocketStream<TcpStream>;
+    fn live(&self) -> Live {
+        Live::new(self.args.timeline_secs() as usize)
+    }
 
-/// One process's share of the subscribers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SharePlan {
-    pub args: NchanArgs,
-    pub channel: String,
-    pub worker: u32,
-    /// Global index of this share's first subscriber.
-    pub offset: u32,
-    pub subscribers: u32,
-    /// Source addresses `source_ip(ip_offset..ip_offset + ip_count)`.
-    pub ip_offset: u32,
-    pub ip_count: u32,
-}
-
-/// Splits the subscribers evenly over `args.workers` processes, each with
-/// its own source addresses.
-pub fn plan(args: &NchanArgs, channel: &str) -> Vec<SharePlan> {
-    let k = args.workers;
-    let share = |total: u32, i: u32| total / k + u32::from(i < total % k);
-    let ips = args.source_ip_count();
-    let (mut off, mut ip_off) = (0, 0);
-    (0..k)
-        .map(|i| {
-            let p = SharePlan {
-                args: args.clone(),
-                channel: channel.to_string(),
-                worker: i,
-                offset: off,
-                subscribers: share(args.subscribers, i),
-                ip_offset: ip_off,
-                ip_count: share(ips, i).max(1),
+    /// Ramps the connects, reports ready once every attempt has resolved,
+    /// reads until the end of the drain, closes.
+    async fn run(self, live: Arc<Live>, go: Go) -> anyhow::Result<NchanTally> {
+        let args = &self.args;
+        let host_port = split_url(&args.url).map_err(anyhow::Error::msg)?;
+        let target = Arc::new(
+            Target::resolve(&format!("ws://{host_port}/sub/{}", self.channel))
+                .await?
+                .without_subprotocol(),
+        );
+        let share = self.share;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        let rate = args.join_rate * share.count as f64 / args.subscribers as f64;
+        let step = Duration::from_secs_f64(1.0 / rate.max(0.001));
+        let ramp_start = Instant::now();
+        let mut tasks = Vec::with_capacity(share.count as usize);
+        for i in 0..share.count {
+            tokio::time::sleep_until(ramp_start + step.mul_f64(i as f64)).await;
+            let sub = Subscriber {
+                index: share.offset + i,
+                source: share.source_ip(i),
+                target: target.clone(),
+                live: live.clone(),
+                join_timeout: Duration::from_secs_f64(args.join_timeout),
+                join_retries: args.join_retries,
             };
-            off += p.subscribers;
-            ip_off += p.ip_count;
-            p
+            tasks.push(tokio::spawn(sub.run(ready_tx.clone(), stop_rx.clone())));
+        }
+        drop(ready_tx);
+        for _ in 0..share.count {
+            if ready_rx.recv().await.is_none() {
+                break;
+            }
+        }
+        let t0_ms = go.ready().await?;
+        live.set_t0(t0_ms);
+        let stop_ms = t0_ms + args.run_ms();
+        let now = flashcast::protocol::now_ms();
+        tokio::time::sleep(Duration::from_millis(stop_ms.saturating_sub(now))).await;
+        let _ = stop_tx.send(true);
+
+        let mut per_subscriber = BTreeMap::new();
+        for task in tasks {
+            if let Some(unique) = task.await.context("subscriber task panicked")? {
+                *per_subscriber.entry(unique).or_default() += 1;
+            }
+        }
+        Ok(NchanTally {
+            tally: live.tally(),
+            per_subscriber,
         })
-        .collect()
+    }
 }
 
-struct SubCtx {
-    url: String,
-    addr: SocketAddr,
+/// One subscriber of the channel.
+struct Subscriber {
+    /// Global number: its latency shard and its retry jitter.
+    index: u32,
+    source: std::net::Ipv4Addr,
+    target: Arc<Target>,
     live: Arc<Live>,
     join_timeout: Duration,
     join_retries: u32,
 }
 
-async fn resolve(host_port: &str) -> anyhow::Result<SocketAddr> {
-    tokio::net::lookup_host(host_port)
-        .await
-        .with_context(|| format!("resolving {host_port}"))?
-        .find(SocketAddr::is_ipv4)
-        .with_context(|| format!("{host_port} has no IPv4 address"))
-}
-
-/// Opens the subscriber WebSocket from `source`. The error is a short
-/// reason, used as a counter key.
-async fn connect_ws(ctx: &SubCtx, source: std::net::Ipv4Addr) -> Result<Ws, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
-    socket
-        .bind(SocketAddrV4::new(source, 0).into())
-        .map_err(|e| format!("bind {source}: {}", e.kind()))?;
-    let stream = socket
-        .connect(ctx.addr)
-        .await
-        .map_err(|e| format!("connect: {}", e.kind()))?;
-    let _ = stream.set_nodelay(true);
-    // Messages are small; a small read buffer keeps thousands of
-    // subscribers cheap (tungstenite's default is 128 KiB each).
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(ctx.url.as_str(), stream, Some(config))
-            .await
-            .map_err(|e| match e {
-                WsError::Http(resp) => format!("http {}", resp.status().as_u16()),
-                other => format!("handshake: {other}"),
-            })?;
-    Ok(ws)
-}
-
-/// One subscriber: connect (with retries), report it on `ready`, then read
-/// until `stop`. Returns its sequence record, `None` if it never connected.
-async fn subscriber(
-    index: u32,
-    source: std::net::Ipv4Addr,
-    ctx: Arc<SubCtx>,
-    ready: mpsc::UnboundedSender<bool>,
-    mut stop: watch::Receiver<bool>,
-) -> Option<SeqTrack> {
-    let live = &ctx.live;
-    live.attempts.fetch_add(1, Ordering::Relaxed);
-    let mut attempt = 0;
-    let mut ws = loop {
-        let result = tokio::time::timeout(ctx.join_timeout, connect_ws(&ctx, source))
-            .await
-            .unwrap_or_else(|_| Err("connect timeout".into()));
-        match result {
-            Ok(ws) => break ws,
-            Err(reason) if attempt >= ctx.join_retries => {
-                live.failed.fetch_add(1, Ordering::Relaxed);
-                bump(&live.connect_failures, reason);
-                let _ = ready.send(false);
-                return None;
-            }
-            Err(_) => {
-                attempt += 1;
-                let jitter = (index % 500) as u64;
-                tokio::time::sleep(Duration::from_millis(1_000 + jitter)).await;
-            }
-        }
-    };
-    live.connected.fetch_add(1, Ordering::Relaxed);
-    let _ = ready.send(true);
-
-    let shard = index as usize % SHARDS;
-    let mut track = SeqTrack::default();
-    loop {
-        tokio::select! {
-            msg = ws.next() => {
-                let body = match msg {
-                    Some(Ok(Message::Text(t))) => Bytes::from(t),
-                    Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(frame))) => {
-                        let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
-                        bump(&live.closes, code.to_string());
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) => {
-                        bump(&live.closes, "error".into());
-                        break;
-                    }
-                    None => {
-                        bump(&live.closes, "eof".into());
-                        break;
-                    }
-                };
-                let now = flashcast::protocol::now_ms();
-                let Some((seq, ts)) = parse_body(&body) else {
-                    live.bad_bodies.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                live.events.fetch_add(1, Ordering::Relaxed);
-                match track.observe(seq) {
-                    Verdict::InOrder => {}
-                    Verdict::Gap(_) => {
-                        live.gaps.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Verdict::Duplicate => {
-                        live.duplicates.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
+impl Subscriber {
+    /// Connects (with retries), says so on `ready` (connected or given up),
+    /// then reads until `stop`. Returns the distinct messages it received,
+    /// `None` if it never connected.
+    async fn run(
+        self,
+        ready: mpsc::UnboundedSender<()>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<u64> {
+        let live = &self.live;
+        Live::add(&live.c.join_attempts, 1);
+        let started = Instant::now();
+        let mut attempt = 0;
+        let mut ws = loop {
+            let result =
+                tokio::time::timeout(self.join_timeout, connect(&self.target, self.source))
+                    .await
+                    .unwrap_or_else(|_| Err("connect timeout".into()));
+            match result {
+                Ok(ws) => break ws,
+                Err(reason) if attempt >= self.join_retries => {
+                    live.join_failure(&reason);
+                    let _ = ready.send(());
+                    return None;
                 }
-                live.latency[shard]
-                    .lock()
-                    .expect("histogram lock")
-                    .saturating_record(now.saturating_sub(ts));
+                Err(_) => {
+                    attempt += 1;
+                    let jitter = (self.index % 500) as u64;
+                    tokio::time::sleep(Duration::from_millis(1_000 + jitter)).await;
+                }
             }
-            _ = stop.changed() => {
-                close_politely(&mut ws).await;
-                break;
+        };
+        Live::add(&live.c.joined, 1);
+        live.timing(Timing::Connect, started.elapsed().as_millis() as u64);
+        let _ = ready.send(());
+
+        let shard = self.index as usize;
+        let mut seq = SeqCheck::default();
+        let mut received = 0u64;
+        loop {
+            tokio::select! {
+                msg = ws.next() => {
+                    let body = match msg {
+                        Some(Ok(Message::Text(t))) => Bytes::from(t),
+                        Some(Ok(Message::Binary(b))) => b,
+                        Some(Ok(Message::Close(frame))) => {
+                            live.close(frame.map(|f| u16::from(f.code)).unwrap_or(1005));
+                            break;
+                        }
+                        Some(Ok(_)) => continue,
+                        // Lost without a close frame.
+                        Some(Err(_)) | None => {
+                            live.close(1006);
+                            break;
+                        }
+                    };
+                    let now = flashcast::protocol::now_ms();
+                    let Some((n, ts)) = parse_body(&body) else {
+                        Live::add(&live.c.decode_errors, 1);
+                        continue;
+                    };
+                    received += 1;
+                    let latency = match seq.observe(n) {
+                        SeqVerdict::InOrder => Some(now.saturating_sub(ts)),
+                        SeqVerdict::Gap(missing) => {
+                            Live::add(&live.c.gaps, 1);
+                            Live::add(&live.c.missed, missing);
+                            Some(now.saturating_sub(ts))
+                        }
+                        SeqVerdict::Duplicate => {
+                            Live::add(&live.c.duplicates, 1);
+                            // Delivered all the same (an event), but no
+                            // latency of its own.
+                            Live::add(&live.c.events, 1);
+                            None
+                        }
+                    };
+                    live.delivered(shard, now, latency.as_slice(), body.len());
+                }
+                _ = stop.changed() => {
+                    close_politely(&mut ws).await;
+                    break;
+                }
             }
         }
+        Live::add(&live.c.disconnected, 1);
+        Some(received - seq.duplicates)
     }
-    Some(track)
-}
-
-/// Sends a 1000 close and waits briefly for the server's answer.
-async fn close_politely(ws: &mut Ws) {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "storm done".into(),
-    };
-    if ws.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-}
-
-/// Runs one share: ramp the connects, call `ready` once every attempt has
-/// resolved, read until `stop` completes, close, and return the result.
-async fn run_share<R, S>(
-    plan: &SharePlan,
-    live: Arc<Live>,
-    ready: R,
-    stop: S,
-) -> anyhow::Result<ShareResult>
-where
-    R: FnOnce(u64),
-    S: Future<Output = ()>,
-{
-    let args = &plan.args;
-    let host_port = split_url(&args.url).map_err(anyhow::Error::msg)?;
-    let ctx = Arc::new(SubCtx {
-        url: format!("ws://{host_port}/sub/{}", plan.channel),
-        addr: resolve(&host_port).await?,
-        live: live.clone(),
-        join_timeout: Duration::from_secs_f64(args.join_timeout),
-        join_retries: args.join_retries,
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let rate = args.join_rate * plan.subscribers as f64 / args.subscribers as f64;
-    let step = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let ramp_start = Instant::now();
-    let mut tasks = Vec::with_capacity(plan.subscribers as usize);
-    for i in 0..plan.subscribers {
-        tokio::time::sleep_until(ramp_start + step.mul_f64(i as f64)).await;
-        tasks.push(tokio::spawn(subscriber(
-            plan.offset + i,
-            source_ip(plan.ip_offset + i % plan.ip_count),
-            ctx.clone(),
-            ready_tx.clone(),
-            stop_rx.clone(),
-        )));
-    }
-    drop(ready_tx);
-    let mut connected = 0;
-    for _ in 0..plan.subscribers {
-        match ready_rx.recv().await {
-            Some(true) => connected += 1,
-            Some(false) => {}
-            None => break,
-        }
-    }
-    ready(connected);
-    stop.await;
-    let _ = stop_tx.send(true);
-
-    let mut result = ShareResult::default();
-    for task in tasks {
-        if let Some(track) = task.await.context("subscriber task panicked")? {
-            result.missed += track.missed;
-            *result.per_subscriber.entry(track.unique()).or_default() += 1;
-        }
-    }
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    result.attempts = get(&live.attempts);
-    result.connected = get(&live.connected);
-    result.failed = get(&live.failed);
-    result.connect_failures = live.connect_failures.lock().expect("lock").clone();
-    result.events = get(&live.events);
-    result.gaps = get(&live.gaps);
-    result.duplicates = get(&live.duplicates);
-    result.bad_bodies = get(&live.bad_bodies);
-    result.closes = live.closes.lock().expect("lock").clone();
-    result.latency_ms = HistData::from_histogram(&live.latency());
-    Ok(result)
 }
 
 // ---------------------------------------------------------------------------
@@ -740,12 +510,14 @@ struct PublishResult {
     late: u64,
     /// New connections after the server closed the previous one.
     reconnects: u64,
+    /// When publishing ended (unix ms).
+    end_ms: u64,
 }
 
 /// Publishes `rate x duration` messages on schedule from `start`, stopping
 /// at `start + duration` in any case. `published` follows it live.
 async fn publish(
-    args: &NchanArgs,
+    args: NchanArgs,
     mut sender: Sender,
     addr: SocketAddr,
     host: String,
@@ -760,6 +532,7 @@ async fn publish(
     let end = start + Duration::from_secs_f64(args.duration);
     if total == 0 {
         tokio::time::sleep_until(end).await;
+        result.end_ms = flashcast::protocol::now_ms();
         return result;
     }
     let period = Duration::from_secs_f64(1.0 / args.rate);
@@ -810,234 +583,13 @@ async fn publish(
     // The sending window is the whole duration, as in the `chat` scenario.
     tokio::time::sleep_until(end).await;
     result.latency_us = Some(latency);
+    result.end_ms = flashcast::protocol::now_ms();
     result
 }
 
 // ---------------------------------------------------------------------------
-// Orchestration: shares in this process or in children, the publisher, merge
+// The run: workers, the publisher, the report
 // ---------------------------------------------------------------------------
-
-/// One line of a child's stdout.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChildLine {
-    Progress(Progress),
-    /// Every connect attempt resolved; reading until "stop" on stdin.
-    Ready {
-        connected: u64,
-    },
-    Result(Box<ShareResult>),
-}
-
-enum Event {
-    Line(ChildLine),
-    Exited,
-}
-
-enum StopHandle {
-    Local(oneshot::Sender<()>),
-    Child(tokio::process::ChildStdin),
-}
-
-struct Shares {
-    rx: mpsc::UnboundedReceiver<(usize, Event)>,
-    stops: Vec<Option<StopHandle>>,
-    children: Vec<tokio::process::Child>,
-    progress: Vec<Progress>,
-    ready: Vec<bool>,
-    results: Vec<Option<ShareResult>>,
-    local: Option<tokio::task::JoinHandle<()>>,
-    quiet: bool,
-    line: ProgressLine,
-    tick: tokio::time::Interval,
-    published: Arc<AtomicU64>,
-}
-
-impl Shares {
-    /// Starts every share: in this process when there is one, else one
-    /// child process each.
-    fn start(plans: &[SharePlan], exe: Option<PathBuf>, quiet: bool) -> anyhow::Result<Shares> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let k = plans.len();
-        let mut stops = Vec::new();
-        let mut children = Vec::new();
-        let mut local = None;
-        if k == 1 {
-            let plan = plans[0].clone();
-            let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            stops.push(Some(StopHandle::Local(stop_tx)));
-            local = Some(tokio::spawn(async move {
-                let live = Arc::new(Live::new());
-                let printer = {
-                    let (live, tx) = (live.clone(), tx.clone());
-                    tokio::spawn(async move {
-                        let mut every = tokio::time::interval(Duration::from_millis(200));
-                        loop {
-                            every.tick().await;
-                            let _ = tx.send((0, Event::Line(ChildLine::Progress(live.progress()))));
-                        }
-                    })
-                };
-                let ready_tx = tx.clone();
-                let result = run_share(
-                    &plan,
-                    live,
-                    move |connected| {
-                        let _ = ready_tx.send((0, Event::Line(ChildLine::Ready { connected })));
-                    },
-                    async move {
-                        let _ = stop_rx.await;
-                    },
-                )
-                .await;
-                printer.abort();
-                match result {
-                    Ok(r) => {
-                        let _ = tx.send((0, Event::Line(ChildLine::Result(Box::new(r)))));
-                    }
-                    Err(e) => eprintln!("error: {e:#}"),
-                }
-                let _ = tx.send((0, Event::Exited));
-            }));
-        } else {
-            let exe = exe.context("--workers > 1 needs the flashcast-storm binary to start")?;
-            for (i, plan) in plans.iter().enumerate() {
-                let mut child = tokio::process::Command::new(&exe)
-                    .arg("nchan-worker")
-                    .arg("--plan")
-                    .arg(serde_json::to_string(plan)?)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("starting worker {}", exe.display()))?;
-                stops.push(Some(StopHandle::Child(child.stdin.take().expect("piped"))));
-                let stdout = child.stdout.take().expect("piped");
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut lines = BufReader::new(stdout).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        match serde_json::from_str::<ChildLine>(&line) {
-                            Ok(l) => {
-                                let _ = tx.send((i, Event::Line(l)));
-                            }
-                            Err(_) => eprintln!("worker {i}: {line}"),
-                        }
-                    }
-                    let _ = tx.send((i, Event::Exited));
-                });
-                children.push(child);
-            }
-        }
-        let total: u64 = plans.iter().map(|p| p.subscribers as u64).sum();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Ok(Shares {
-            rx,
-            stops,
-            children,
-            progress: vec![Progress::default(); k],
-            ready: vec![false; k],
-            results: vec![None; k],
-            local,
-            quiet,
-            line: ProgressLine::new(total),
-            tick,
-            published: Arc::new(AtomicU64::new(0)),
-        })
-    }
-
-    async fn handle(&mut self, ev: Option<(usize, Event)>) -> anyhow::Result<()> {
-        let Some((i, ev)) = ev else {
-            bail!("every subscriber share went away")
-        };
-        match ev {
-            Event::Line(ChildLine::Progress(p)) => self.progress[i] = p,
-            Event::Line(ChildLine::Ready { .. }) => self.ready[i] = true,
-            Event::Line(ChildLine::Result(r)) => self.results[i] = Some(*r),
-            Event::Exited if self.results[i].is_none() => {
-                if let Some(child) = self.children.get_mut(i) {
-                    let status = child.wait().await?;
-                    bail!("worker {i} ended without a result ({status})");
-                }
-                bail!("the subscribers ended without a result");
-            }
-            Event::Exited => {}
-        }
-        Ok(())
-    }
-
-    fn print(&mut self) {
-        if self.quiet {
-            return;
-        }
-        let mut sum = Progress::default();
-        for p in &self.progress {
-            sum.merge(p);
-        }
-        self.line
-            .print(&sum, self.published.load(Ordering::Relaxed));
-    }
-
-    /// Follows the shares (events, progress lines) until `fut` completes.
-    async fn pump_until<F: Future>(&mut self, fut: F) -> anyhow::Result<F::Output> {
-        tokio::pin!(fut);
-        loop {
-            tokio::select! {
-                out = &mut fut => return Ok(out),
-                ev = self.rx.recv() => self.handle(ev).await?,
-                _ = self.tick.tick() => self.print(),
-            }
-        }
-    }
-
-    /// Follows the shares until `done` holds.
-    async fn pump_while_not(&mut self, done: impl Fn(&Shares) -> bool) -> anyhow::Result<()> {
-        while !done(self) {
-            tokio::select! {
-                ev = self.rx.recv() => self.handle(ev).await?,
-                _ = self.tick.tick() => self.print(),
-            }
-        }
-        Ok(())
-    }
-
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        for stop in &mut self.stops {
-            match stop.take() {
-                Some(StopHandle::Local(tx)) => {
-                    let _ = tx.send(());
-                }
-                Some(StopHandle::Child(mut stdin)) => {
-                    stdin
-                        .write_all(b"stop\n")
-                        .await
-                        .context("stopping workers")?;
-                    stdin.flush().await?;
-                }
-                None => {}
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self) -> anyhow::Result<ShareResult> {
-        self.pump_while_not(|s| s.results.iter().all(Option::is_some))
-            .await?;
-        for child in &mut self.children {
-            let _ = child.wait().await;
-        }
-        if let Some(local) = self.local.take() {
-            let _ = local.await;
-        }
-        let mut merged = ShareResult::default();
-        for r in self.results.iter().flatten() {
-            merged.merge(r);
-        }
-        Ok(merged)
-    }
-}
 
 /// Prints one progress line per second with per-second rates.
 struct ProgressLine {
@@ -1060,37 +612,29 @@ impl ProgressLine {
         }
     }
 
-    fn print(&mut self, p: &Progress, published: u64) {
+    fn print(&mut self, progress: &Progress, published: u64) {
+        let p = &progress.counts;
         let now = Instant::now();
         let dt = (now - self.last_at).as_secs_f64().max(0.001);
         let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
         println!(
             "[{:>4.0}s] connected {}/{} (failed {}) | published {} ({:.0}/s) | events {} ({:.0}/s) | gaps {} dups {} | p99 {}",
             (now - self.started).as_secs_f64(),
-            p.connected,
+            p.joined,
             self.subscribers,
-            p.failed,
+            p.join_failed,
             published,
             per_sec(published, self.last_published),
             p.events,
-            per_sec(p.events, self.last.events),
+            per_sec(p.events, self.last.counts.events),
             p.gaps,
             p.duplicates,
-            p.p99_ms.map_or("-".to_string(), |v| format!("{v} ms")),
+            progress.p99_ms.map_or("-".to_string(), |v| format!("{v} ms")),
         );
-        self.last = *p;
+        self.last = *progress;
         self.last_published = published;
         self.last_at = now;
     }
-}
-
-/// A short id for this run (and its default channel).
-fn new_run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    format!("{:x}", now ^ ((std::process::id() as u64) << 40))
 }
 
 /// Runs the whole `nchan` storm and builds the report. `worker_exe` is the
@@ -1106,43 +650,46 @@ pub async fn run_nchan(
         .channel
         .clone()
         .unwrap_or_else(|| format!("storm-{run_id}"));
-    let plans = plan(args, &channel);
-    check_open_files(&plans);
+    let plans = plans(args, &channel);
+    check_open_files(&plans.iter().map(|p| p.share).collect::<Vec<_>>());
     let host_port = split_url(&args.url).map_err(anyhow::Error::msg)?;
-    let addr = resolve(&host_port).await?;
+    let addr = Target::resolve(&format!("ws://{host_port}/")).await?.addr;
 
-    let mut shares = Shares::start(&plans, worker_exe, args.quiet)?;
-    shares
-        .pump_while_not(|s| s.ready.iter().all(|r| *r))
-        .await?;
-    let sender = connect_publisher(addr).await?;
-    // A moment for the last subscriptions to settle in the server.
-    let settle = Instant::now() + Duration::from_millis(200);
-    shares.pump_until(tokio::time::sleep_until(settle)).await?;
-
-    let start = Instant::now() + Duration::from_millis(100);
-    let mut window = Window {
-        go_ms: flashcast::protocol::now_ms() + 100,
-        ..Window::default()
+    let published = Arc::new(AtomicU64::new(0));
+    let mut line = ProgressLine::new(args.subscribers as u64);
+    let quiet = args.quiet;
+    let mut print = async |p: &Progress| {
+        if !quiet {
+            line.print(p, published.load(Ordering::Relaxed));
+        }
     };
-    let published = shares.published.clone();
-    let pub_result = shares
-        .pump_until(publish(
-            args,
-            sender,
-            addr,
-            host_port.clone(),
-            format!("/pub/{channel}"),
-            start,
-            published,
-        ))
-        .await?;
-    window.send_end_ms = flashcast::protocol::now_ms();
-    let drain = Instant::now() + Duration::from_secs_f64(args.drain);
-    shares.pump_until(tokio::time::sleep_until(drain)).await?;
-    window.stop_ms = flashcast::protocol::now_ms();
-    shares.stop().await?;
-    let result = shares.finish().await?;
+    let mut workers = Workers::start(&plans, worker_exe)?;
+    workers.ready(&mut print).await?;
+    let sender = connect_publisher(addr).await?;
+
+    let go_ms = flashcast::protocol::now_ms() + GO_LEAD_MS;
+    let start = Instant::now() + Duration::from_millis(GO_LEAD_MS);
+    workers.go(go_ms);
+    let publisher = tokio::spawn(publish(
+        args.clone(),
+        sender,
+        addr,
+        host_port,
+        format!("/pub/{channel}"),
+        start,
+        published.clone(),
+    ));
+    let results = workers.finish(&mut print).await?;
+    let pub_result = publisher.await.context("publisher task")?;
+    let window = Window {
+        go_ms,
+        send_end_ms: pub_result.end_ms,
+        stop_ms: go_ms + args.run_ms(),
+    };
+    let mut result = NchanTally::default();
+    for r in &results {
+        result.merge(r);
+    }
     Ok(NchanReport::build(
         args,
         &run_id,
@@ -1152,97 +699,6 @@ pub async fn run_nchan(
         pub_result.into(),
         result,
     ))
-}
-
-/// Warns when a process would hold more subscribers than it may open files.
-fn check_open_files(plans: &[SharePlan]) {
-    let (soft, _) = raise_open_files_limit();
-    let most = plans
-        .iter()
-        .map(|p| p.subscribers as u64)
-        .max()
-        .unwrap_or(0);
-    if soft > 0 && most + 64 > soft {
-        eprintln!(
-            "warning: {most} subscribers in one process but only {soft} open files allowed; \
-             use more --workers or raise `ulimit -n`"
-        );
-    }
-}
-
-/// Raises this process's soft RLIMIT_NOFILE to its hard limit. Returns the
-/// (soft, hard) limits now in force, (0, 0) if unknown.
-pub fn raise_open_files_limit() -> (u64, u64) {
-    #[cfg(unix)]
-    {
-        // SAFETY: getrlimit/setrlimit only read/write the struct passed.
-        unsafe {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                return (0, 0);
-            }
-            if lim.rlim_cur < lim.rlim_max {
-                let raised = libc::rlimit {
-                    rlim_cur: lim.rlim_max,
-                    rlim_max: lim.rlim_max,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                    lim = raised;
-                }
-            }
-            // rlim_t is u64 on Linux, not everywhere.
-            #[allow(clippy::unnecessary_cast)]
-            let limits = (lim.rlim_cur as u64, lim.rlim_max as u64);
-            limits
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        (0, 0)
-    }
-}
-
-/// Entry point of a child process (`flashcast-storm nchan-worker --plan JSON`).
-pub async fn worker_main(plan_json: &str) -> anyhow::Result<()> {
-    let plan: SharePlan = serde_json::from_str(plan_json).context("bad worker plan")?;
-    raise_open_files_limit();
-    let live = Arc::new(Live::new());
-    let printer = {
-        let live = live.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                every.tick().await;
-                emit(&ChildLine::Progress(live.progress()));
-            }
-        })
-    };
-    let result = run_share(
-        &plan,
-        live,
-        |connected| emit(&ChildLine::Ready { connected }),
-        async {
-            // "stop", or the parent went away (EOF): either way, stop.
-            let mut line = String::new();
-            let _ = BufReader::new(tokio::io::stdin())
-                .read_line(&mut line)
-                .await;
-        },
-    )
-    .await;
-    printer.abort();
-    emit(&ChildLine::Result(Box::new(result?)));
-    Ok(())
-}
-
-fn emit(line: &ChildLine) {
-    let json = serde_json::to_string(line).expect("child line serializes");
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{json}");
-    let _ = out.flush();
 }
 
 // ---------------------------------------------------------------------------
@@ -1296,7 +752,8 @@ pub struct NchanReport {
     pub gaps: u64,
     pub duplicates: u64,
     pub bad_bodies: u64,
-    /// Closes before the stop, by close code.
+    /// Closes before the stop, by close code (1006: the connection was
+    /// lost without a close frame).
     pub closes: BTreeMap<String, u64>,
 
     /// Delivery latency: receive time - publisher's send time, unix ms.
@@ -1315,7 +772,7 @@ impl NchanReport {
         started_ms: u64,
         window: Window,
         p: PublishResultView,
-        r: ShareResult,
+        r: NchanTally,
     ) -> NchanReport {
         let send_window_secs = window.send_end_ms.saturating_sub(window.go_ms) as f64 / 1000.0;
         let per_sec = |n: u64| {
@@ -1326,6 +783,7 @@ impl NchanReport {
             }
         };
         let published = p.published;
+        let c = &r.tally.counts;
         let mut report = NchanReport {
             scenario: "nchan".into(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -1334,8 +792,8 @@ impl NchanReport {
             args: args.clone(),
             channel: channel.into(),
             subscribers: args.subscribers as u64,
-            subscribers_connected: r.connected,
-            connect_failures: r.connect_failures.clone(),
+            subscribers_connected: c.joined,
+            connect_failures: r.tally.join_failures.clone(),
             rate: args.rate,
             duration_secs: args.duration,
             send_window_secs,
@@ -1348,17 +806,17 @@ impl NchanReport {
             publish_late: p.late,
             publish_max_lag_ms: p.max_lag_ms,
             publish_reconnects: p.reconnects,
-            events_delivered: r.events,
-            events_per_sec: per_sec(r.events),
-            events_expected: published * r.connected,
+            events_delivered: c.events,
+            events_per_sec: per_sec(c.events),
+            events_expected: published * c.joined,
             missing: r.missing(published),
             subscribers_complete: r.complete(published),
-            gaps: r.gaps,
-            duplicates: r.duplicates,
-            bad_bodies: r.bad_bodies,
-            closes: r.closes.clone(),
-            latency_ms: LatencySummary::of(&r.latency_ms.to_histogram()),
-            latency_histogram: r.latency_ms,
+            gaps: c.gaps,
+            duplicates: c.duplicates,
+            bad_bodies: c.decode_errors,
+            latency_ms: LatencySummary::of(&r.tally.latency_ms.to_histogram()),
+            closes: r.tally.closes,
+            latency_histogram: r.tally.latency_ms,
             passed: false,
             failures: Vec::new(),
         };
@@ -1545,20 +1003,10 @@ pub async fn main(args: NchanArgs) -> ExitCode {
     }
 }
 
-/// `flashcast-storm nchan-worker --plan JSON`.
-pub async fn worker_exit(plan_json: &str) -> ExitCode {
-    match worker_main(plan_json).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nchan worker error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::new_histogram;
     use clap::Parser;
 
     fn args(extra: &[&str]) -> NchanArgs {
@@ -1603,61 +1051,50 @@ mod tests {
         assert_eq!(parse_body(b"3 4"), Some((3, 4)));
     }
 
-    #[test]
-    fn seq_track_counts_gaps_duplicates_and_the_tail() {
-        let mut t = SeqTrack::default();
-        assert_eq!(t.observe(1), Verdict::InOrder);
-        assert_eq!(t.observe(2), Verdict::InOrder);
-        assert_eq!(t.observe(2), Verdict::Duplicate);
-        assert_eq!(t.observe(5), Verdict::Gap(2));
-        assert_eq!(t.observe(1), Verdict::Duplicate);
-        assert_eq!(t.observe(6), Verdict::InOrder);
-        assert_eq!((t.gaps, t.missed, t.duplicates, t.received), (1, 2, 2, 6));
-        assert_eq!(t.unique(), 4);
-        // Published 8: 3 and 4 skipped, 7 and 8 never came.
-        assert_eq!(t.missing(8), 4);
-        assert_eq!(t.missing(6), 2);
-        // A late first message is a gap from seq 1.
-        let mut late = SeqTrack::default();
-        assert_eq!(late.observe(3), Verdict::Gap(2));
-        assert_eq!(late.missing(3), 2);
+    /// A tally of `connected` subscribers that got `per_subscriber`
+    /// distinct messages each, `events` in all.
+    fn tally(connected: u64, events: u64, per_subscriber: &[(u64, u64)]) -> NchanTally {
+        let mut t = NchanTally::default();
+        t.tally.counts.joined = connected;
+        t.tally.counts.events = events;
+        t.per_subscriber = per_subscriber.iter().copied().collect();
+        t
     }
 
     #[test]
-    fn share_results_merge_and_count_missing() {
-        let mut a = ShareResult {
-            connected: 2,
-            events: 19,
-            ..Default::default()
-        };
-        a.per_subscriber.insert(10, 1);
-        a.per_subscriber.insert(9, 1);
+    fn tallies_merge_and_count_missing() {
+        let mut a = tally(2, 19, &[(10, 1), (9, 1)]);
         let mut h = new_histogram();
         h.record(3).unwrap();
-        a.latency_ms = HistData::from_histogram(&h);
+        a.tally.latency_ms = HistData::from_histogram(&h);
         let mut b = a.clone();
         b.per_subscriber.insert(10, 2);
         a.merge(&b);
-        assert_eq!(a.connected, 4);
-        assert_eq!(a.events, 38);
+        assert_eq!(a.tally.counts.joined, 4);
+        assert_eq!(a.tally.counts.events, 38);
         assert_eq!(a.per_subscriber[&10], 3);
         assert_eq!(a.per_subscriber[&9], 2);
         assert_eq!(a.missing(10), 2);
         assert_eq!(a.complete(10), 3);
-        assert_eq!(a.latency_ms.to_histogram().len(), 2);
+        assert_eq!(a.tally.latency_ms.to_histogram().len(), 2);
     }
 
     #[test]
     fn plans_split_subscribers_and_addresses() {
         let a = args(&["--subscribers", "2001", "--workers", "3"]);
         assert_eq!(a.source_ip_count(), 9);
-        let plans = plan(&a, "c");
-        assert_eq!(plans.iter().map(|p| p.subscribers).sum::<u32>(), 2001);
+        let plans = plans(&a, "c");
+        assert_eq!(plans.iter().map(|p| p.share.count).sum::<u32>(), 2001);
         for w in plans.windows(2) {
-            assert_eq!(w[0].offset + w[0].subscribers, w[1].offset);
-            assert_eq!(w[0].ip_offset + w[0].ip_count, w[1].ip_offset);
+            let (a, b) = (w[0].share, w[1].share);
+            assert_eq!(a.offset + a.count, b.offset);
+            assert_eq!(a.ip_offset + a.ip_count, b.ip_offset);
         }
-        assert_eq!(plans.iter().map(|p| p.ip_count).sum::<u32>(), 9);
+        assert_eq!(plans.iter().map(|p| p.share.ip_count).sum::<u32>(), 9);
+        // The plan reaches a worker process as JSON.
+        let json = serde_json::to_string(&plans[1]).unwrap();
+        let back: NchanPlan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.share, plans[1].share);
     }
 
     #[test]
@@ -1679,13 +1116,7 @@ mod tests {
     #[test]
     fn report_fails_on_missing_messages() {
         let a = args(&["--subscribers", "2", "--rate", "10", "--duration", "1"]);
-        let mut r = ShareResult {
-            connected: 2,
-            events: 19,
-            ..Default::default()
-        };
-        r.per_subscriber.insert(10, 1);
-        r.per_subscriber.insert(9, 1);
+        let r = tally(2, 19, &[(10, 1), (9, 1)]);
         let window = Window {
             go_ms: 1_000,
             send_end_ms: 2_000,

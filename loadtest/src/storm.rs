@@ -11,34 +11,29 @@
 //! reports ready, and at the go signal runs every script as a task.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use flashcast::ids::{IdemKey, RoomId, Sku};
 use flashcast::protocol::{now_ms, ReactionKind};
 use flashcast::recording::{read_trace, TraceAction, TraceLine};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::admin::Admin;
-use crate::client::{source_ip, Target};
+use crate::client::Target;
 use crate::probe::ServerProbe;
 use crate::scenario::{participants, Auth, Phase, Scenario};
-use crate::tally::{Live, Progress, Tally};
+use crate::tally::{Live, Tally};
 use crate::verdict::{SaleCheck, Verdict};
 use crate::viewer::{self, Act, BuyTrigger, Script, Shared};
+use crate::workers::{raise_open_files_limit, shares, Go, Job, Share, Workers, GO_LEAD_MS};
 
 /// Most lines a replay file may have.
 pub const MAX_TRACE_LINES: usize = 2_000_000;
-/// Time between the go decision and the go signal, so every worker has it
-/// before the timeline starts.
-const GO_LEAD_MS: u64 = 1_500;
 
 /// What one worker process does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,14 +42,9 @@ pub struct WorkerPlan {
     pub run_id: String,
     pub room: String,
     pub admin_key: Option<String>,
-    pub worker: u32,
-    pub workers: u32,
-    /// Global viewers `viewer_offset..viewer_offset + viewers`.
-    pub viewer_offset: u32,
-    pub viewers: u32,
-    /// Source addresses `ip_offset..ip_offset + ip_count`.
-    pub ip_offset: u32,
-    pub ip_count: u32,
+    /// Its viewers (the scenario's, not the replayed connections) and
+    /// source addresses.
+    pub share: Share,
     /// Seconds of timeline to keep per-second figures for.
     pub seconds: u32,
     /// Keep what the viewers send (`--record`).
@@ -401,43 +391,46 @@ pub fn plans(
     seconds: u32,
     replayed: u64,
 ) -> Vec<WorkerPlan> {
-    let share = |total: u32, i: u32| total / k + u32::from(i < total % k);
-    let ips = source_ip_count(s, replayed).max(k);
-    let (mut v_off, mut ip_off) = (0, 0);
-    (0..k)
-        .map(|i| {
-            let p = WorkerPlan {
-                scenario: s.clone(),
-                run_id: run_id.into(),
-                room: room.into(),
-                admin_key: admin_key.clone(),
-                worker: i,
-                workers: k,
-                viewer_offset: v_off,
-                viewers: share(s.viewers.count, i),
-                ip_offset: ip_off,
-                ip_count: share(ips, i).max(1),
-                seconds,
-                record: false,
-            };
-            v_off += p.viewers;
-            ip_off += p.ip_count;
-            p
+    shares(s.viewers.count, source_ip_count(s, replayed), k)
+        .into_iter()
+        .map(|share| WorkerPlan {
+            scenario: s.clone(),
+            run_id: run_id.into(),
+            room: room.into(),
+            admin_key: admin_key.clone(),
+            share,
+            seconds,
+            record: false,
         })
         .collect()
 }
 
-/// One worker: build scripts, mint tokens, report ready through `ready`
-/// (which returns the go signal's unix ms), run to the end.
-pub async fn run_worker<G, F>(plan: &WorkerPlan, live: Arc<Live>, ready: G) -> anyhow::Result<Tally>
-where
-    G: FnOnce() -> F,
-    F: std::future::Future<Output = anyhow::Result<u64>>,
-{
+impl Job for WorkerPlan {
+    type Output = Tally;
+    const SUBCOMMAND: &'static str = "scenario-worker";
+
+    fn live(&self) -> Live {
+        let live = Live::new(self.seconds as usize);
+        if self.record {
+            live.recording()
+        } else {
+            live
+        }
+    }
+
+    async fn run(self, live: Arc<Live>, go: Go) -> anyhow::Result<Tally> {
+        run_worker(&self, live, go).await
+    }
+}
+
+/// One worker: build scripts, mint tokens, report ready through `go`,
+/// run to the end.
+pub async fn run_worker(plan: &WorkerPlan, live: Arc<Live>, go: Go) -> anyhow::Result<Tally> {
     let s = &plan.scenario;
     let target = Target::resolve(&s.ws_url()).await?;
-    let ip = |id: u32| source_ip(plan.ip_offset + id % plan.ip_count);
-    let mut scripts: Vec<(Script, bool)> = (plan.viewer_offset..plan.viewer_offset + plan.viewers)
+    let share = &plan.share;
+    let ip = |id: u32| share.source_ip(id);
+    let mut scripts: Vec<(Script, bool)> = (share.offset..share.offset + share.count)
         .map(|i| {
             (
                 script_for(s, &plan.run_id, i, ip(i)),
@@ -455,8 +448,8 @@ where
             &plan.run_id,
             replay,
             first_id,
-            plan.worker,
-            plan.workers,
+            share.worker,
+            share.workers,
             ip,
         ));
         first_id += n;
@@ -478,7 +471,7 @@ where
         }
     }
 
-    let t0_ms = ready().await?;
+    let t0_ms = go.ready().await?;
     live.set_t0(t0_ms);
     let t0 = Instant::now() + Duration::from_millis(t0_ms.saturating_sub(now_ms()));
     let shared = Arc::new(Shared {
@@ -511,56 +504,6 @@ where
     }
     sampler.abort();
     Ok(live.tally())
-}
-
-/// One line of a worker process's stdout.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerLine {
-    Progress(Box<Progress>),
-    /// Scripts built and tokens minted; waiting for `go <unix ms>`.
-    Ready,
-    Result(Box<Tally>),
-}
-
-/// Entry point of a worker process (`flashcast-storm scenario-worker`).
-pub async fn worker_main(plan_json: &str) -> anyhow::Result<()> {
-    raise_open_files_limit();
-    let plan: WorkerPlan = serde_json::from_str(plan_json).context("bad worker plan")?;
-    let live = Arc::new(new_live(&plan));
-    let printer = {
-        let live = live.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                every.tick().await;
-                emit(&WorkerLine::Progress(Box::new(live.progress())));
-            }
-        })
-    };
-    let result = run_worker(&plan, live, || async {
-        emit(&WorkerLine::Ready);
-        let mut line = String::new();
-        BufReader::new(tokio::io::stdin())
-            .read_line(&mut line)
-            .await
-            .context("reading go")?;
-        line.trim()
-            .strip_prefix("go ")
-            .and_then(|t| t.parse().ok())
-            .context("the coordinator went away before go")
-    })
-    .await;
-    printer.abort();
-    emit(&WorkerLine::Result(Box::new(result?)));
-    Ok(())
-}
-
-fn emit(line: &WorkerLine) {
-    let json = serde_json::to_string(line).expect("worker lines serialize");
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{json}");
-    let _ = out.flush();
 }
 
 /// Runs a whole scenario and judges it.
@@ -617,70 +560,8 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
     }
     let probe = ServerProbe::new(opts.server_pid, admin.clone());
 
-    // Workers: in this process, or as child processes.
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<usize>();
-    let (go_tx, go_rx) = watch::channel(0u64);
-    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(usize, Progress)>();
-    let mut worker_tasks = Vec::new();
-    if k == 1 {
-        let plan = plans[0].clone();
-        let live = Arc::new(new_live(&plan));
-        let ready_tx = ready_tx.clone();
-        let mut go_rx = go_rx.clone();
-        {
-            let live = live.clone();
-            let progress_tx = progress_tx.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_millis(500));
-                loop {
-                    every.tick().await;
-                    if progress_tx.send((0, live.progress())).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        worker_tasks.push(tokio::spawn(async move {
-            run_worker(&plan, live, || async move {
-                let _ = ready_tx.send(0);
-                go_rx.changed().await.context("no go")?;
-                let t0 = *go_rx.borrow();
-                Ok(t0)
-            })
-            .await
-        }));
-    } else {
-        let exe = opts
-            .worker_exe
-            .clone()
-            .context("several workers need the flashcast-storm binary")?;
-        for (i, plan) in plans.iter().enumerate() {
-            worker_tasks.push(spawn_child(
-                &exe,
-                i,
-                plan,
-                ready_tx.clone(),
-                go_rx.clone(),
-                progress_tx.clone(),
-            )?);
-        }
-    }
-    drop(ready_tx);
-    drop(progress_tx);
-    let mut ready = 0;
-    while ready < k as usize {
-        match ready_rx.recv().await {
-            Some(_) => ready += 1,
-            None => break,
-        }
-    }
-    if ready < k as usize {
-        // A worker failed before it was ready: its task has the error.
-        for t in worker_tasks {
-            t.await.context("worker task")??;
-        }
-        bail!("a worker ended before it was ready");
-    }
+    let mut workers = Workers::start(&plans, opts.worker_exe.clone())?;
+    workers.ready(async |_| {}).await?;
 
     // The timeline starts now (plus a lead); sales are scheduled on it.
     let t0_ms = now_ms() + GO_LEAD_MS;
@@ -713,7 +594,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
             sales.push(SaleCheck::new(p, id, *stock, *buyers as u64 * *qty as u64));
         }
     }
-    let _ = go_tx.send(t0_ms);
+    workers.go(t0_ms);
     let t0 = Instant::now() + Duration::from_millis(t0_ms.saturating_sub(now_ms()));
     probe.start(t0_ms).await;
     let host = tokio::spawn(play_host(
@@ -725,32 +606,20 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
     ));
 
     // Progress until every worker has reported its result.
-    let mut progress = vec![Progress::default(); k as usize];
     let mut line = crate::verdict::ProgressLine::new(t0_ms);
-    let mut every = tokio::time::interval(Duration::from_secs(1));
-    let all_done = futures_util::future::join_all(worker_tasks);
-    tokio::pin!(all_done);
-    let results = loop {
-        tokio::select! {
-            r = &mut all_done => break r,
-            Some((i, p)) = progress_rx.recv() => progress[i] = p,
-            _ = every.tick() => {
-                probe.sample().await;
-                if !opts.quiet && now_ms() >= t0_ms {
-                    let mut sum = Progress::default();
-                    for p in &progress {
-                        sum.merge(p);
-                    }
-                    line.print(&sum, probe.last());
-                }
+    let results = workers
+        .finish(async |sum| {
+            probe.sample().await;
+            if !opts.quiet && now_ms() >= t0_ms {
+                line.print(sum, probe.last());
             }
-        }
-    };
+        })
+        .await?;
     probe.sample().await;
     let host_result = host.await.context("host task")?;
     let mut tally = Tally::default();
-    for r in results {
-        tally.merge(&r.context("worker task panicked")??);
+    for r in &results {
+        tally.merge(r);
     }
     let server = probe.finish().await;
 
@@ -778,15 +647,6 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
     ))
 }
 
-fn new_live(plan: &WorkerPlan) -> Live {
-    let live = Live::new(plan.seconds as usize);
-    if plan.record {
-        live.recording()
-    } else {
-        live
-    }
-}
-
 /// Writes what the viewers sent as one recording, in time order.
 fn write_recording(
     path: &std::path::Path,
@@ -805,60 +665,6 @@ fn write_recording(
     }
     w.flush()?;
     Ok(())
-}
-
-fn spawn_child(
-    exe: &PathBuf,
-    i: usize,
-    plan: &WorkerPlan,
-    ready_tx: mpsc::UnboundedSender<usize>,
-    mut go_rx: watch::Receiver<u64>,
-    progress_tx: mpsc::UnboundedSender<(usize, Progress)>,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Tally>>> {
-    let mut child = tokio::process::Command::new(exe)
-        .arg("scenario-worker")
-        .arg("--plan")
-        .arg(serde_json::to_string(plan)?)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting worker {}", exe.display()))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    Ok(tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut result = None;
-        let mut go_sent = false;
-        loop {
-            tokio::select! {
-                line = lines.next_line() => {
-                    let Some(line) = line? else { break };
-                    match serde_json::from_str::<WorkerLine>(&line) {
-                        Ok(WorkerLine::Progress(p)) => {
-                            let p = *p;
-                            let _ = progress_tx.send((i, p));
-                        }
-                        Ok(WorkerLine::Ready) => {
-                            let _ = ready_tx.send(i);
-                        }
-                        Ok(WorkerLine::Result(t)) => result = Some(*t),
-                        Err(_) => eprintln!("worker {i}: {line}"),
-                    }
-                }
-                ok = go_rx.changed(), if !go_sent => {
-                    ok.context("no go")?;
-                    let t0 = *go_rx.borrow();
-                    stdin.write_all(format!("go {t0}\n").as_bytes()).await?;
-                    stdin.flush().await?;
-                    go_sent = true;
-                }
-            }
-        }
-        let status = child.wait().await?;
-        result.with_context(|| format!("worker {i} ended without a result ({status})"))
-    }))
 }
 
 /// The host's part of the timeline: polls over a host connection, coupon
@@ -1017,21 +823,6 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-/// Ten thousand viewers need more descriptors than the usual soft limit.
-fn raise_open_files_limit() {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1118,10 +909,11 @@ over = 2
         let s = scenario(S);
         for k in [1, 3, 7] {
             let p = plans(&s, "r", "demo", None, k, 60, 0);
-            assert_eq!(p.iter().map(|p| p.viewers).sum::<u32>(), 1000);
+            assert_eq!(p.iter().map(|p| p.share.count).sum::<u32>(), 1000);
             for w in p.windows(2) {
-                assert_eq!(w[0].viewer_offset + w[0].viewers, w[1].viewer_offset);
-                assert_eq!(w[0].ip_offset + w[0].ip_count, w[1].ip_offset);
+                let (a, b) = (w[0].share, w[1].share);
+                assert_eq!(a.offset + a.count, b.offset);
+                assert_eq!(a.ip_offset + a.ip_count, b.ip_offset);
             }
         }
         let ip = std::net::Ipv4Addr::LOCALHOST;

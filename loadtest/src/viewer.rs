@@ -18,14 +18,12 @@ use flashcast::protocol::{
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use flashcast::protocol::Role;
 use flashcast::recording::TraceAction;
 
-use crate::client::{connect, Target, Ws};
+use crate::client::{close_politely, connect, Target, Ws};
 use crate::stats::SeqCheck;
 use crate::tally::{Live, PerSecond, Timing};
 use crate::wire::{scan, Scan};
@@ -607,19 +605,4 @@ async fn join_once(
             None => return Err("eof before joined".into()),
         }
     }
-}
-
-/// Sends a 1000 close and waits briefly for the server's answer.
-async fn close_politely(ws: &mut Ws) {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "storm done".into(),
-    };
-    if ws.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
 }
