@@ -340,38 +340,32 @@ impl MediaHub {
         holder: Holder,
         offer: &str,
     ) -> Result<Answer, MediaError> {
-        self.refusing(self.try_publish(room, holder, offer)).await
-    }
-
-    async fn try_publish(
-        self: &Arc<Self>,
-        room: RoomHandle,
-        holder: Holder,
-        offer: &str,
-    ) -> Result<Answer, MediaError> {
-        let kinds = self.admit(offer, sdp::publish_offer)?;
-        let holder_slot = self.holder_slot(&holder)?;
-        let id = SessionId::random();
-        // The room's one publisher slot, held until this attempt succeeds
-        // (it becomes the broadcast) or fails, or the request is dropped
-        // half-way (the guard gives it back).
-        let starting = StartingSlot::take(self, room.id())?;
-        let (broadcast, sdp) =
-            publisher::start(self, id, room.clone(), kinds, offer, holder_slot).await?;
-        if self.closing.load(Ordering::Acquire) {
-            drop(starting);
-            broadcast.close_unregistered().await;
-            return Err(MediaError::ShuttingDown);
-        }
-        starting.fill(broadcast.clone());
-        self.sessions
-            .lock()
-            .expect("media sessions lock")
-            .insert(id, Session::Publisher(broadcast.clone()));
-        self.metrics.media_publishers.inc();
-        tokio::spawn(broadcast.supervise(self.clone()));
-        tracing::info!(room = %room.id(), session = %id, "broadcast starting");
-        Ok(Answer { session: id, sdp })
+        self.refusing(async {
+            let kinds = self.admit(offer, sdp::publish_offer)?;
+            let holder_slot = self.holder_slot(&holder)?;
+            let id = SessionId::random();
+            // The room's one publisher slot, held until this attempt succeeds
+            // (it becomes the broadcast) or fails, or the request is dropped
+            // half-way (the guard gives it back).
+            let starting = StartingSlot::take(self, room.id())?;
+            let (broadcast, sdp) =
+                publisher::start(self, id, room.clone(), kinds, offer, holder_slot).await?;
+            if self.closing.load(Ordering::Acquire) {
+                drop(starting);
+                broadcast.link.close_unregistered().await;
+                return Err(MediaError::ShuttingDown);
+            }
+            starting.fill(broadcast.clone());
+            self.sessions
+                .lock()
+                .expect("media sessions lock")
+                .insert(id, Session::Publisher(broadcast.clone()));
+            self.metrics.media_publishers.inc();
+            tokio::spawn(broadcast.supervise(self.clone()));
+            tracing::info!(room = %room.id(), session = %id, "broadcast starting");
+            Ok(Answer { session: id, sdp })
+        })
+        .await
     }
 
     /// WHEP: adds a viewer of the room's live broadcast.
@@ -381,49 +375,44 @@ impl MediaHub {
         holder: Holder,
         offer: &str,
     ) -> Result<Answer, MediaError> {
-        self.refusing(self.try_play(room, holder, offer)).await
-    }
-
-    async fn try_play(
-        self: &Arc<Self>,
-        room: RoomHandle,
-        holder: Holder,
-        offer: &str,
-    ) -> Result<Answer, MediaError> {
-        let kinds = self.admit(offer, sdp::play_offer)?;
-        let broadcast = self
-            .live_broadcast(room.id())
-            .ok_or(MediaError::StreamOffline)?;
-        let holder_slot = self.holder_slot(&holder)?;
-        let node_slot = self
-            .node_viewers
-            .take()
-            .ok_or(MediaError::NodeFull(self.node_viewers.max()))?;
-        let room_slot = broadcast.viewer_slot()?;
-        let slots = viewer::ViewerSlots {
-            holder: holder_slot,
-            node: node_slot,
-            room: room_slot,
-        };
-        let id = SessionId::random();
-        let (viewer, sdp) = viewer::start(self, id, broadcast.clone(), kinds, offer, slots).await?;
-        if self.closing.load(Ordering::Acquire) {
-            viewer.close_unregistered().await;
-            return Err(MediaError::ShuttingDown);
-        }
-        self.sessions
-            .lock()
-            .expect("media sessions lock")
-            .insert(id, Session::Viewer(viewer.clone()));
-        self.metrics.media_viewers.inc();
-        // The broadcast may have ended while this viewer negotiated.
-        if !broadcast.add_viewer(viewer.clone()) {
-            viewer.end(self, EndReason::BroadcastEnded).await;
-            return Err(MediaError::StreamOffline);
-        }
-        tokio::spawn(viewer.clone().supervise(self.clone()));
-        tracing::debug!(room = %room.id(), session = %id, "viewer starting");
-        Ok(Answer { session: id, sdp })
+        self.refusing(async {
+            let kinds = self.admit(offer, sdp::play_offer)?;
+            let broadcast = self
+                .live_broadcast(room.id())
+                .ok_or(MediaError::StreamOffline)?;
+            let holder_slot = self.holder_slot(&holder)?;
+            let node_slot = self
+                .node_viewers
+                .take()
+                .ok_or(MediaError::NodeFull(self.node_viewers.max()))?;
+            let room_slot = broadcast.viewer_slot()?;
+            let slots = viewer::ViewerSlots {
+                holder: holder_slot,
+                node: node_slot,
+                room: room_slot,
+            };
+            let id = SessionId::random();
+            let (viewer, sdp) =
+                viewer::start(self, id, broadcast.clone(), kinds, offer, slots).await?;
+            if self.closing.load(Ordering::Acquire) {
+                viewer.link.close_unregistered().await;
+                return Err(MediaError::ShuttingDown);
+            }
+            self.sessions
+                .lock()
+                .expect("media sessions lock")
+                .insert(id, Session::Viewer(viewer.clone()));
+            self.metrics.media_viewers.inc();
+            // The broadcast may have ended while this viewer negotiated.
+            if !broadcast.add_viewer(viewer.clone()) {
+                viewer.end(self, EndReason::BroadcastEnded).await;
+                return Err(MediaError::StreamOffline);
+            }
+            tokio::spawn(viewer.clone().supervise(self.clone()));
+            tracing::debug!(room = %room.id(), session = %id, "viewer starting");
+            Ok(Answer { session: id, sdp })
+        })
+        .await
     }
 
     /// The room's broadcast if it is live (its publisher connected).

@@ -20,10 +20,10 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use super::forward::{strip_extensions, Fanout};
 use super::keyframe::{keyframe_gate, KeyframeGate, KeyframePacer, KeyframeReason};
-use super::peer::{self, Peer, PeerEvents};
+use super::peer;
 use super::quota::{Counter, Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer, SdpCodec};
-use super::session::{self, until_ended, Ending, Supervised};
+use super::session::{until_ended, Link, Supervised};
 use super::{EndReason, MediaError, MediaHub, SessionId, Viewer};
 use crate::ids::RoomId;
 use crate::protocol::{now_ms, StreamState};
@@ -44,8 +44,7 @@ pub struct Feed {
 pub struct Broadcast {
     pub id: SessionId,
     room: RoomHandle,
-    peer: Peer,
-    events: Mutex<Option<PeerEvents>>,
+    pub(crate) link: Link,
     feeds: Vec<Feed>,
     keyframes: KeyframeGate,
     pacer: Mutex<Option<KeyframePacer>>,
@@ -58,7 +57,6 @@ pub struct Broadcast {
     live_since: AtomicU64,
     /// Milliseconds after `created` of the last RTP packet.
     last_rtp: AtomicU64,
-    ending: Ending,
     _holder: KeyedSlot<Holder>,
 }
 
@@ -115,8 +113,7 @@ pub(crate) async fn start(
     let broadcast = Arc::new(Broadcast {
         id,
         room,
-        peer,
-        events: Mutex::new(Some(events)),
+        link: Link::new(peer, events),
         feeds,
         keyframes,
         pacer: Mutex::new(Some(pacer)),
@@ -126,7 +123,6 @@ pub(crate) async fn start(
         created: Instant::now(),
         live_since: AtomicU64::new(0),
         last_rtp: AtomicU64::new(0),
-        ending: Ending::new(),
         _holder: holder,
     });
     Ok((broadcast, hub.plan.apply_nat(&answer)))
@@ -154,12 +150,12 @@ impl Broadcast {
     }
 
     pub fn is_ended(&self) -> bool {
-        self.ending.is_ended()
+        self.link.ending.is_ended()
     }
 
     /// Changes to `true` when the broadcast has ended.
     pub fn ended(&self) -> watch::Receiver<bool> {
-        self.ending.subscribe()
+        self.link.ending.subscribe()
     }
 
     /// A place among the room's viewers, or `RoomFull`.
@@ -202,16 +198,13 @@ impl Broadcast {
 
     /// Watches the broadcast until it ends, then ends it.
     pub(crate) async fn supervise(self: Arc<Self>, hub: Arc<MediaHub>) {
-        let Some(mut events) = self.events.lock().expect("events lock").take() else {
-            return;
-        };
         let supervisor = Supervisor {
             connect_timeout: hub.ms(hub.settings.media_connect_timeout_ms),
             media_timeout: hub.ms(hub.settings.media_publisher_timeout_ms),
             broadcast: &self,
             hub: &hub,
         };
-        if let Some(reason) = session::supervise(&supervisor, &mut events, &self.ending).await {
+        if let Some(reason) = self.link.supervise(&supervisor).await {
             self.end(&hub, reason).await;
         }
     }
@@ -246,7 +239,7 @@ impl Broadcast {
     /// so its events never pile up in the connection.
     async fn read(self: Arc<Self>, kind: MediaKind, track: Arc<dyn TrackRemote>) {
         let feed = self.feed(kind);
-        let mut ended = self.ending.subscribe();
+        let mut ended = self.link.ending.subscribe();
         loop {
             let event = tokio::select! {
                 e = track.poll() => e,
@@ -284,7 +277,7 @@ impl Broadcast {
         pacer: KeyframePacer,
         track: Arc<dyn TrackRemote>,
     ) {
-        let mut ended = self.ending.subscribe();
+        let mut ended = self.link.ending.subscribe();
         let me = self.clone();
         let run = pacer.run(move || {
             let (me, track, hub) = (me.clone(), track.clone(), hub.clone());
@@ -318,7 +311,7 @@ impl Broadcast {
     /// Ends the broadcast (idempotent): the room goes offline, every viewer
     /// ends, the connection closes.
     pub(crate) async fn end(&self, hub: &MediaHub, reason: EndReason) {
-        if !self.ending.begin() {
+        if !self.link.ending.begin() {
             return;
         }
         // Before the room's publisher slot is freed, so a new broadcast's
@@ -340,22 +333,12 @@ impl Broadcast {
         )
         .await;
         hub.forget_broadcast(self);
-        self.peer.close().await;
-        hub.metrics
-            .media_sessions_ended
-            .with_label_values(&["publisher", reason.as_str()])
-            .inc();
+        self.link.close(hub, "publisher", reason).await;
         tracing::info!(room = %self.room.id(), session = %self.id, reason = reason.as_str(), viewers = viewers.len(), "broadcast ended");
-    }
-
-    /// Closes a broadcast that was never registered (shutdown raced it).
-    pub(crate) async fn close_unregistered(&self) {
-        self.ending.begin();
-        self.peer.close().await;
     }
 }
 
-/// The broadcast's side of [`session::supervise`].
+/// The broadcast's side of [`Link::supervise`].
 struct Supervisor<'a> {
     broadcast: &'a Arc<Broadcast>,
     hub: &'a Arc<MediaHub>,

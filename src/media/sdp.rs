@@ -195,30 +195,32 @@ pub struct Offer {
 
 /// Checks a WHIP offer: it must send audio or video.
 pub fn publish_offer(sdp: &str) -> Result<Offer, SdpError> {
-    let kinds: Vec<MediaKind> = sections(sdp)?
-        .iter()
-        .filter(|s| s.port != 0 && sends(&s.direction))
-        .map(|s| s.kind)
-        .collect();
-    if kinds.is_empty() {
-        return Err(err(
-            "the offer sends no audio or video (a WHIP offer has sendonly audio and/or video sections)",
-        ));
-    }
-    Ok(Offer { kinds })
+    offer(
+        sdp,
+        sends,
+        "the offer sends no audio or video (a WHIP offer has sendonly audio and/or video sections)",
+    )
 }
 
 /// Checks a WHEP offer: it must receive audio or video.
 pub fn play_offer(sdp: &str) -> Result<Offer, SdpError> {
+    offer(
+        sdp,
+        receives,
+        "the offer receives no audio or video (a WHEP offer has recvonly audio and/or video sections)",
+    )
+}
+
+/// The kinds of the open sections whose direction is `wanted`; refused
+/// with `none` when there are none.
+fn offer(sdp: &str, wanted: fn(&Direction) -> bool, none: &str) -> Result<Offer, SdpError> {
     let kinds: Vec<MediaKind> = sections(sdp)?
         .iter()
-        .filter(|s| s.port != 0 && receives(&s.direction))
+        .filter(|s| s.port != 0 && wanted(&s.direction))
         .map(|s| s.kind)
         .collect();
     if kinds.is_empty() {
-        return Err(err(
-            "the offer receives no audio or video (a WHEP offer has recvonly audio and/or video sections)",
-        ));
+        return Err(err(none));
     }
     Ok(Offer { kinds })
 }

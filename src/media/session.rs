@@ -1,17 +1,18 @@
-//! What a broadcast and a viewer have in common: the flag that ends them
-//! once (and wakes every task of theirs), and the supervisor loop that
-//! follows their connection until something ends them.
+//! What a broadcast and a viewer have in common: their connection
+//! ([`Link`]), the flag that ends them once (and wakes every task of
+//! theirs), and the supervisor loop that follows their connection until
+//! something ends them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
-use super::peer::PeerEvents;
-use super::EndReason;
+use super::peer::{Peer, PeerEvents};
+use super::{EndReason, MediaHub};
 
 /// How often a supervisor looks at its timers.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -47,6 +48,46 @@ impl Ending {
     /// Changes to `true` when the session ends.
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.ended.subscribe()
+    }
+}
+
+/// A session's connection, its events (for its one supervisor) and its end.
+pub(crate) struct Link {
+    pub peer: Peer,
+    events: Mutex<Option<PeerEvents>>,
+    pub ending: Ending,
+}
+
+impl Link {
+    pub fn new(peer: Peer, events: PeerEvents) -> Self {
+        Self {
+            peer,
+            events: Mutex::new(Some(events)),
+            ending: Ending::new(),
+        }
+    }
+
+    /// Runs [`supervise`] (once: a second call returns `None` at once).
+    pub async fn supervise(&self, session: &impl Supervised) -> Option<EndReason> {
+        let mut events = self.events.lock().expect("events lock").take()?;
+        supervise(session, &mut events, &self.ending).await
+    }
+
+    /// Closes the connection of a session that has ended as `role` (a
+    /// label of `media_sessions_ended`).
+    pub async fn close(&self, hub: &MediaHub, role: &str, reason: EndReason) {
+        self.peer.close().await;
+        hub.metrics
+            .media_sessions_ended
+            .with_label_values(&[role, reason.as_str()])
+            .inc();
+    }
+
+    /// Ends and closes a session that was never registered (shutdown raced
+    /// its start).
+    pub async fn close_unregistered(&self) {
+        self.ending.begin();
+        self.peer.close().await;
     }
 }
 

@@ -8,7 +8,7 @@
 //! request so its picture starts at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::media_stream::MediaStreamTrack;
@@ -22,10 +22,10 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use super::forward::{write_loop, ViewerStream};
 use super::keyframe::KeyframeReason;
-use super::peer::{self, Peer, PeerEvents};
+use super::peer::{self, Peer};
 use super::quota::{Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer};
-use super::session::{self, until_ended, Ending, Supervised};
+use super::session::{until_ended, Link, Supervised};
 use super::{Broadcast, EndReason, MediaError, MediaHub, SessionId};
 use crate::ids::RoomId;
 
@@ -46,12 +46,10 @@ struct Output {
 pub struct Viewer {
     pub id: SessionId,
     broadcast: Arc<Broadcast>,
-    peer: Peer,
-    events: Mutex<Option<PeerEvents>>,
+    pub(crate) link: Link,
     outputs: Vec<Output>,
     created: Instant,
     forwarding: AtomicBool,
-    ending: Ending,
     slots: ViewerSlots,
 }
 
@@ -83,12 +81,10 @@ pub(crate) async fn start(
             let viewer = Arc::new(Viewer {
                 id,
                 broadcast,
-                peer,
-                events: Mutex::new(Some(events)),
+                link: Link::new(peer, events),
                 outputs,
                 created: Instant::now(),
                 forwarding: AtomicBool::new(false),
-                ending: Ending::new(),
                 slots,
             });
             Ok((viewer, hub.plan.apply_nat(&answer)))
@@ -197,9 +193,6 @@ impl Viewer {
 
     /// Watches the viewer until it ends, then ends it.
     pub(crate) async fn supervise(self: Arc<Self>, hub: Arc<MediaHub>) {
-        let Some(mut events) = self.events.lock().expect("events lock").take() else {
-            return;
-        };
         // Every track's RTCP is read, audio's too: what is not read fills
         // the connection's bounded queue for it (and is logged as lost).
         for output in &self.outputs {
@@ -213,7 +206,7 @@ impl Viewer {
             viewer: &self,
             hub: &hub,
         };
-        if let Some(reason) = session::supervise(&supervisor, &mut events, &self.ending).await {
+        if let Some(reason) = self.link.supervise(&supervisor).await {
             self.end(&hub, reason).await;
         }
     }
@@ -258,7 +251,7 @@ impl Viewer {
         kind: MediaKind,
         track: Arc<TrackLocalStaticRTP>,
     ) {
-        let mut ended = self.ending.subscribe();
+        let mut ended = self.link.ending.subscribe();
         loop {
             let event = tokio::select! {
                 e = track.poll() => e,
@@ -284,7 +277,7 @@ impl Viewer {
     /// Ends the viewer (idempotent): it leaves the fan-outs (its writers
     /// stop) and its connection closes.
     pub(crate) async fn end(&self, hub: &MediaHub, reason: EndReason) {
-        if !self.ending.begin() {
+        if !self.link.ending.begin() {
             return;
         }
         for output in &self.outputs {
@@ -294,22 +287,12 @@ impl Viewer {
         }
         self.broadcast.remove_viewer(&self.id);
         hub.forget_viewer(self);
-        self.peer.close().await;
-        hub.metrics
-            .media_sessions_ended
-            .with_label_values(&["viewer", reason.as_str()])
-            .inc();
+        self.link.close(hub, "viewer", reason).await;
         tracing::debug!(room = %self.room_id(), session = %self.id, reason = reason.as_str(), "viewer ended");
-    }
-
-    /// Closes a viewer that was never registered.
-    pub(crate) async fn close_unregistered(&self) {
-        self.ending.begin();
-        self.peer.close().await;
     }
 }
 
-/// The viewer's side of [`session::supervise`].
+/// The viewer's side of [`Link::supervise`].
 struct Supervisor<'a> {
     viewer: &'a Arc<Viewer>,
     hub: &'a Arc<MediaHub>,
