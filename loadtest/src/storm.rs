@@ -110,6 +110,41 @@ fn paced(at: f64, duration: f64, rate: f64, senders: u32, j: u32) -> Vec<Duratio
         .collect()
 }
 
+/// A paced phase (chat, reactions) as one viewer takes part in it.
+struct Pace {
+    /// The viewer's place among the phase's senders, if it is one.
+    sender: Option<u32>,
+    at: f64,
+    duration: f64,
+    rate: f64,
+    senders: u32,
+}
+
+impl Pace {
+    fn new(i: u32, total: u32, at: f64, duration: f64, rate: f64, senders: u32) -> Pace {
+        Pace {
+            sender: participants(i, senders, total),
+            at,
+            duration,
+            rate,
+            senders,
+        }
+    }
+
+    /// The viewer's timed actions: `act(k, j)` is its `k`-th, `j` its
+    /// place among the senders. None when it is not a sender.
+    fn acts(&self, act: impl Fn(usize, u32) -> Act) -> Vec<(Duration, Act)> {
+        let Some(j) = self.sender else {
+            return Vec::new();
+        };
+        paced(self.at, self.duration, self.rate, self.senders, j)
+            .into_iter()
+            .enumerate()
+            .map(|(k, t)| (t, act(k, j)))
+            .collect()
+    }
+}
+
 /// The script of global viewer `i` (one of the scenario's own viewers).
 pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr) -> Script {
     let total = s.viewers.count;
@@ -139,15 +174,10 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                 rate,
                 senders,
             } => {
-                if let Some(j) = participants(i, *senders, total) {
-                    for (k, t) in paced(*at, *duration, *rate, *senders, j)
-                        .into_iter()
-                        .enumerate()
-                    {
-                        let text = format!("storm {run_id} viewer {i} message {k}");
-                        script.timed.push((t, Act::Chat(text)));
-                    }
-                }
+                let pace = Pace::new(i, total, *at, *duration, *rate, *senders);
+                script.timed.extend(
+                    pace.acts(|k, _| Act::Chat(format!("storm {run_id} viewer {i} message {k}"))),
+                );
             }
             Phase::Reactions {
                 at,
@@ -156,15 +186,11 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                 senders,
                 kinds,
             } => {
-                if let Some(j) = participants(i, *senders, total) {
-                    for (k, t) in paced(*at, *duration, *rate, *senders, j)
-                        .into_iter()
-                        .enumerate()
-                    {
-                        let kind: ReactionKind = kinds[(k + j as usize) % kinds.len()];
-                        script.timed.push((t, Act::React(kind)));
-                    }
-                }
+                let pace = Pace::new(i, total, *at, *duration, *rate, *senders);
+                script.timed.extend(pace.acts(|k, j| {
+                    let kind: ReactionKind = kinds[(k + j as usize) % kinds.len()];
+                    Act::React(kind)
+                }));
             }
             Phase::Poll {
                 voters,
