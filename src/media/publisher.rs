@@ -8,6 +8,7 @@
 //! ends every viewer of it and puts the room `offline`.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use super::keyframe::{keyframe_gate, KeyframeGate, KeyframePacer, KeyframeReason
 use super::peer;
 use super::quota::{Counter, Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer, SdpCodec};
-use super::session::{until_ended, Link, Supervised};
+use super::session::{Link, Supervised};
 use super::{EndReason, MediaError, MediaHub, SessionId, Viewer};
 use crate::ids::RoomId;
 use crate::protocol::{now_ms, StreamState};
@@ -239,21 +240,18 @@ impl Broadcast {
     /// so its events never pile up in the connection.
     async fn read(self: Arc<Self>, kind: MediaKind, track: Arc<dyn TrackRemote>) {
         let feed = self.feed(kind);
-        let mut ended = self.link.ending.subscribe();
-        loop {
-            let event = tokio::select! {
-                e = track.poll() => e,
-                _ = until_ended(&mut ended) => break,
-            };
+        let on = |event| {
             match event {
-                Some(TrackRemoteEvent::OnRtpPacket(mut packet)) => {
+                TrackRemoteEvent::OnRtpPacket(mut packet) => {
                     self.last_rtp
                         .store(self.since_start_ms(), Ordering::Release);
-                    let Some(feed) = feed else { continue };
+                    let Some(feed) = feed else {
+                        return ControlFlow::Continue(());
+                    };
                     // Only the negotiated codec is forwarded (viewers were
                     // offered nothing else).
                     if packet.header.payload_type != feed.codec.payload_type {
-                        continue;
+                        return ControlFlow::Continue(());
                     }
                     if kind == MediaKind::Video {
                         self.video_ssrc.store(packet.header.ssrc, Ordering::Relaxed);
@@ -264,10 +262,12 @@ impl Broadcast {
                         feed.drops.inc_by(sent.dropped as u64);
                     }
                 }
-                Some(TrackRemoteEvent::OnEnded) | None => break,
-                Some(_) => {}
+                TrackRemoteEvent::OnEnded => return ControlFlow::Break(()),
+                _ => {}
             }
-        }
+            ControlFlow::Continue(())
+        };
+        self.link.ending.each(|| track.poll(), on).await;
     }
 
     /// Sends the paced PLIs to the publisher's video track.
@@ -277,7 +277,6 @@ impl Broadcast {
         pacer: KeyframePacer,
         track: Arc<dyn TrackRemote>,
     ) {
-        let mut ended = self.link.ending.subscribe();
         let me = self.clone();
         let run = pacer.run(move || {
             let (me, track, hub) = (me.clone(), track.clone(), hub.clone());
@@ -302,10 +301,7 @@ impl Broadcast {
                 }
             }
         });
-        tokio::select! {
-            _ = run => {}
-            _ = until_ended(&mut ended) => {}
-        }
+        self.link.ending.run_until_ended(run).await;
     }
 
     /// Ends the broadcast (idempotent): the room goes offline, every viewer

@@ -49,6 +49,35 @@ impl Ending {
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.ended.subscribe()
     }
+
+    /// The events `next` yields one after another until it yields `None`
+    /// or the session ends: a session's reader loops.
+    pub async fn each<T, F: std::future::Future<Output = Option<T>>>(
+        &self,
+        mut next: impl FnMut() -> F,
+        mut on: impl FnMut(T) -> std::ops::ControlFlow<()>,
+    ) {
+        let mut ended = self.subscribe();
+        loop {
+            let event = tokio::select! {
+                e = next() => e,
+                _ = until_ended(&mut ended) => return,
+            };
+            let Some(event) = event else { return };
+            if on(event).is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Runs `work` until it is done or the session ends.
+    pub async fn run_until_ended(&self, work: impl std::future::Future<Output = ()>) {
+        let mut ended = self.subscribe();
+        tokio::select! {
+            _ = work => {}
+            _ = until_ended(&mut ended) => {}
+        }
+    }
 }
 
 /// A session's connection, its events (for its one supervisor) and its end.
@@ -164,5 +193,41 @@ mod tests {
         assert!(!ending.begin(), "a second caller does nothing");
         assert!(ending.is_ended());
         assert!(*rx.borrow());
+    }
+
+    #[tokio::test]
+    async fn a_reader_stops_at_the_end_of_its_events_at_break_or_when_the_session_ends() {
+        let ending = Ending::new();
+        let read = |stop_at: u32, events: Vec<u32>| {
+            let ending = &ending;
+            async move {
+                let mut events = events.into_iter();
+                let mut seen = Vec::new();
+                ending
+                    .each(
+                        || std::future::ready(events.next()),
+                        |e| {
+                            seen.push(e);
+                            if e == stop_at {
+                                std::ops::ControlFlow::Break(())
+                            } else {
+                                std::ops::ControlFlow::Continue(())
+                            }
+                        },
+                    )
+                    .await;
+                seen
+            }
+        };
+        assert_eq!(read(0, vec![1, 2, 3]).await, [1, 2, 3], "to the end");
+        assert_eq!(read(2, vec![1, 2, 3]).await, [1, 2], "to a break");
+        ending.begin();
+        // An ended session's reader stops even while events keep coming.
+        let pending = ending.each(std::future::pending::<Option<u32>>, |_| {
+            std::ops::ControlFlow::Continue(())
+        });
+        tokio::time::timeout(Duration::from_secs(5), pending)
+            .await
+            .expect("stops once the session has ended");
     }
 }

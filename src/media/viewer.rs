@@ -7,6 +7,7 @@
 //! publisher. Forwarding starts when the viewer connects, with a keyframe
 //! request so its picture starts at once.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use super::keyframe::KeyframeReason;
 use super::peer::{self, Peer};
 use super::quota::{Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer};
-use super::session::{until_ended, Link, Supervised};
+use super::session::{Link, Supervised};
 use super::{Broadcast, EndReason, MediaError, MediaHub, SessionId};
 use crate::ids::RoomId;
 
@@ -251,27 +252,23 @@ impl Viewer {
         kind: MediaKind,
         track: Arc<TrackLocalStaticRTP>,
     ) {
-        let mut ended = self.link.ending.subscribe();
-        loop {
-            let event = tokio::select! {
-                e = track.poll() => e,
-                _ = until_ended(&mut ended) => break,
-            };
-            match event {
-                Some(TrackLocalEvent::OnRtcpPacket(packets)) if kind == MediaKind::Video => {
-                    for p in &packets {
-                        let any = p.as_any();
-                        if any.is::<PictureLossIndication>() {
-                            self.broadcast.request_keyframe(&hub, KeyframeReason::Pli);
-                        } else if any.is::<FullIntraRequest>() {
-                            self.broadcast.request_keyframe(&hub, KeyframeReason::Fir);
-                        }
+        let on = |event| {
+            if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+                if kind != MediaKind::Video {
+                    return ControlFlow::Continue(());
+                }
+                for p in &packets {
+                    let any = p.as_any();
+                    if any.is::<PictureLossIndication>() {
+                        self.broadcast.request_keyframe(&hub, KeyframeReason::Pli);
+                    } else if any.is::<FullIntraRequest>() {
+                        self.broadcast.request_keyframe(&hub, KeyframeReason::Fir);
                     }
                 }
-                Some(_) => {}
-                None => break,
             }
-        }
+            ControlFlow::Continue(())
+        };
+        self.link.ending.each(|| track.poll(), on).await;
     }
 
     /// Ends the viewer (idempotent): it leaves the fan-outs (its writers
