@@ -1149,4 +1149,98 @@ mod tests {
         }
         assert!(json["window"].get("go_ms").is_some());
     }
+
+    /// A stand-in for nchan's subscriber side: every WebSocket gets, once
+    /// `send` fires, the bodies of seqs 1, 2, 4, 4 and one foreign body,
+    /// and is then held open.
+    async fn fake_channel(send: watch::Receiver<bool>) -> std::net::SocketAddr {
+        use futures_util::SinkExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let mut send = send.clone();
+                tokio::spawn(async move {
+                    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                    send.wait_for(|go| *go).await.unwrap();
+                    let now = flashcast::protocol::now_ms();
+                    for seq in [1, 2, 4, 4] {
+                        let body = make_body(seq, now, 20);
+                        ws.send(Message::Binary(body.into())).await.unwrap();
+                    }
+                    ws.send(Message::Text("hello".into())).await.unwrap();
+                    // Held open (and answering the close) until the end.
+                    while let Some(Ok(_)) = ws.next().await {}
+                });
+            }
+        });
+        addr
+    }
+
+    /// The subscribers on the storm's worker machinery, in this process:
+    /// connect, ready, go, read until the drain ends, and count.
+    #[tokio::test]
+    async fn subscribers_count_gaps_duplicates_and_foreign_bodies() {
+        let (send_tx, send_rx) = watch::channel(false);
+        let addr = fake_channel(send_rx).await;
+        let a = args(&[
+            "--url",
+            &format!("http://{addr}"),
+            "--subscribers",
+            "3",
+            "--duration",
+            "0.2",
+            "--drain",
+            "0.3",
+            "--join-rate",
+            "1000",
+        ]);
+        let plans = plans(&a, "c");
+        let mut workers = Workers::start(&plans, None).unwrap();
+        workers.ready(async |_| {}).await.unwrap();
+        workers.go(flashcast::protocol::now_ms());
+        send_tx.send(true).unwrap();
+        let mut results = workers.finish(async |_| {}).await.unwrap();
+        assert_eq!(results.len(), 1);
+        let r = results.pop().unwrap();
+        let c = r.tally.counts;
+        assert_eq!((c.join_attempts, c.joined, c.join_failed), (3, 3, 0));
+        assert_eq!(c.events, 12, "4 a subscriber, the repeat included");
+        assert_eq!((c.gaps, c.missed, c.duplicates), (3, 3, 3));
+        assert_eq!(c.decode_errors, 3);
+        assert_eq!(r.per_subscriber, BTreeMap::from([(3, 3)]));
+        assert_eq!(r.missing(4), 3, "seq 3, for each subscriber");
+        assert_eq!(r.complete(4), 0);
+        assert!(r.tally.closes.is_empty(), "{:?}", r.tally.closes);
+        assert_eq!(r.tally.latency_ms.to_histogram().len(), 9);
+    }
+
+    /// A subscriber that cannot connect is a counted failure, and the run
+    /// still becomes ready (every attempt resolved).
+    #[tokio::test]
+    async fn a_refused_subscriber_is_a_counted_failure() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let a = args(&[
+            "--url",
+            &format!("http://{addr}"),
+            "--subscribers",
+            "2",
+            "--duration",
+            "0",
+            "--drain",
+            "0",
+            "--join-retries",
+            "0",
+        ]);
+        let mut workers = Workers::start(&plans(&a, "c"), None).unwrap();
+        workers.ready(async |_| {}).await.unwrap();
+        workers.go(flashcast::protocol::now_ms());
+        let r = workers.finish(async |_| {}).await.unwrap().pop().unwrap();
+        assert_eq!((r.tally.counts.joined, r.tally.counts.join_failed), (0, 2));
+        assert_eq!(r.tally.join_failures.values().sum::<u64>(), 2);
+        assert!(r.per_subscriber.is_empty());
+    }
 }
