@@ -22,6 +22,8 @@ use flashcast::transport::{Fanout, Frames, Published, TopicId};
 
 /// What a connection would have received.
 #[derive(Debug)]
+// Test-only records; their size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Seen {
     Msg(ServerMsg),
     Closed(CloseCode),
@@ -130,9 +132,10 @@ struct Room {
 
 async fn room(tick_ms: u64) -> Room {
     let dir = tempfile::tempdir().unwrap();
-    let mut limits = Limits::default();
-    limits.tick_ms = tick_ms;
-    let limits = Arc::new(limits);
+    let limits = Arc::new(Limits {
+        tick_ms,
+        ..Limits::default()
+    });
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let commerce = Arc::new(
