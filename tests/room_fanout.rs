@@ -110,9 +110,10 @@ impl Fanout for Memory {
         published
     }
 
-    fn send(&self, conn: ConnId, frame: WireFrame) {
+    fn send(&self, conn: ConnId, frame: WireFrame) -> Published {
         let encoding = self.encodings.lock().unwrap()[&conn];
         self.deliver(conn, Seen::Msg(decode(encoding, &frame)));
+        Published::finished_now()
     }
 
     fn close(&self, conn: ConnId, code: CloseCode) {

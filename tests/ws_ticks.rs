@@ -32,11 +32,13 @@ async fn batches_follow_the_fanout_and_the_tick_bounds_aggregates() {
     let mut sender = srv
         .joined(Encoding::Json, "demo", "sender", Role::Viewer)
         .await;
+    // Both have the viewer count, so its fanout is over on every worker.
     watcher.read_until(|c| c.viewers == Some(2)).await;
+    sender.read_until(|c| c.viewers == Some(2)).await;
     let leading_before = srv.metric(LEADING).await;
 
-    // One after the other, each once the previous one arrived: the fanout
-    // is idle each time, so each leaves at once. Under a fixed tick the
+    // One after the other, each once the previous one reached both (the
+    // fanout is then idle), so each leaves at once. Under a fixed tick the
     // second and third would each wait for the next tick.
     let started = Instant::now();
     for text in ["first", "second", "third"] {
@@ -44,6 +46,7 @@ async fn batches_follow_the_fanout_and_the_tick_bounds_aggregates() {
         sender.chat(text).await;
         let (texts, at) = next_chat_batch(&mut watcher).await;
         assert_eq!(texts, [text]);
+        assert_eq!(next_chat_batch(&mut sender).await.0, [text]);
         let waited = at - sent;
         assert!(
             waited < TICK / 4,
@@ -51,10 +54,13 @@ async fn batches_follow_the_fanout_and_the_tick_bounds_aggregates() {
         );
     }
     assert!(started.elapsed() < TICK, "three messages took a tick");
-    assert_eq!(
-        srv.metric(LEADING).await - leading_before,
-        3,
-        "each message left as soon as it arrived"
+    // Each normally counts as sent on arrival; on a loaded machine a
+    // worker preempted between its last send and reporting it done makes
+    // the next message wait for that report (still far from a tick).
+    let leading = srv.metric(LEADING).await - leading_before;
+    assert!(
+        (1..=3).contains(&leading),
+        "{leading} of 3 messages counted as sent on arrival"
     );
 
     // Reactions carry no event: counted, and sent within a tick.

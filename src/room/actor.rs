@@ -279,24 +279,28 @@ impl RoomActor {
         };
         // Sent before the subscription: `joined` comes first and the next
         // batch continues right after its `seq` (the fanout keeps a
-        // connection's frames in call order).
+        // connection's frames in call order). The join is answered once
+        // `joined` is in the outbox, so nothing the connection writes
+        // itself can overtake it.
         let fanout = &self.ctx.fanout;
         if !fanout.connected(req.conn) {
             let _ = reply.send(Err(CloseCode::Normal));
             return;
         }
-        match req.encoding.encode(&joined) {
+        let written = match req.encoding.encode(&joined) {
             Ok(frame) => fanout.send(req.conn, frame),
             Err(e) => {
                 tracing::error!(error = %e, "encode failed");
                 let _ = reply.send(Err(CloseCode::Normal));
                 return;
             }
-        }
-        if reply.send(Ok(())).is_err() {
-            return; // the connection went away while waiting
-        }
+        };
         fanout.subscribe(self.topic, req.conn, req.encoding);
+        // A connection gone meanwhile is removed by housekeeping.
+        tokio::spawn(async move {
+            written.finished().await;
+            let _ = reply.send(Ok(()));
+        });
         self.subscribers.insert(
             req.conn,
             Subscriber {
@@ -637,7 +641,9 @@ impl RoomActor {
             return;
         };
         match sub.encoding.encode(msg) {
-            Ok(frame) => self.ctx.fanout.send(conn, frame),
+            Ok(frame) => {
+                self.ctx.fanout.send(conn, frame);
+            }
             Err(e) => tracing::error!(error = %e, "encode failed"),
         }
     }

@@ -57,7 +57,9 @@ pub trait Fanout: Send + Sync {
     /// socket): the room's pace (fanout-paced batching).
     fn publish(&self, topic: TopicId, frames: Frames) -> Published;
     /// One private frame to one connection, in order with `topic` frames.
-    fn send(&self, conn: ConnId, frame: WireFrame);
+    /// The handle finishes once the frame is in the connection's outbox
+    /// (a join is answered only then, so `joined` is its first frame).
+    fn send(&self, conn: ConnId, frame: WireFrame) -> Published;
     /// Closes `conn` with `code` once what was sent to it before is out.
     fn close(&self, conn: ConnId, code: CloseCode);
     /// False once the connection is gone.
@@ -75,6 +77,11 @@ struct PublishState {
 }
 
 impl Published {
+    /// A handle that is already finished.
+    pub fn finished_now() -> Self {
+        Self::new(0)
+    }
+
     /// A publish that `parts` writers finish, each calling `part_done`.
     pub fn new(parts: usize) -> Self {
         Self(Arc::new(PublishState {

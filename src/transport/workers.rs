@@ -68,6 +68,7 @@ enum Job {
     Send {
         outbox: Arc<Outbox>,
         frame: Bytes,
+        done: Published,
     },
     Close {
         outbox: Arc<Outbox>,
@@ -187,11 +188,19 @@ impl Fanout for Transport {
         done
     }
 
-    fn send(&self, conn: ConnId, frame: WireFrame) {
-        if let Some(outbox) = self.outbox(conn) {
-            let frame = frame.to_ws();
-            self.enqueue(self.shard(conn), Job::Send { outbox, frame });
-        }
+    fn send(&self, conn: ConnId, frame: WireFrame) -> Published {
+        let Some(outbox) = self.outbox(conn) else {
+            return Published::finished_now();
+        };
+        let frame = frame.to_ws();
+        let done = Published::new(1);
+        let job = Job::Send {
+            outbox,
+            frame,
+            done: done.clone(),
+        };
+        self.enqueue(self.shard(conn), job);
+        done
     }
 
     fn close(&self, conn: ConnId, code: CloseCode) {
@@ -252,7 +261,7 @@ impl Worker {
             // A bug in one job must not take the shard's connections down
             // with it; `Sends` keeps what the kernel may still hold.
             let done = match &job {
-                Job::Publish { done, .. } => Some(done.clone()),
+                Job::Publish { done, .. } | Job::Send { done, .. } => Some(done.clone()),
                 _ => None,
             };
             if std::panic::catch_unwind(AssertUnwindSafe(|| self.run_job(job))).is_err() {
@@ -292,8 +301,13 @@ impl Worker {
                 self.publish(topic, &frames);
                 done.part_done();
             }
-            Job::Send { outbox, frame } => {
+            Job::Send {
+                outbox,
+                frame,
+                done,
+            } => {
                 outbox.push(frame);
+                done.part_done();
             }
             Job::Close { outbox, code } => outbox.close(code),
             #[cfg(test)]
