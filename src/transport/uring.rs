@@ -68,6 +68,15 @@ impl Sends {
         }
     }
 
+    /// Whether batches go through io_uring (`false` once it proved
+    /// unavailable): if not, callers may push one by one and skip batching.
+    pub fn batches(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.use_uring && self.available;
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
     /// Pushes each frame to its outbox, with the same outcome per outbox as
     /// `Outbox::push`, into `pushes` (cleared first).
     pub fn push_batch(&mut self, batch: &[(&Arc<Outbox>, &Bytes)], pushes: &mut Vec<Push>) {

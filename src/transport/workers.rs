@@ -326,6 +326,21 @@ impl Worker {
             return;
         };
         let mut dropped: Vec<ConnId> = Vec::new();
+        if !self.sends.batches() {
+            // One send per viewer, straight from the loop: no batch to build.
+            for m in &t.members {
+                let Some(frame) = &frames[m.encoding.index()] else {
+                    continue;
+                };
+                if let Push::Overflow | Push::Closed = m.outbox.push(frame.clone()) {
+                    dropped.push(m.conn);
+                }
+            }
+            for conn in dropped {
+                t.remove(conn);
+            }
+            return;
+        }
         let mut conns: Vec<ConnId> = Vec::with_capacity(BATCH);
         let mut batch: Vec<(&Arc<Outbox>, &Bytes)> = Vec::with_capacity(BATCH);
         let mut pushes = Vec::with_capacity(BATCH);
