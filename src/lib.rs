@@ -3,8 +3,9 @@
 //! Where things live:
 //! - a WebSocket frame arrives in [`http::ws`], is decoded by [`protocol`],
 //!   checked against [`limits`] and [`auth`], and queued to its room;
-//! - [`room`] orders it (sequence numbers, history) and fans it out once per
-//!   tick; [`engage`] holds the chat, poll, Q&A and moderation rules;
+//! - [`room`] orders it (sequence numbers, history) and hands each batch to
+//!   the [`transport`]'s fanout workers, which own the sockets and write
+//!   it; [`engage`] holds the chat, poll, Q&A and moderation rules;
 //! - [`media`] is the WebRTC SFU: WHIP ingest from the host, WHEP playback,
 //!   its `stream` state announced through the room;
 //! - [`store`] keeps what must survive a restart;
@@ -24,6 +25,7 @@ pub mod recording;
 pub mod room;
 pub mod server;
 pub mod store;
+pub mod transport;
 
 pub use config::Settings;
 pub use server::{start, Server};

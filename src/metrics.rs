@@ -23,13 +23,13 @@ pub struct Metrics {
     pub queue_overflows: IntCounter,
     /// Rejected client frames or joins, by error code.
     pub rejected: IntCounterVec,
-    /// Time to build, encode and publish one tick.
+    /// Time to build, encode and hand out one batch.
     pub tick_seconds: Histogram,
-    /// Tick fanouts written off the runtime worker (`fanout_offload_viewers`).
-    pub fanouts_offloaded: IntCounter,
-    /// Tick fanouts split over more than one thread (`fanout_threads`).
-    pub fanouts_split: IntCounter,
-    /// Batches sent at once because the room had been quiet for a tick.
+    /// Times a room found a fanout worker's queue full and waited
+    /// (`fanout_queue`).
+    pub fanout_queue_full: IntCounter,
+    /// Batches handed out as soon as their first event arrived (the fanout
+    /// was idle).
     pub batches_leading: IntCounter,
     /// io_uring submissions of fanout sends (`fanout_io_uring`).
     pub fanout_uring_submissions: IntCounter,
@@ -119,14 +119,9 @@ impl Metrics {
                     .buckets(exponential_buckets(0.000_01, 2.0, 16).unwrap()),
             )
             .unwrap(),
-            fanouts_offloaded: IntCounter::new(
-                "fanouts_offloaded_total",
-                "Tick fanouts large enough to hand the worker's other tasks to another thread",
-            )
-            .unwrap(),
-            fanouts_split: IntCounter::new(
-                "fanouts_split_total",
-                "Tick fanouts written by more than one thread at once",
+            fanout_queue_full: IntCounter::new(
+                "fanout_queue_full_total",
+                "Times a room found a fanout worker's queue full and waited for room",
             )
             .unwrap(),
             fanout_uring_submissions: IntCounter::new(
@@ -136,7 +131,7 @@ impl Metrics {
             .unwrap(),
             batches_leading: IntCounter::new(
                 "batches_leading_total",
-                "Batches sent as soon as their first event arrived, the room having been quiet for a tick",
+                "Batches handed to the fanout as soon as their first event arrived (the fanout was idle)",
             )
             .unwrap(),
             buys: IntCounterVec::new(
@@ -246,8 +241,7 @@ impl Metrics {
         r.register(Box::new(m.queue_overflows.clone())).unwrap();
         r.register(Box::new(m.rejected.clone())).unwrap();
         r.register(Box::new(m.tick_seconds.clone())).unwrap();
-        r.register(Box::new(m.fanouts_offloaded.clone())).unwrap();
-        r.register(Box::new(m.fanouts_split.clone())).unwrap();
+        r.register(Box::new(m.fanout_queue_full.clone())).unwrap();
         r.register(Box::new(m.batches_leading.clone())).unwrap();
         r.register(Box::new(m.fanout_uring_submissions.clone()))
             .unwrap();

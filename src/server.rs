@@ -18,6 +18,8 @@ use crate::metrics::Metrics;
 use crate::protocol::now_ms;
 use crate::room::{Registry, RoomContext, RoomInfo};
 use crate::store::{RoomRecord, SqliteStore, Store};
+use crate::transport::workers::WorkerConfig;
+use crate::transport::Transport;
 
 /// The id of the room seeded for `cargo run`.
 pub const DEMO_ROOM: &str = "demo";
@@ -67,7 +69,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     };
     let media =
         crate::media::MediaHub::new(settings.media.clone(), settings.listen, metrics.clone());
+    let transport = Transport::new(
+        WorkerConfig {
+            threads: limits.fanout_workers(),
+            queue: limits.fanout_queue,
+            io_uring: limits.fanout_io_uring,
+        },
+        metrics.clone(),
+    );
     let registry = Arc::new(Registry::new(Arc::new(RoomContext {
+        fanout: transport.clone(),
         limits,
         metrics,
         store: store.clone(),
@@ -80,6 +91,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         store.clone(),
         settings.data_dir.join("recordings"),
         media,
+        transport,
     );
 
     let mut demo_seen = false;

@@ -22,9 +22,9 @@ const METRICS: [&str; 12] = [
     "flashcast_events_out_total",
     "flashcast_frames_out_total",
     "flashcast_bytes_out_total",
-    // How the fanouts went out: split over threads, sent through io_uring,
-    // sent as soon as a quiet room's event arrived.
-    "flashcast_fanouts_split_total",
+    // How the fanouts went out: rooms held back by a full worker queue,
+    // sent through io_uring, sent as soon as an idle room's event arrived.
+    "flashcast_fanout_queue_full_total",
     "flashcast_fanout_uring_submissions_total",
     "flashcast_batches_leading_total",
     "flashcast_queue_overflows_total",

@@ -9,7 +9,6 @@ pub mod recording;
 pub mod serve;
 pub mod web;
 pub mod ws;
-pub mod ws_socket;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,6 +46,8 @@ pub struct AppInner {
     pub recordings: Arc<Recordings>,
     /// Live video sessions (WHIP/WHEP, docs/video.md).
     pub media: Arc<crate::media::MediaHub>,
+    /// The WebSocket connections' sockets and fanout workers.
+    pub transport: Arc<crate::transport::Transport>,
     /// Flips to true once, when shutdown begins.
     pub shutdown: watch::Sender<bool>,
     connections: AtomicUsize,
@@ -68,6 +69,7 @@ impl AppState {
         store: Arc<dyn Store>,
         recordings_dir: std::path::PathBuf,
         media: Arc<crate::media::MediaHub>,
+        transport: Arc<crate::transport::Transport>,
     ) -> Self {
         let ctx = registry.context().clone();
         Self(Arc::new(AppInner {
@@ -81,6 +83,7 @@ impl AppState {
             metrics: ctx.metrics.clone(),
             commerce: ctx.commerce.clone(),
             media,
+            transport,
             registry,
             keys,
             admin_key,

@@ -1,8 +1,8 @@
 //! One WebSocket connection: the handshake (encoding by subprotocol), `join`,
 //! then a single task that reads client frames and answers them. The room's
-//! tick frames do not pass through this task: the room writes them to the
-//! socket itself (`room::outbox`); the task only writes a backlog when the
-//! socket was full, and closes the connection when told to.
+//! batches do not pass through this task: the transport's fanout workers
+//! write them to the socket (`transport`); the task only writes a backlog
+//! when the socket was full, and closes the connection when told to.
 //!
 //! Checks that need no room state happen here, before anything is queued to
 //! the room: frame size, decoding, role, per-user rate, text rules.
@@ -21,7 +21,6 @@ use tokio::net::TcpStream;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
-use super::ws_socket::WsSocket;
 use super::{api_error, AppState};
 use crate::auth::TokenError;
 use crate::commerce::coupon::CouponView;
@@ -36,12 +35,13 @@ use crate::protocol::{
 };
 use crate::recording::recorder::ConnRecorder;
 use crate::room::actor::clean_action_text;
-use crate::room::outbox::{Outbox, Push, Wake};
 use crate::room::{ConnId, JoinRequest, RoomHandle};
+use crate::transport::socket::SocketConfig;
+use crate::transport::{Outbox, Push, Wake, WsSocket};
 
 /// `GET /ws`: refuses early (HTTP status) when the node is full, shutting
 /// down, or the address joins too fast; otherwise upgrades (RFC 6455) and
-/// keeps the TCP socket, so the room can write to it directly.
+/// keeps the TCP socket, so the transport can write to it directly.
 pub async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -106,14 +106,21 @@ pub async fn upgrade(
             Ok(parts) => parts,
             Err(_) => return tracing::error!("upgraded connection is not a TCP socket"),
         };
+        let id = app.next_conn_id();
+        let config = SocketConfig {
+            ws: config,
+            max_backlog: app.limits.outbound_queue,
+            write_timeout: Duration::from_millis(app.limits.write_timeout_ms),
+        };
         let socket = WsSocket::new(
             parts.io.into_inner(),
             parts.read_buf.to_vec(),
             config,
-            app.limits.outbound_queue,
+            id,
+            app.transport.clone(),
         );
         let conn = Connection {
-            id: app.next_conn_id(),
+            id,
             rejects: app.limiters.rejects(),
             app,
             encoding,
@@ -298,12 +305,7 @@ impl Connection {
                     token,
                     last_seq,
                     epoch,
-                } => {
-                    return self
-                        .join(socket, room, token, last_seq, epoch)
-                        .await
-                        .map_err(Some)
-                }
+                } => return self.join(room, token, last_seq, epoch).await.map_err(Some),
                 ClientMsg::Ping { t } => {
                     if !self
                         .send(
@@ -330,7 +332,6 @@ impl Connection {
 
     async fn join(
         &mut self,
-        socket: &mut WsSocket,
         room_id: crate::ids::RoomId,
         token: Option<String>,
         last_seq: Option<u64>,
@@ -369,7 +370,6 @@ impl Connection {
             encoding: self.encoding,
             last_seq,
             epoch,
-            outbox: socket.outbox.clone(),
         })
         .await
         .map_err(reject)?;
@@ -684,14 +684,9 @@ impl Connection {
         })
     }
 
-    /// Writes the backlog as the peer reads; a peer that takes longer than
-    /// `write_timeout_ms` to take it is not reading, and is dropped.
+    /// Writes the backlog as the peer reads (see `WsSocket::drain`).
     async fn drain(&self, socket: &WsSocket) -> bool {
-        let timeout = Duration::from_millis(self.app.limits.write_timeout_ms);
-        matches!(
-            tokio::time::timeout(timeout, socket.outbox.drain()).await,
-            Ok(Ok(()))
-        )
+        socket.drain().await
     }
 
     /// Sends the error that explains the close, then the close frame, then

@@ -1,13 +1,14 @@
 //! The room task. It alone mutates a room, so the order in which it applies
 //! actions is the order every viewer sees.
 //!
-//! Each tick it takes the events appended since the last tick plus the
-//! aggregated counts (reactions, viewers, poll tallies), encodes them ONCE per
-//! encoding in use, frames them as WebSocket frames once, and writes the same
-//! `Bytes` to every viewer's socket (see `outbox`): one kernel send per
-//! viewer (submitted 256 at a time through io_uring), no task
-//! wake-up. A viewer whose socket stays full for more than
-//! `outbound_queue` frames is closed with 4008 and resumes.
+//! Fanout-paced batching: as soon as the previous batch's fanout has
+//! finished and something is pending, it takes the events appended since
+//! plus the aggregated counts (reactions, viewers, poll tallies), encodes
+//! them ONCE per encoding in use and hands the frames to the fanout
+//! (`transport::Fanout`), which writes the same bytes to every viewer. A
+//! batch grows only while the fanout is busy, the way a group commit grows
+//! while the disk is; `tick_ms` bounds how long aggregates wait. The room
+//! knows viewers only by `ConnId`: no socket, no WebSocket framing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use tokio::time::MissedTickBehavior;
 
 use super::history::History;
 use super::market::MarketWatch;
-use super::outbox::{self, Outbox, Push};
 use super::{Command, ConnId, JoinRequest, RoomContext, RoomShared};
 use crate::engage::moderation::Moderation;
 use crate::engage::poll::{Poll, PollSpec};
@@ -29,6 +29,7 @@ use crate::protocol::{
     now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
     ServerMsg, StreamStatus, UserRef,
 };
+use crate::transport::{Published, TopicId};
 
 /// Viewer counts go out at most this often (when they changed).
 pub const VIEWER_COUNT_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,7 +37,6 @@ pub const VIEWER_COUNT_INTERVAL: Duration = Duration::from_secs(1);
 struct Subscriber {
     user: UserRef,
     encoding: Encoding,
-    outbox: Arc<Outbox>,
 }
 
 pub(crate) struct RoomActor {
@@ -52,14 +52,18 @@ pub(crate) struct RoomActor {
     history: History,
     pending: Vec<Arc<Event>>,
     subscribers: HashMap<ConnId, Subscriber>,
-    /// Joins wait for the end of the tick, so that their snapshot and their
+    /// Joins wait for the next flush, so that their snapshot and their
     /// `seq` describe the same moment (nothing published half-way).
     pending_joins: Vec<(JoinRequest, JoinReply)>,
     viewers_dirty: bool,
     viewers_sent_at: Instant,
-    /// When the last batch went out: a room quiet for a whole tick sends
-    /// its next event at once instead of at the next tick (see `run`).
-    batch_sent_at: Instant,
+    /// This room's subscribers on the fanout.
+    topic: TopicId,
+    /// The last batch handed to the fanout, until it is written: the next
+    /// one waits for it (see `run`).
+    in_flight: Option<Published>,
+    /// A tick passed since the last flush: aggregates may be waiting.
+    tick_due: bool,
     moderation: Moderation,
     poll: Option<Poll>,
     next_poll_id: u64,
@@ -94,7 +98,9 @@ impl RoomActor {
             viewers_sent_at: Instant::now()
                 .checked_sub(VIEWER_COUNT_INTERVAL)
                 .unwrap_or_else(Instant::now),
-            batch_sent_at: Instant::now(),
+            topic: crate::transport::new_topic(),
+            in_flight: None,
+            tick_due: false,
             poll: None,
             next_poll_id: 0,
             questions: Questions::default(),
@@ -104,24 +110,25 @@ impl RoomActor {
     }
 
     pub(crate) async fn run(mut self) {
-        let mut tick_len = self.ctx.limits.tick();
-        let mut tick = tokio::time::interval(tick_len);
-        // A fanout longer than the tick starts the next one as soon as it is
-        // done (not at the next multiple of the tick, which would add idle
-        // time to every event's wait); frames per second stay under
-        // `room_frames_per_sec` either way.
+        // The upper bound: aggregates (reactions, tallies, stock, poll and
+        // sale deadlines) are collected at least this often.
+        let mut tick = tokio::time::interval(self.ctx.limits.tick());
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
+            let in_flight = self.in_flight.clone();
+            let mut arrived = false;
             tokio::select! {
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { break };
+                    arrived = true;
                     if self.handle(cmd) {
                         break;
                     }
-                    // Drain what is already queued before looking at timers
-                    // again; bounded so ticks are never starved.
+                    // Drain what is already queued before flushing: all of
+                    // it can share the batch. Bounded, so the fanout is
+                    // never starved.
                     let mut stop = false;
                     for _ in 0..256 {
                         match self.commands.try_recv() {
@@ -132,39 +139,25 @@ impl RoomActor {
                     if stop {
                         break;
                     }
-                    // Leading edge: a room that sent nothing for a whole
-                    // tick sends now, so a lone event (or join) does not
-                    // wait for the tick; the tick then restarts, so a
-                    // viewer still gets at most one batch per tick and a
-                    // busy room still batches a tick's worth of events.
-                    if (!self.pending.is_empty() || !self.pending_joins.is_empty())
-                        && self.batch_sent_at.elapsed() >= tick_len
-                    {
-                        if !self.pending.is_empty() {
-                            self.ctx.metrics.batches_leading.inc();
-                        }
-                        self.flush();
-                        self.admit_joins();
-                        tick.reset();
-                    }
                 }
-                _ = tick.tick() => {
-                    self.flush();
-                    self.admit_joins();
+                _ = finished(in_flight.as_ref()), if in_flight.is_some() => {
+                    self.in_flight = None;
                 }
-                _ = housekeeping.tick() => {
-                    self.housekeeping();
-                    // A large room ticks less often: its fanout cost is
-                    // viewers x ticks, and longer ticks carry more events
-                    // per frame.
-                    let want = self.ctx.limits.tick_for(self.subscribers.len());
-                    if want != tick_len {
-                        tick_len = want;
-                        tick = tokio::time::interval_at(tokio::time::Instant::now() + want, want);
-                        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                        tracing::debug!(room = %self.shared.info.id, tick_ms = want.as_millis() as u64, "tick length changed");
-                    }
+                _ = tick.tick() => self.tick_due = true,
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+            // Fanout-paced: send as soon as the fanout is free. What
+            // arrives while it is busy waits for it and shares one batch.
+            let idle = self.in_flight.as_ref().is_none_or(Published::is_finished);
+            let waiting = !self.pending.is_empty() || !self.pending_joins.is_empty();
+            if idle && (waiting || self.tick_due) {
+                if arrived && !self.pending.is_empty() {
+                    self.ctx.metrics.batches_leading.inc();
                 }
+                self.in_flight = None;
+                self.tick_due = false;
+                self.flush();
+                self.admit_joins();
             }
         }
         self.ctx.metrics.viewers.sub(self.subscribers.len() as i64);
@@ -222,7 +215,7 @@ impl RoomActor {
         self.ended
     }
 
-    /// Admits the joins of this tick, right after its frame was published.
+    /// Admits the waiting joins, right after a batch was handed out.
     fn admit_joins(&mut self) {
         debug_assert!(self.pending.is_empty(), "joins are admitted after a flush");
         for (req, reply) in std::mem::take(&mut self.pending_joins) {
@@ -284,33 +277,35 @@ impl RoomActor {
             state: Box::new(self.state(self.subscribers.len() as u32 + 1)),
             events,
         };
-        // Written before the subscriber is added: `joined` comes first and
-        // the next tick's frame continues right after its `seq`.
-        let pushed = req
-            .encoding
-            .encode(&joined)
-            .map(|frame| req.outbox.push(frame.to_ws()));
-        match pushed {
-            Ok(Push::Sent | Push::Queued) => {}
-            Ok(Push::Overflow | Push::Closed) => {
-                let _ = reply.send(Err(CloseCode::Normal));
-                return;
-            }
+        // Sent before the subscription: `joined` comes first and the next
+        // batch continues right after its `seq` (the fanout keeps a
+        // connection's frames in call order). The join is answered once
+        // `joined` is in the outbox, so nothing the connection writes
+        // itself can overtake it.
+        let fanout = &self.ctx.fanout;
+        if !fanout.connected(req.conn) {
+            let _ = reply.send(Err(CloseCode::Normal));
+            return;
+        }
+        let written = match req.encoding.encode(&joined) {
+            Ok(frame) => fanout.send(req.conn, frame),
             Err(e) => {
                 tracing::error!(error = %e, "encode failed");
                 let _ = reply.send(Err(CloseCode::Normal));
                 return;
             }
-        }
-        if reply.send(Ok(())).is_err() {
-            return; // the connection went away while waiting
-        }
+        };
+        fanout.subscribe(self.topic, req.conn, req.encoding);
+        // A connection gone meanwhile is removed by housekeeping.
+        tokio::spawn(async move {
+            written.finished().await;
+            let _ = reply.send(Ok(()));
+        });
         self.subscribers.insert(
             req.conn,
             Subscriber {
                 user: req.user,
                 encoding: req.encoding,
-                outbox: req.outbox,
             },
         );
         self.viewers_changed();
@@ -319,6 +314,7 @@ impl RoomActor {
 
     fn remove(&mut self, conn: ConnId) {
         if self.subscribers.remove(&conn).is_some() {
+            self.ctx.fanout.unsubscribe(self.topic, conn);
             self.viewers_changed();
             self.ctx.metrics.viewers.dec();
         }
@@ -490,9 +486,7 @@ impl RoomActor {
                 // Publish the ban event first, so the banned viewer sees why.
                 self.flush();
                 for conn in kicked {
-                    if let Some(s) = self.subscribers.get(&conn) {
-                        s.outbox.close(CloseCode::Forbidden);
-                    }
+                    self.ctx.fanout.close(conn, CloseCode::Forbidden);
                     self.remove(conn);
                 }
             }
@@ -631,33 +625,31 @@ impl RoomActor {
     }
 
     fn close_all(&mut self, code: CloseCode) {
-        for (_, s) in self.subscribers.drain() {
-            s.outbox.close(code);
+        for (conn, _) in self.subscribers.drain() {
+            self.ctx.fanout.close(conn, code);
+            self.ctx.fanout.unsubscribe(self.topic, conn);
             self.ctx.metrics.viewers.dec();
         }
         self.viewers_changed();
     }
 
     /// Sends a private message, in order with the room's frames; a
-    /// connection whose backlog is full is dropped from the room (its task
-    /// closes it with 4008).
+    /// connection whose backlog is full is closed by its task (4008) and
+    /// then leaves the room.
     fn send_direct(&mut self, conn: ConnId, msg: &ServerMsg) {
         let Some(sub) = self.subscribers.get(&conn) else {
             return;
         };
-        let frame = match sub.encoding.encode(msg) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "encode failed");
-                return;
+        match sub.encoding.encode(msg) {
+            Ok(frame) => {
+                self.ctx.fanout.send(conn, frame);
             }
-        };
-        if let Push::Overflow | Push::Closed = sub.outbox.push(frame.to_ws()) {
-            self.remove(conn);
+            Err(e) => tracing::error!(error = %e, "encode failed"),
         }
     }
 
-    /// Publishes this tick: one encoded frame per encoding in use.
+    /// Hands what is pending to the fanout: one encoded frame per encoding
+    /// in use.
     fn flush(&mut self) {
         let started = Instant::now();
         let now = now_ms();
@@ -706,7 +698,6 @@ impl RoomActor {
         {
             return;
         }
-        self.batch_sent_at = started;
         let events = std::mem::take(&mut self.pending);
         let n_events = events.len();
         let kinds: Vec<&'static str> = events.iter().map(|e| e.body.kind()).collect();
@@ -722,7 +713,7 @@ impl RoomActor {
         for s in self.subscribers.values() {
             in_use[s.encoding.index()] += 1;
         }
-        let mut frames: [Option<bytes::Bytes>; 2] = [None, None];
+        let mut frames: crate::transport::Frames = [None, None];
         for encoding in Encoding::ALL {
             let receivers = in_use[encoding.index()];
             if receivers == 0 {
@@ -739,12 +730,14 @@ impl RoomActor {
                             .with_label_values(&[kind])
                             .inc_by(receivers as u64);
                     }
-                    frames[encoding.index()] = Some(frame.to_ws());
+                    frames[encoding.index()] = Some(frame);
                 }
                 Err(e) => tracing::error!(error = %e, "batch encode failed"),
             }
         }
-        self.fan_out(&frames);
+        // Overflowing viewers are closed by the transport (4008); their
+        // tasks then tell the room they left.
+        self.in_flight = Some(ctx.fanout.publish(self.topic, frames));
         metrics.fanout_batch_events.observe(n_events as f64);
         self.flushed_seq = self.seq;
         metrics
@@ -752,41 +745,14 @@ impl RoomActor {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// Writes the tick's frame to every subscriber. A full backlog or a dead
-    /// socket takes the viewer out of the room; its task closes it (4008)
-    /// and it resumes from its last `seq`.
-    ///
-    /// A large fanout first gives this worker's queued tasks to another
-    /// thread (`fanout_offload_viewers`): otherwise the connections that
-    /// happened to be scheduled here would wait for the whole fanout. It is
-    /// then split over `fanout_threads`: the last viewer's wait is the
-    /// fanout's length, and one thread writes 10,000 sockets in over 100 ms.
-    fn fan_out(&mut self, frames: &[Option<bytes::Bytes>; 2]) {
-        let viewers = self.subscribers.len();
-        let sends = Sends {
-            io_uring: self.ctx.limits.fanout_io_uring,
-            submissions: &self.ctx.metrics.fanout_uring_submissions,
-        };
-        let dropped = if viewers >= self.ctx.limits.fanout_offload_viewers && multi_thread() {
-            self.ctx.metrics.fanouts_offloaded.inc();
-            let threads = self.ctx.limits.fanout_threads_for(viewers);
-            let (subscribers, split) = (&self.subscribers, &self.ctx.metrics.fanouts_split);
-            tokio::task::block_in_place(|| write_split(subscribers, frames, threads, split, sends))
-        } else {
-            write_to(self.subscribers.iter(), frames, sends)
-        };
-        for conn in dropped {
-            self.remove(conn);
-        }
-    }
-
     fn housekeeping(&mut self) {
         self.moderation.prune(now_ms());
         let gone: Vec<ConnId> = self
             .subscribers
             .iter()
-            // Only the room still holds the outbox: the connection is gone.
-            .filter(|(_, s)| Arc::strong_count(&s.outbox) == 1)
+            // Missed `leave` commands (the queue was full): the
+            // connection is gone.
+            .filter(|(c, _)| !self.ctx.fanout.connected(**c))
             .map(|(c, _)| *c)
             .collect();
         for conn in gone {
@@ -823,118 +789,10 @@ pub fn clean_action_text(
     Ok(())
 }
 
-/// How a fanout's sends reach the kernel (see `outbox::push_batch`).
-#[derive(Clone, Copy)]
-struct Sends<'a> {
-    io_uring: bool,
-    submissions: &'a prometheus::IntCounter,
-}
-
-/// Writes the tick's frame to each of `viewers` (with io_uring,
-/// `outbox::BATCH` at a time); returns the ones to drop.
-fn write_to<'a>(
-    viewers: impl Iterator<Item = (&'a ConnId, &'a Subscriber)>,
-    frames: &[Option<bytes::Bytes>; 2],
-    sends: Sends<'_>,
-) -> Vec<ConnId> {
-    let mut dropped = Vec::new();
-    if !sends.io_uring {
-        // One send per viewer, straight from the loop: no batch to build.
-        for (conn, s) in viewers {
-            let Some(frame) = &frames[s.encoding.index()] else {
-                continue;
-            };
-            if let Push::Overflow | Push::Closed = s.outbox.push(frame.clone()) {
-                dropped.push(*conn);
-            }
-        }
-        return dropped;
+/// Resolves when `published` is written (never for none).
+async fn finished(published: Option<&Published>) {
+    match published {
+        Some(p) => p.finished().await,
+        None => std::future::pending().await,
     }
-    let mut conns: Vec<ConnId> = Vec::with_capacity(outbox::BATCH);
-    let mut batch: Vec<(&Outbox, &bytes::Bytes)> = Vec::with_capacity(outbox::BATCH);
-    let mut send = |conns: &mut Vec<ConnId>, batch: &mut Vec<(&Outbox, &bytes::Bytes)>| {
-        let pushes = outbox::push_batch(batch, sends.io_uring, sends.submissions);
-        for (conn, push) in conns.iter().zip(pushes) {
-            if let Push::Overflow | Push::Closed = push {
-                dropped.push(*conn);
-            }
-        }
-        conns.clear();
-        batch.clear();
-    };
-    for (conn, s) in viewers {
-        let Some(frame) = &frames[s.encoding.index()] else {
-            continue;
-        };
-        conns.push(*conn);
-        batch.push((&s.outbox, frame));
-        if batch.len() == outbox::BATCH {
-            send(&mut conns, &mut batch);
-        }
-    }
-    if !batch.is_empty() {
-        send(&mut conns, &mut batch);
-    }
-    dropped
-}
-
-/// Splits one fanout into `threads` slices: this thread writes the first,
-/// scoped threads the others, and all are done before the room goes on, so
-/// a viewer's frames still leave in tick order. A thread the system refuses
-/// to start leaves its slice to this one.
-fn write_split(
-    subscribers: &HashMap<ConnId, Subscriber>,
-    frames: &[Option<bytes::Bytes>; 2],
-    threads: usize,
-    split: &prometheus::IntCounter,
-    sends: Sends<'_>,
-) -> Vec<ConnId> {
-    if threads <= 1 {
-        return write_to(subscribers.iter(), frames, sends);
-    }
-    let all: Vec<(&ConnId, &Subscriber)> = subscribers.iter().collect();
-    let per_thread = all.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let mut slices = all.chunks(per_thread);
-        let mine = slices.next().unwrap_or_default();
-        let mut left: Vec<&[(&ConnId, &Subscriber)]> = Vec::new();
-        let mut helpers = Vec::with_capacity(threads - 1);
-        for slice in slices {
-            let spawned = std::thread::Builder::new()
-                .name("flashcast-fanout".into())
-                .spawn_scoped(scope, move || {
-                    write_to(slice.iter().copied(), frames, sends)
-                });
-            match spawned {
-                Ok(helper) => helpers.push(helper),
-                Err(e) => {
-                    tracing::warn!(error = %e, "fanout thread not started; writing its slice here");
-                    left.push(slice);
-                }
-            }
-        }
-        if !helpers.is_empty() {
-            split.inc();
-        }
-        let mut dropped = write_to(mine.iter().copied(), frames, sends);
-        for slice in left {
-            dropped.extend(write_to(slice.iter().copied(), frames, sends));
-        }
-        for helper in helpers {
-            match helper.join() {
-                Ok(d) => dropped.extend(d),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        dropped
-    })
-}
-
-/// `block_in_place` needs the multi-thread runtime (the server's); a
-/// single-threaded one (some embedders' tests) just writes in place.
-fn multi_thread() -> bool {
-    matches!(
-        tokio::runtime::Handle::current().runtime_flavor(),
-        tokio::runtime::RuntimeFlavor::MultiThread
-    )
 }

@@ -1,13 +1,12 @@
-//! The sharded broadcast core. One actor task per room owns all of the room's
-//! state (sequence, history, polls, Q&A, moderation, subscribers), so nothing
-//! in a room needs a lock; connections talk to it through a bounded queue.
+//! Rooms. One actor task per room owns all of the room's state (sequence,
+//! history, polls, Q&A, moderation, subscribers), so nothing in a room
+//! needs a lock; connections talk to it through a bounded queue.
 //!
 //! - `registry`: the sharded map of rooms on this node.
 //! - `actor`: the room task: applies actions, assigns sequence numbers, and
-//!   once per tick encodes the tick's events once per encoding and writes
-//!   the shared frame to every subscriber's socket.
-//! - `outbox`: a connection's outgoing stream, shared by the room's fanout
-//!   and the connection's task; bounded backlog behind a full socket.
+//!   whenever the previous fanout is done, encodes what is pending once per
+//!   encoding and hands the frames to the fanout (`transport::Fanout`),
+//!   which owns the sockets.
 //! - `history`: the bounded ring used for resume and snapshots.
 //!
 //! A chat message arrives in `http::ws`, is checked there (role, rate, size),
@@ -16,7 +15,6 @@
 pub mod actor;
 pub mod history;
 pub mod market;
-pub mod outbox;
 pub mod registry;
 pub mod stream;
 
@@ -33,11 +31,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 use crate::store::Store;
 
-pub use outbox::Outbox;
+pub use crate::transport::ConnId;
 pub use registry::{Registry, RegistryError};
-
-/// Identifies one WebSocket connection on this node.
-pub type ConnId = u64;
 
 /// What every room on a node shares.
 pub struct RoomContext {
@@ -46,6 +41,8 @@ pub struct RoomContext {
     pub store: Arc<dyn Store>,
     /// Each room announces its shop's changes (sales, stock, coupons, pin).
     pub commerce: Arc<crate::commerce::Commerce>,
+    /// Where rooms hand their frames (the node's fanout workers).
+    pub fanout: Arc<dyn crate::transport::Fanout>,
 }
 
 /// The fixed facts of a room.
@@ -58,7 +55,7 @@ pub struct RoomInfo {
 }
 
 /// State the room shares with connections without going through its queue:
-/// reactions are counted here lock-free and collected by the actor each tick.
+/// reactions are counted here lock-free and collected by the actor per batch.
 pub struct RoomShared {
     pub info: RoomInfo,
     reactions: [AtomicU32; ReactionKind::ALL.len()],
@@ -100,15 +97,14 @@ impl RoomShared {
     }
 }
 
-/// A connection's request to join. The room writes the `joined` answer
-/// and then every tick's frame to `outbox`, in that order.
+/// A connection's request to join. The room sends the `joined` answer and
+/// then every batch to `conn` through the fanout, in that order.
 pub struct JoinRequest {
     pub conn: ConnId,
     pub user: UserRef,
     pub encoding: Encoding,
     pub last_seq: Option<Seq>,
     pub epoch: Option<u64>,
-    pub outbox: Arc<Outbox>,
 }
 
 pub(crate) enum Command {
@@ -138,7 +134,7 @@ impl RoomHandle {
         &self.shared.info.id
     }
 
-    /// Counts one reaction; it goes out aggregated with the next tick.
+    /// Counts one reaction; it goes out aggregated with the next batch.
     pub fn react(&self, kind: ReactionKind) {
         self.shared.reactions[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
