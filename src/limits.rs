@@ -7,12 +7,11 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::{Args, FromArgMatches};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Settings;
 use crate::ids::UserId;
 
 /// The smallest `max_recording_bytes`: room for the header and some lines.
@@ -341,8 +340,18 @@ impl Limits {
 }
 
 impl Default for Limits {
+    /// The built-in defaults, from the `#[arg]` attributes above (one place
+    /// for each number) but without reading the command line or any
+    /// `FLASHCAST_*` variable: the same values wherever it runs. The
+    /// settings (`crate::config`) build the configured `Limits`.
     fn default() -> Self {
-        Settings::parse_from(["flashcast"]).limits
+        let command = Limits::augment_args(clap::Command::new("limits"))
+            .no_binary_name(true)
+            .mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(std::iter::empty::<String>())
+            .expect("every limit has a default");
+        Limits::from_arg_matches(&matches).expect("every limit has a default")
     }
 }
 
@@ -421,6 +430,20 @@ mod tick_tests {
     struct Args {
         #[command(flatten)]
         limits: Limits,
+    }
+
+    #[test]
+    fn defaults_are_pure_and_the_settings_read_the_environment() {
+        // Only the orders API reads this limit, so no other test running
+        // meanwhile depends on it.
+        std::env::set_var("FLASHCAST_MAX_ORDERS_PAGE", "7");
+        let pure = Limits::default();
+        let configured = crate::Settings::load_from(["flashcast"]).map(|s| s.limits);
+        std::env::remove_var("FLASHCAST_MAX_ORDERS_PAGE");
+        assert_eq!(pure.max_orders_page, 10_000, "a default reads no variable");
+        assert_eq!(configured.unwrap().max_orders_page, 7);
+        assert_eq!(pure.history_len, 2_000);
+        assert!(pure.validate().is_ok());
     }
 
     #[test]

@@ -22,10 +22,10 @@ use flashcast::commerce::coupon::{CouponScope, CouponView, Discount};
 use flashcast::commerce::money::{Currency, Money};
 use flashcast::commerce::order::{OrderStatus, OrderView};
 use flashcast::commerce::sale::{SaleStatus, SaleView};
-use flashcast::config::Limits;
 use flashcast::ids::{
     CouponId, IdemKey, OrderId, PollId, ProductId, QuestionId, RoomId, SaleId, Sku, UserId,
 };
+use flashcast::limits::Limits;
 use flashcast::protocol::codes::{CloseCode, ErrorCode};
 use flashcast::protocol::{
     ClientFrame, ClientMsg, Encoding, Event, EventBody, PollTally, PollView, QuestionView,

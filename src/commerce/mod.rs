@@ -38,8 +38,8 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Limits;
 use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{now_ms, ErrorCode, UserRef};
 use crate::store::group_commit::GroupCommitConfig;

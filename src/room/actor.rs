@@ -811,7 +811,7 @@ enum PersistBan {
 /// connection (which checks before queueing) and tests.
 pub fn clean_action_text(
     msg: &mut ClientMsg,
-    limits: &crate::config::Limits,
+    limits: &crate::limits::Limits,
 ) -> Result<(), Rejection> {
     match msg {
         ClientMsg::Chat { text } => *text = text::clean(text, limits.max_chat_chars)?,

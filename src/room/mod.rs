@@ -25,10 +25,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Limits;
 use crate::engage::moderation::BanList;
 use crate::engage::Rejection;
 use crate::ids::{RoomId, Seq, UserId};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 use crate::store::Store;
