@@ -27,6 +27,7 @@ use crate::auth::TokenError;
 use crate::commerce::coupon::CouponView;
 use crate::commerce::order::OrderView;
 use crate::commerce::{Answer, BuyRequest, CouponSpec, SaleSpec};
+use crate::engage::text::clean_action_text;
 use crate::engage::Rejection;
 use crate::ids::UserId;
 use crate::limits;
@@ -35,7 +36,6 @@ use crate::protocol::{
     now_ms, ClientFrame, ClientMsg, CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef,
 };
 use crate::recording::recorder::ConnRecorder;
-use crate::room::actor::clean_action_text;
 use crate::room::outbox::{Outbox, Push, Wake};
 use crate::room::{ConnId, JoinRequest, RoomHandle};
 
