@@ -86,12 +86,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     for record in store.rooms()? {
         let demo = record.id.as_str() == DEMO_ROOM && settings.demo_room;
         demo_seen |= demo;
-        let info = RoomInfo {
-            id: record.id.clone(),
-            title: record.title.clone(),
-            allow_guests: record.allow_guests,
-            created_at: record.created_at,
-        };
+        let info = RoomInfo::from(&record);
         if record.closed_at.is_some() && !demo {
             registry.remember_closed(info);
         } else {
@@ -114,9 +109,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             created_at: now_ms(),
             closed_at: None,
         };
-        http::admin::open_room(&app, record)
+        registry
+            .create(record)
             .await
-            .map_err(|e| anyhow::anyhow!("could not create the demo room: {}", e.message))?;
+            .context("could not create the demo room")?;
     }
 
     let listener = TcpListener::bind(settings.listen)

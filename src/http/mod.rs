@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod commerce;
+pub mod extract;
 pub mod media;
 pub mod recording;
 pub mod serve;
@@ -215,6 +216,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
 }
+
+/// What a REST handler answers.
+pub type ApiResult = Result<Response, ApiError>;
 
 /// A refused HTTP request. Renders as the JSON error body every REST
 /// endpoint uses: `{"error": {"code": "...", "message": "..."}}`.

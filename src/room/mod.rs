@@ -57,6 +57,17 @@ pub struct RoomInfo {
     pub created_at: u64,
 }
 
+impl From<&crate::store::RoomRecord> for RoomInfo {
+    fn from(record: &crate::store::RoomRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            title: record.title.clone(),
+            allow_guests: record.allow_guests,
+            created_at: record.created_at,
+        }
+    }
+}
+
 /// State the room shares with connections without going through its queue:
 /// reactions are counted here lock-free and collected by the actor each tick.
 pub struct RoomShared {
