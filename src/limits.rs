@@ -152,9 +152,16 @@ pub struct Limits {
     /// Longest lifetime of a minted token, in seconds.
     #[arg(long, env = "FLASHCAST_MAX_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub max_token_ttl_secs: u64,
-    /// Time given to connections to receive their close frame on shutdown.
+    /// Time given to connections to receive their close frame on shutdown
+    /// (and to HTTP requests in flight when the listener closes).
     #[arg(long, env = "FLASHCAST_SHUTDOWN_GRACE_MS", default_value_t = 3_000)]
     pub shutdown_grace_ms: u64,
+    /// Time the node keeps accepting after shutdown begins, answering
+    /// `/readyz` and new `GET /ws` with 503, so that a load balancer sees it
+    /// go not-ready before it stops listening. A second Ctrl-C or SIGTERM
+    /// ends it early.
+    #[arg(long, env = "FLASHCAST_SHUTDOWN_DRAIN_MS", default_value_t = 5_000)]
+    pub shutdown_drain_ms: u64,
     /// Largest REST request body, in bytes.
     #[arg(long, env = "FLASHCAST_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,

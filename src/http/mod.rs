@@ -186,7 +186,24 @@ pub fn router(app: AppState) -> Router {
         .merge(api)
         .merge(web::routes())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response_with_state(
+            app.clone(),
+            close_when_draining,
+        ))
         .with_state(app)
+}
+
+/// During the shutdown drain, every answer asks the client to close its
+/// keep-alive connection, so its next request opens a new one (through the
+/// load balancer, to another node) instead of finding this one closed.
+async fn close_when_draining(State(app): State<AppState>, mut resp: Response) -> Response {
+    if app.is_shutting_down() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
