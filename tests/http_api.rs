@@ -332,6 +332,42 @@ async fn shutdown_tells_viewers_to_reconnect_elsewhere() {
     );
 }
 
+/// `start_sale` and `drop_coupon` are WebSocket messages too, where unknown
+/// fields are ignored; as REST bodies they refuse them, as every body does.
+#[tokio::test]
+async fn sale_and_coupon_bodies_refuse_unknown_fields() {
+    let srv = TestServer::start(&[]).await;
+    create_product(&srv, "demo", &["SHIRT-M"]).await;
+    let sale = json!({"sku": "SHIRT-M", "sale_price_minor": 1900, "stock": 5,
+        "per_user_limit": 1, "duration_secs": 600});
+    let coupon = json!({"count": 5, "discount": {"kind": "percent", "percent": 10},
+        "expires_in_secs": 60});
+    for (path, body) in [("sales", &sale), ("coupons", &coupon)] {
+        let path = format!("/api/v1/rooms/demo/{path}");
+        let mut extra = body.clone();
+        extra["colour"] = json!("red");
+        let resp = srv
+            .admin(Method::POST, &path)
+            .json(&extra)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+        let error: Value = resp.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "malformed", "{path}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("colour"), "{message}");
+        let resp = srv
+            .admin(Method::POST, &path)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "{path}");
+    }
+    srv.stop().await;
+}
+
 /// Reads one HTTP/1.1 answer: (status line and headers, body).
 async fn read_answer(tcp: &mut tokio::net::TcpStream) -> (String, String) {
     use tokio::io::AsyncReadExt;

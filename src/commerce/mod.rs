@@ -42,6 +42,8 @@ use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{now_ms, ErrorCode, UserRef};
+/// What a host sends to start a sale or drop coupons: wire messages.
+pub use crate::protocol::{CouponSpec, SaleSpec};
 use crate::store::group_commit::GroupCommitConfig;
 use crate::store::StoreError;
 
@@ -99,43 +101,6 @@ pub struct BuyRequest {
     pub qty: u32,
     pub key: IdemKey,
     pub coupon_id: Option<CouponId>,
-}
-
-/// A flash sale as a host schedules it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SaleSpec {
-    pub sku: Sku,
-    /// Sale price of one unit, in minor units of the product's currency.
-    pub sale_price_minor: u64,
-    /// Units for sale.
-    pub stock: u32,
-    /// Most units one buyer may hold (reserved plus paid).
-    pub per_user_limit: u32,
-    /// Unix ms; absent or past means now.
-    #[serde(default)]
-    pub starts_at: Option<u64>,
-    pub duration_secs: u64,
-    /// Time to pay a reservation; defaults to `payment_window_secs`.
-    #[serde(default)]
-    pub payment_window_secs: Option<u64>,
-}
-
-/// A coupon drop as a host sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CouponSpec {
-    /// Coupons in the drop: the first `count` claimers get one.
-    pub count: u32,
-    pub discount: Discount,
-    #[serde(default = "room_scope")]
-    pub scope: CouponScope,
-    /// Claims and uses are refused after this many seconds.
-    pub expires_in_secs: u64,
-}
-
-fn room_scope() -> CouponScope {
-    CouponScope::Room
 }
 
 /// The node's commerce engine.

@@ -97,9 +97,10 @@ impl FromRequestParts<AppState> for PathId {
     }
 }
 
-/// A JSON request body (unknown fields refused where the type says so);
-/// else 400 `malformed`. A body over `max_body_bytes` is refused before
-/// (413).
+/// A JSON request body; else 400 `malformed`, also for an unknown field
+/// (whatever the type says: `SaleSpec` is a WebSocket message too, where
+/// unknown fields are ignored). A body over `max_body_bytes` is refused
+/// before (413).
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -109,22 +110,39 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         let body = Bytes::from_request(req, app)
             .await
             .map_err(IntoResponse::into_response)?;
-        parse(&body)
+        parse_strict(&body)
             .map(JsonBody)
             .map_err(IntoResponse::into_response)
+    }
+}
+
+/// `parse`, refusing fields the type does not know.
+fn parse_strict<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut unknown = None;
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let value = serde_ignored::deserialize(&mut json, |path| {
+        unknown.get_or_insert_with(|| path.to_string());
+    })
+    .and_then(|value| json.end().map(|()| value))
+    .map_err(malformed)?;
+    match unknown {
+        None => Ok(value),
+        Some(field) => Err(malformed(format!("unknown field `{field}`"))),
     }
 }
 
 /// Decodes a JSON body; for handlers that need the raw bytes too (the
 /// payment webhook checks their signature first).
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::Malformed,
-            format!("invalid JSON body: {e}"),
-        )
-    })
+    serde_json::from_slice(body).map_err(malformed)
+}
+
+fn malformed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::Malformed,
+        format!("invalid JSON body: {e}"),
+    )
 }
 
 /// 400 `invalid_argument`.

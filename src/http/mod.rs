@@ -156,15 +156,33 @@ impl utoipa::Modify for AdminKey {
     }
 }
 
+/// Request bodies refuse unknown fields (`extract::JsonBody`). The types
+/// that are WebSocket messages too cannot say so to serde (unknown fields
+/// of a client message are ignored), so the document says it for them.
+fn strict_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    use utoipa::openapi::RefOr;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for name in ["SaleSpec", "CouponSpec"] {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
+}
+
 /// The REST routes and the OpenAPI document generated from them.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi;
-    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(admin::routes())
         .merge(commerce::routes())
         .merge(recording::routes())
         .merge(media::routes())
-        .split_for_parts()
+        .split_for_parts();
+    strict_bodies(&mut doc);
+    (api, doc)
 }
 
 pub fn router(app: AppState) -> Router {
