@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 use super::extract::AdminRoom;
 use super::{ApiError, ApiResult, AppState, ErrorBody};
 use crate::protocol::ErrorCode;
-use crate::recording::recorder::{RecordingStarted, RecordingSummary, StartError};
+use crate::recording::recorder::{RecordingStarted, RecordingSummary, Recordings, StartError};
 
 /// The media type of a recording: JSON lines.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -33,6 +33,18 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
         ErrorCode::Internal,
         "could not access the recording",
     )
+}
+
+/// Runs `f` on the node's recordings on a blocking thread: they open,
+/// flush and close files.
+async fn off_runtime<T: Send + 'static>(
+    app: &AppState,
+    f: impl FnOnce(&Recordings) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let recordings = app.recordings.clone();
+    tokio::task::spawn_blocking(move || f(&recordings))
+        .await
+        .map_err(internal)
 }
 
 fn no_recording() -> ApiError {
@@ -56,10 +68,7 @@ fn no_recording() -> ApiError {
         (status = 503, body = ErrorBody, description = "`max_recordings` rooms are recording")),
     security(("admin_key" = [])))]
 async fn start_recording(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
-    let recordings = app.recordings.clone();
-    let started = tokio::task::spawn_blocking(move || recordings.start(&room))
-        .await
-        .map_err(internal)?;
+    let started = off_runtime(&app, move |r| r.start(&room)).await?;
     match started {
         Ok(started) => Ok((StatusCode::CREATED, Json(started)).into_response()),
         Err(StartError::AlreadyRecording) => Err(ApiError::new(
@@ -92,11 +101,8 @@ async fn start_recording(State(app): State<AppState>, AdminRoom(room): AdminRoom
         (status = 404, body = ErrorBody, description = "no such room, or it has not recorded since the server started")),
     security(("admin_key" = [])))]
 async fn stop_recording(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
-    let recordings = app.recordings.clone();
     let id = room.id().clone();
-    let summary = tokio::task::spawn_blocking(move || recordings.stop(&id))
-        .await
-        .map_err(internal)?;
+    let summary = off_runtime(&app, move |r| r.stop(&id)).await?;
     match summary {
         Some(summary) => Ok(Json(summary).into_response()),
         None => Err(no_recording()),
@@ -116,11 +122,9 @@ async fn stop_recording(State(app): State<AppState>, AdminRoom(room): AdminRoom)
         (status = 500, body = ErrorBody)),
     security(("admin_key" = [])))]
 async fn download_recording(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
-    let recordings = app.recordings.clone();
     let id = room.id().clone();
-    let latest = tokio::task::spawn_blocking(move || recordings.latest(&id))
-        .await
-        .map_err(internal)?
+    let latest = off_runtime(&app, move |r| r.latest(&id))
+        .await?
         .map_err(internal)?;
     let Some(download) = latest else {
         return Err(no_recording());
