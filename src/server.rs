@@ -204,14 +204,6 @@ impl Server {
                 "connections still open at the end of the grace period"
             );
         }
-        // After the connections, so their leaves are recorded.
-        let recordings = self.app.recordings.clone();
-        let stopped = tokio::task::spawn_blocking(move || {
-            recordings.stop_all(crate::recording::recorder::StopReason::Shutdown)
-        });
-        if stopped.await.is_err() {
-            tracing::error!("could not stop the recordings");
-        }
         let drained =
             tokio::time::Instant::from_std(began + Duration::from_millis(limits.shutdown_drain_ms));
         tokio::select! {
@@ -224,6 +216,15 @@ impl Server {
         let backstop = Duration::from_millis(limits.shutdown_grace_ms) + Duration::from_secs(1);
         if tokio::time::timeout(backstop, self.serve).await.is_err() {
             tracing::warn!("the HTTP server did not stop in time");
+        }
+        // After the connections, so their leaves are recorded, and after
+        // the drain, whose REST requests may have started one.
+        let recordings = self.app.recordings.clone();
+        let stopped = tokio::task::spawn_blocking(move || {
+            recordings.stop_all(crate::recording::recorder::StopReason::Shutdown)
+        });
+        if stopped.await.is_err() {
+            tracing::error!("could not stop the recordings");
         }
     }
 
