@@ -7,12 +7,11 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::{Args, FromArgMatches};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Settings;
 use crate::ids::UserId;
 
 /// The smallest `max_recording_bytes`: room for the header and some lines.
@@ -139,9 +138,16 @@ pub struct Limits {
     /// Longest lifetime of a minted token, in seconds.
     #[arg(long, env = "FLASHCAST_MAX_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub max_token_ttl_secs: u64,
-    /// Time given to connections to receive their close frame on shutdown.
+    /// Time given to connections to receive their close frame on shutdown
+    /// (and to HTTP requests in flight when the listener closes).
     #[arg(long, env = "FLASHCAST_SHUTDOWN_GRACE_MS", default_value_t = 3_000)]
     pub shutdown_grace_ms: u64,
+    /// Time the node keeps accepting after shutdown begins, answering
+    /// `/readyz` and new `GET /ws` with 503, so that a load balancer sees it
+    /// go not-ready before it stops listening. A second Ctrl-C or SIGTERM
+    /// ends it early.
+    #[arg(long, env = "FLASHCAST_SHUTDOWN_DRAIN_MS", default_value_t = 5_000)]
+    pub shutdown_drain_ms: u64,
     /// Largest REST request body, in bytes.
     #[arg(long, env = "FLASHCAST_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
@@ -312,8 +318,18 @@ impl Limits {
 }
 
 impl Default for Limits {
+    /// The built-in defaults, from the `#[arg]` attributes above (one place
+    /// for each number) but without reading the command line or any
+    /// `FLASHCAST_*` variable: the same values wherever it runs. The
+    /// settings (`crate::config`) build the configured `Limits`.
     fn default() -> Self {
-        Settings::parse_from(["flashcast"]).limits
+        let command = Limits::augment_args(clap::Command::new("limits"))
+            .no_binary_name(true)
+            .mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(std::iter::empty::<String>())
+            .expect("every limit has a default");
+        Limits::from_arg_matches(&matches).expect("every limit has a default")
     }
 }
 
@@ -391,6 +407,20 @@ mod tick_tests {
     struct Args {
         #[command(flatten)]
         limits: Limits,
+    }
+
+    #[test]
+    fn defaults_are_pure_and_the_settings_read_the_environment() {
+        // Only the orders API reads this limit, so no other test running
+        // meanwhile depends on it.
+        std::env::set_var("FLASHCAST_MAX_ORDERS_PAGE", "7");
+        let pure = Limits::default();
+        let configured = crate::Settings::load_from(["flashcast"]).map(|s| s.limits);
+        std::env::remove_var("FLASHCAST_MAX_ORDERS_PAGE");
+        assert_eq!(pure.max_orders_page, 10_000, "a default reads no variable");
+        assert_eq!(configured.unwrap().max_orders_page, 7);
+        assert_eq!(pure.history_len, 2_000);
+        assert!(pure.validate().is_ok());
     }
 
     #[test]

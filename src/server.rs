@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{random_secret, TokenKeys};
@@ -29,6 +30,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub app: AppState,
     serve: JoinHandle<std::io::Result<()>>,
+    /// Turns true when the drain ends: the listener closes.
+    stop_serving: watch::Sender<bool>,
 }
 
 /// Starts a server and returns once it is listening.
@@ -98,12 +101,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     for record in store.rooms()? {
         let demo = record.id.as_str() == DEMO_ROOM && settings.demo_room;
         demo_seen |= demo;
-        let info = RoomInfo {
-            id: record.id.clone(),
-            title: record.title.clone(),
-            allow_guests: record.allow_guests,
-            created_at: record.created_at,
-        };
+        let info = RoomInfo::from(&record);
         if record.closed_at.is_some() && !demo {
             registry.remember_closed(info);
         } else {
@@ -126,9 +124,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             created_at: now_ms(),
             closed_at: None,
         };
-        http::admin::open_room(&app, record)
+        registry
+            .create(record)
             .await
-            .map_err(|e| anyhow::anyhow!("could not create the demo room: {}", e.message))?;
+            .context("could not create the demo room")?;
     }
 
     let listener = TcpListener::bind(settings.listen)
@@ -136,14 +135,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let send_buffer = settings.limits.socket_send_buffer;
+    let stop_serving = watch::channel(false).0;
     let serve = tokio::spawn(http::serve::serve(
         listener,
         http::router(app.clone()),
-        app.shutdown.subscribe(),
+        stop_serving.subscribe(),
+        Duration::from_millis(settings.limits.shutdown_grace_ms),
         move |tcp| tune_socket(tcp, send_buffer),
     ));
 
-    tokio::spawn(commerce.run_expiry(app.shutdown.subscribe()));
+    // Payments may still arrive during the drain; reservations still expire.
+    tokio::spawn(commerce.run_expiry(stop_serving.subscribe()));
 
     let janitor_app = app.clone();
     tokio::spawn(async move {
@@ -158,7 +160,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     });
 
     tracing::info!(%addr, "flashcast listening");
-    Ok(Server { addr, app, serve })
+    Ok(Server {
+        addr,
+        app,
+        serve,
+        stop_serving,
+    })
 }
 
 /// Low latency for small frames, and a bounded kernel send buffer.
@@ -174,15 +181,31 @@ fn tune_socket(tcp: &tokio::net::TcpStream, send_buffer: usize) {
 }
 
 impl Server {
-    /// Stops accepting, tells every viewer to reconnect elsewhere (1012),
-    /// and waits up to `shutdown_grace_ms` for them to be told.
+    /// Stops gracefully. Shutdown begins: `/readyz` and new `GET /ws`
+    /// requests answer 503, and every viewer is told to reconnect elsewhere
+    /// (1012) and given up to `shutdown_grace_ms` to be told. The listener
+    /// keeps accepting (the drain) until `shutdown_drain_ms` after the
+    /// start, so a load balancer sees the node go not-ready, then closes;
+    /// HTTP requests in flight are still answered (up to
+    /// `shutdown_grace_ms`).
     pub async fn shutdown(self) {
-        tracing::info!("shutting down");
+        self.shutdown_or(std::future::pending()).await
+    }
+
+    /// `shutdown`, with a drain that ends early when `hurry` resolves (a
+    /// second Ctrl-C).
+    pub async fn shutdown_or(self, hurry: impl std::future::Future<Output = ()>) {
+        let limits = self.app.limits.clone();
+        let began = Instant::now();
+        tracing::info!(
+            drain_ms = limits.shutdown_drain_ms,
+            "shutting down: not ready, draining"
+        );
         self.app.shutdown.send_replace(true);
         self.app.registry.shutdown().await;
         // Video sessions end with the rooms (their viewers' connections close).
         self.app.media.shutdown().await;
-        let deadline = Instant::now() + Duration::from_millis(self.app.limits.shutdown_grace_ms);
+        let deadline = began + Duration::from_millis(limits.shutdown_grace_ms);
         while self.app.open_connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -193,7 +216,21 @@ impl Server {
                 "connections still open at the end of the grace period"
             );
         }
-        // After the connections, so their leaves are recorded.
+        let drained =
+            tokio::time::Instant::from_std(began + Duration::from_millis(limits.shutdown_drain_ms));
+        tokio::select! {
+            _ = tokio::time::sleep_until(drained) => {}
+            _ = hurry => tracing::info!("drain cut short"),
+        }
+        tracing::info!("closing the listener");
+        self.stop_serving.send_replace(true);
+        // `serve` bounds its own wait by the grace period; this is a backstop.
+        let backstop = Duration::from_millis(limits.shutdown_grace_ms) + Duration::from_secs(1);
+        if tokio::time::timeout(backstop, self.serve).await.is_err() {
+            tracing::warn!("the HTTP server did not stop in time");
+        }
+        // After the connections, so their leaves are recorded, and after
+        // the drain, whose REST requests may have started one.
         let recordings = self.app.recordings.clone();
         let stopped = tokio::task::spawn_blocking(move || {
             recordings.stop_all(crate::recording::recorder::StopReason::Shutdown)
@@ -201,7 +238,6 @@ impl Server {
         if stopped.await.is_err() {
             tracing::error!("could not stop the recordings");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.serve).await;
     }
 
     pub fn admin_key(&self) -> &str {

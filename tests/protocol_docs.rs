@@ -22,14 +22,15 @@ use flashcast::commerce::coupon::{CouponScope, CouponView, Discount};
 use flashcast::commerce::money::{Currency, Money};
 use flashcast::commerce::order::{OrderStatus, OrderView};
 use flashcast::commerce::sale::{SaleStatus, SaleView};
-use flashcast::config::Limits;
 use flashcast::ids::{
     CouponId, IdemKey, OrderId, PollId, ProductId, QuestionId, RoomId, SaleId, Sku, UserId,
 };
+use flashcast::limits::Limits;
 use flashcast::protocol::codes::{CloseCode, ErrorCode};
 use flashcast::protocol::{
-    ClientFrame, ClientMsg, Encoding, Event, EventBody, PollTally, PollView, QuestionView,
-    ReactionKind, Role, RoomState, SaleEndReason, ServerMsg, StreamState, StreamStatus, UserRef,
+    ClientFrame, ClientMsg, CouponSpec, Encoding, Event, EventBody, PollTally, PollView,
+    QuestionView, ReactionKind, Role, RoomState, SaleEndReason, SaleSpec, ServerMsg, StreamState,
+    StreamStatus, UserRef,
 };
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -242,7 +243,7 @@ fn client_samples() -> Vec<ClientMsg> {
         ClientMsg::PinProduct {
             product_id: Some(ProductId(1)),
         },
-        ClientMsg::StartSale {
+        ClientMsg::StartSale(SaleSpec {
             sku: sku(),
             sale_price_minor: 2900,
             stock: 10,
@@ -250,14 +251,14 @@ fn client_samples() -> Vec<ClientMsg> {
             starts_at: Some(1),
             duration_secs: 60,
             payment_window_secs: Some(600),
-        },
+        }),
         ClientMsg::EndSale { sale_id: SaleId(2) },
-        ClientMsg::DropCoupon {
+        ClientMsg::DropCoupon(CouponSpec {
             count: 100,
             discount: Discount::Fixed { amount: usd(500) },
             scope: CouponScope::Sale { sale_id: SaleId(2) },
             expires_in_secs: 60,
-        },
+        }),
     ];
     let mut seen = BTreeSet::new();
     for msg in &all {
@@ -1022,10 +1023,19 @@ fn documented_decoding_rules_hold() {
         )
         .unwrap()
         .msg,
-        ClientMsg::DropCoupon {
+        ClientMsg::DropCoupon(CouponSpec {
             scope: CouponScope::Room,
             ..
-        }
+        })
+    ));
+    // Also in the messages that are REST bodies too (which refuse them).
+    assert!(matches!(
+        decode_client(
+            r#"{"type":"start_sale","sku":"SHIRT-M","sale_price_minor":1,"stock":1,"per_user_limit":1,"duration_secs":60,"colour":"red"}"#
+        )
+        .unwrap()
+        .msg,
+        ClientMsg::StartSale(SaleSpec { stock: 1, starts_at: None, .. })
     ));
     // A price sent with a buy is an unknown field: ignored, never used.
     assert!(matches!(

@@ -38,10 +38,12 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Limits;
 use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{now_ms, ErrorCode, UserRef};
+/// What a host sends to start a sale or drop coupons: wire messages.
+pub use crate::protocol::{CouponSpec, SaleSpec};
 use crate::store::group_commit::GroupCommitConfig;
 use crate::store::StoreError;
 
@@ -81,6 +83,16 @@ impl CommerceError {
         Self::new(ErrorCode::InvalidArgument, message)
     }
 
+    /// `value` must be 1 to `max`: else `invalid_argument`, "`name` must
+    /// be 1-`max`".
+    fn check_range(name: &str, value: impl Into<u64>, max: impl Into<u64>) -> CommerceResult<()> {
+        let (value, max) = (value.into(), max.into());
+        if value == 0 || value > max {
+            return Err(Self::invalid(format!("{name} must be 1-{max}")));
+        }
+        Ok(())
+    }
+
     fn store(e: StoreError) -> Self {
         tracing::error!(error = %e, "commerce write failed");
         Self::new(
@@ -99,43 +111,6 @@ pub struct BuyRequest {
     pub qty: u32,
     pub key: IdemKey,
     pub coupon_id: Option<CouponId>,
-}
-
-/// A flash sale as a host schedules it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SaleSpec {
-    pub sku: Sku,
-    /// Sale price of one unit, in minor units of the product's currency.
-    pub sale_price_minor: u64,
-    /// Units for sale.
-    pub stock: u32,
-    /// Most units one buyer may hold (reserved plus paid).
-    pub per_user_limit: u32,
-    /// Unix ms; absent or past means now.
-    #[serde(default)]
-    pub starts_at: Option<u64>,
-    pub duration_secs: u64,
-    /// Time to pay a reservation; defaults to `payment_window_secs`.
-    #[serde(default)]
-    pub payment_window_secs: Option<u64>,
-}
-
-/// A coupon drop as a host sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CouponSpec {
-    /// Coupons in the drop: the first `count` claimers get one.
-    pub count: u32,
-    pub discount: Discount,
-    #[serde(default = "room_scope")]
-    pub scope: CouponScope,
-    /// Claims and uses are refused after this many seconds.
-    pub expires_in_secs: u64,
-}
-
-fn room_scope() -> CouponScope {
-    CouponScope::Room
 }
 
 /// The node's commerce engine.
@@ -373,34 +348,14 @@ impl Commerce {
             )
         })?;
         let variant = product.variant(&spec.sku).expect("found by sku");
-        if spec.stock == 0 || spec.stock > l.max_sale_stock {
-            return Err(CommerceError::invalid(format!(
-                "stock must be 1-{}",
-                l.max_sale_stock
-            )));
-        }
-        if spec.per_user_limit == 0 || spec.per_user_limit > l.max_buy_qty {
-            return Err(CommerceError::invalid(format!(
-                "per_user_limit must be 1-{}",
-                l.max_buy_qty
-            )));
-        }
+        CommerceError::check_range("stock", spec.stock, l.max_sale_stock)?;
+        CommerceError::check_range("per_user_limit", spec.per_user_limit, l.max_buy_qty)?;
         if spec.sale_price_minor > MAX_MINOR {
             return Err(CommerceError::invalid("sale_price_minor is out of range"));
         }
-        if spec.duration_secs == 0 || spec.duration_secs > l.max_sale_secs {
-            return Err(CommerceError::invalid(format!(
-                "duration_secs must be 1-{}",
-                l.max_sale_secs
-            )));
-        }
+        CommerceError::check_range("duration_secs", spec.duration_secs, l.max_sale_secs)?;
         let window = spec.payment_window_secs.unwrap_or(l.payment_window_secs);
-        if window == 0 || window > l.max_payment_window_secs {
-            return Err(CommerceError::invalid(format!(
-                "payment_window_secs must be 1-{}",
-                l.max_payment_window_secs
-            )));
-        }
+        CommerceError::check_range("payment_window_secs", window, l.max_payment_window_secs)?;
         let starts_at = spec.starts_at.unwrap_or(now).max(now);
         if starts_at > now + l.max_sale_secs * 1000 {
             return Err(CommerceError::invalid(
@@ -489,12 +444,7 @@ impl Commerce {
         let l = &self.limits;
         let shop = self.shop(room);
         let _admin = shop.admin.lock().await;
-        if spec.count == 0 || spec.count > l.max_coupon_count {
-            return Err(CommerceError::invalid(format!(
-                "count must be 1-{}",
-                l.max_coupon_count
-            )));
-        }
+        CommerceError::check_range("count", spec.count, l.max_coupon_count)?;
         match spec.discount {
             Discount::Percent { percent } if !(1..=100).contains(&percent) => {
                 return Err(CommerceError::invalid("percent must be 1-100"))
@@ -523,12 +473,7 @@ impl Commerce {
                 }
             }
         }
-        if spec.expires_in_secs == 0 || spec.expires_in_secs > l.max_sale_secs {
-            return Err(CommerceError::invalid(format!(
-                "expires_in_secs must be 1-{}",
-                l.max_sale_secs
-            )));
-        }
+        CommerceError::check_range("expires_in_secs", spec.expires_in_secs, l.max_sale_secs)?;
         if shop.coupons().len() >= l.max_coupons_per_room {
             return Err(CommerceError::new(
                 ErrorCode::LimitReached,

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod commerce;
+pub mod extract;
 pub mod media;
 pub mod recording;
 pub mod serve;
@@ -158,15 +159,33 @@ impl utoipa::Modify for AdminKey {
     }
 }
 
+/// Request bodies refuse unknown fields (`extract::JsonBody`). The types
+/// that are WebSocket messages too cannot say so to serde (unknown fields
+/// of a client message are ignored), so the document says it for them.
+fn strict_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    use utoipa::openapi::RefOr;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for name in ["SaleSpec", "CouponSpec"] {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
+}
+
 /// The REST routes and the OpenAPI document generated from them.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi;
-    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(admin::routes())
         .merge(commerce::routes())
         .merge(recording::routes())
         .merge(media::routes())
-        .split_for_parts()
+        .split_for_parts();
+    strict_bodies(&mut doc);
+    (api, doc)
 }
 
 pub fn router(app: AppState) -> Router {
@@ -188,7 +207,24 @@ pub fn router(app: AppState) -> Router {
         .merge(api)
         .merge(web::routes())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response_with_state(
+            app.clone(),
+            close_when_draining,
+        ))
         .with_state(app)
+}
+
+/// During the shutdown drain, every answer asks the client to close its
+/// keep-alive connection, so its next request opens a new one (through the
+/// load balancer, to another node) instead of finding this one closed.
+async fn close_when_draining(State(app): State<AppState>, mut resp: Response) -> Response {
+    if app.is_shutting_down() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
@@ -218,6 +254,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
 }
+
+/// What a REST handler answers.
+pub type ApiResult = Result<Response, ApiError>;
 
 /// A refused HTTP request. Renders as the JSON error body every REST
 /// endpoint uses: `{"error": {"code": "...", "message": "..."}}`.

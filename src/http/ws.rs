@@ -25,7 +25,8 @@ use super::{api_error, AppState};
 use crate::auth::TokenError;
 use crate::commerce::coupon::CouponView;
 use crate::commerce::order::OrderView;
-use crate::commerce::{Answer, BuyRequest, CouponSpec, SaleSpec};
+use crate::commerce::{Answer, BuyRequest};
+use crate::engage::text::clean_action_text;
 use crate::engage::Rejection;
 use crate::ids::UserId;
 use crate::limits;
@@ -34,7 +35,6 @@ use crate::protocol::{
     now_ms, ClientFrame, ClientMsg, CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef,
 };
 use crate::recording::recorder::ConnRecorder;
-use crate::room::actor::clean_action_text;
 use crate::room::{ConnId, JoinRequest, RoomHandle};
 use crate::transport::socket::SocketConfig;
 use crate::transport::{Outbox, Push, Wake, WsSocket};
@@ -567,41 +567,11 @@ impl Connection {
             ClientMsg::PinProduct { product_id } => {
                 commerce.pin(room, product_id).await.map(|()| Some(ack))
             }
-            ClientMsg::StartSale {
-                sku,
-                sale_price_minor,
-                stock,
-                per_user_limit,
-                starts_at,
-                duration_secs,
-                payment_window_secs,
-            } => {
-                let spec = SaleSpec {
-                    sku,
-                    sale_price_minor,
-                    stock,
-                    per_user_limit,
-                    starts_at,
-                    duration_secs,
-                    payment_window_secs,
-                };
-                commerce.start_sale(room, spec).await.map(|_| Some(ack))
-            }
+            ClientMsg::StartSale(spec) => commerce.start_sale(room, spec).await.map(|_| Some(ack)),
             ClientMsg::EndSale { sale_id } => {
                 commerce.end_sale(room, sale_id).await.map(|_| Some(ack))
             }
-            ClientMsg::DropCoupon {
-                count,
-                discount,
-                scope,
-                expires_in_secs,
-            } => {
-                let spec = CouponSpec {
-                    count,
-                    discount,
-                    scope,
-                    expires_in_secs,
-                };
+            ClientMsg::DropCoupon(spec) => {
                 commerce.drop_coupon(room, spec).await.map(|_| Some(ack))
             }
             _ => unreachable!("only commerce messages are routed here"),

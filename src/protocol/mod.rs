@@ -204,29 +204,12 @@ pub enum ClientMsg {
         product_id: Option<ProductId>,
     },
     /// Schedules (or starts now) a flash sale on one SKU.
-    StartSale {
-        sku: Sku,
-        sale_price_minor: u64,
-        stock: u32,
-        per_user_limit: u32,
-        /// Unix ms; absent starts now.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        starts_at: Option<u64>,
-        duration_secs: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        payment_window_secs: Option<u64>,
-    },
+    StartSale(SaleSpec),
     EndSale {
         sale_id: SaleId,
     },
     /// Drops `count` first-come coupons.
-    DropCoupon {
-        count: u32,
-        discount: Discount,
-        #[serde(default = "room_scope")]
-        scope: CouponScope,
-        expires_in_secs: u64,
-    },
+    DropCoupon(CouponSpec),
 
     /// Any `type` this server does not know.
     #[serde(other, skip_serializing)]
@@ -289,6 +272,43 @@ impl ClientMsg {
             _ => Role::Moderator,
         }
     }
+}
+
+/// A flash sale as a host schedules it.
+// Both the `start_sale` message and the body of `POST
+// /api/v1/rooms/{room}/sales`: unknown fields are ignored on the WebSocket,
+// like those of every client message, and refused by the REST API, like
+// those of every request body (`http::extract::JsonBody`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SaleSpec {
+    pub sku: Sku,
+    /// Sale price of one unit, in minor units of the product's currency.
+    pub sale_price_minor: u64,
+    /// Units for sale.
+    pub stock: u32,
+    /// Most units one buyer may hold (reserved plus paid).
+    pub per_user_limit: u32,
+    /// Unix ms; absent or past means now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<u64>,
+    pub duration_secs: u64,
+    /// Time to pay a reservation; defaults to `payment_window_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_window_secs: Option<u64>,
+}
+
+/// A coupon drop as a host sends it.
+// Both the `drop_coupon` message and the body of `POST
+// /api/v1/rooms/{room}/coupons` (unknown fields as for `SaleSpec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CouponSpec {
+    /// Coupons in the drop: the first `count` claimers get one.
+    pub count: u32,
+    pub discount: Discount,
+    #[serde(default = "room_scope")]
+    pub scope: CouponScope,
+    /// Claims and uses are refused after this many seconds.
+    pub expires_in_secs: u64,
 }
 
 fn room_scope() -> CouponScope {

@@ -20,8 +20,8 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{TraceAction, TraceHeader, TraceLine, TraceWriter};
-use crate::config::Limits;
 use crate::ids::RoomId;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{now_ms, ClientMsg, Role};
 use crate::room::{RoomHandle, RoomShared};

@@ -23,7 +23,7 @@ use super::{Command, ConnId, JoinRequest, RoomContext, RoomShared};
 use crate::engage::moderation::Moderation;
 use crate::engage::poll::{Poll, PollSpec};
 use crate::engage::qa::Questions;
-use crate::engage::{text, Rejection};
+use crate::engage::Rejection;
 use crate::ids::{PollId, RoomId, Seq, UserId};
 use crate::protocol::{
     now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
@@ -771,22 +771,6 @@ enum Reply {
 enum PersistBan {
     Add(UserId),
     Remove(UserId),
-}
-
-/// Cleans user text for the actions that carry some; shared by the
-/// connection (which checks before queueing) and tests.
-pub fn clean_action_text(
-    msg: &mut ClientMsg,
-    limits: &crate::config::Limits,
-) -> Result<(), Rejection> {
-    match msg {
-        ClientMsg::Chat { text } => *text = text::clean(text, limits.max_chat_chars)?,
-        ClientMsg::Ask { text } | ClientMsg::Announce { text } | ClientMsg::Answer { text, .. } => {
-            *text = text::clean(text, limits.max_text_chars)?
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// Resolves when `published` is written (never for none).

@@ -23,10 +23,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Limits;
 use crate::engage::moderation::BanList;
 use crate::engage::Rejection;
 use crate::ids::{RoomId, Seq, UserId};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 use crate::store::Store;
@@ -52,6 +52,17 @@ pub struct RoomInfo {
     pub title: String,
     pub allow_guests: bool,
     pub created_at: u64,
+}
+
+impl From<&crate::store::RoomRecord> for RoomInfo {
+    fn from(record: &crate::store::RoomRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            title: record.title.clone(),
+            allow_guests: record.allow_guests,
+            created_at: record.created_at,
+        }
+    }
 }
 
 /// State the room shares with connections without going through its queue:

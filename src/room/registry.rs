@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::actor::RoomActor;
 use super::{Command, RoomContext, RoomHandle, RoomInfo, RoomShared};
 use crate::ids::{RoomId, UserId};
+use crate::store::RoomRecord;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -16,6 +17,10 @@ pub enum RegistryError {
     Exists,
     #[error("this node already hosts max_rooms open rooms")]
     LimitReached,
+    /// The room could not be stored (logged where it happened); it was not
+    /// opened.
+    #[error("could not store the room")]
+    NotStored,
 }
 
 pub struct Registry {
@@ -62,6 +67,24 @@ impl Registry {
         tokio::spawn(actor.run());
         self.ctx.metrics.rooms.inc();
         Ok(handle)
+    }
+
+    /// Opens a new room and stores it, so it survives a restart; answers
+    /// once it is stored. Used by the admin API and by the demo room's
+    /// seeding at start-up.
+    pub async fn create(&self, record: RoomRecord) -> Result<RoomHandle, RegistryError> {
+        let room = self.open(RoomInfo::from(&record), Vec::new())?;
+        let store = self.ctx.store.clone();
+        let saved = tokio::task::spawn_blocking(move || store.put_room(&record))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::error!(error = %e, room = %room.id(), "could not persist room");
+            self.end(room.id()).await;
+            return Err(RegistryError::NotStored);
+        }
+        Ok(room)
     }
 
     /// Keeps an ended room's id known, so joins get "room closed" rather

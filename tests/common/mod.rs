@@ -55,6 +55,9 @@ impl TestServer {
             "10000",
             "--shutdown-grace-ms",
             "2000",
+            // Tests that stop a server do not wait for a load balancer.
+            "--shutdown-drain-ms",
+            "0",
         ];
         args.extend_from_slice(extra);
         let settings = Settings::load_from(args).expect("valid test settings");
