@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flashcast::commerce::Commerce;
-use flashcast::config::Limits;
 use flashcast::ids::{RoomId, UserId};
+use flashcast::limits::Limits;
 use flashcast::metrics::Metrics;
 use flashcast::protocol::codec::{decode_server, WireFrame};
 use flashcast::protocol::{

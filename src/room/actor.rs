@@ -111,8 +111,10 @@ impl RoomActor {
 
     pub(crate) async fn run(mut self) {
         // The upper bound: aggregates (reactions, tallies, stock, poll and
-        // sale deadlines) are collected at least this often.
-        let mut tick = tokio::time::interval(self.ctx.limits.tick());
+        // sale deadlines) are collected at least this often. The first tick
+        // is one period away, not at once: nothing is due yet.
+        let period = self.ctx.limits.tick();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Skip);
