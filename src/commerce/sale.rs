@@ -91,8 +91,9 @@ pub enum KeyState {
 }
 
 /// A room's idempotency keys: one per buyer and key, whatever the SKU or
-/// sale, so a retry can never create a second order. Kept as long as the
-/// room's shop is in memory (each one names an order, or a buy in flight).
+/// sale, so a retry can never create a second order. A key in flight stays
+/// until its buy is decided; a committed one leaves memory after the
+/// retention (`commerce::keys`), and the store answers for it then.
 pub type Keys = DashMap<(UserId, IdemKey), KeyState>;
 
 #[derive(Debug)]
@@ -301,15 +302,16 @@ impl Sale {
         self.held.remove_if(user, |_, h| *h == 0);
     }
 
-    /// Re-applies an order loaded from the store at start-up.
-    pub fn restore(&self, user: &UserId, qty: u32, live: bool) {
-        if live {
+    /// Re-applies what the stored orders hold, when the sale is loaded:
+    /// the live units of each buyer, and how many orders it ever had.
+    pub fn restore(&self, held: &[(UserId, u32)], orders: u64) {
+        for (user, units) in held {
             self.stock
-                .try_take(qty)
+                .try_take(*units)
                 .expect("the store holds more live units than the sale's stock");
-            *self.held.entry(user.clone()).or_insert(0) += qty;
+            *self.held.entry(user.clone()).or_insert(0) += units;
         }
-        self.orders.fetch_add(1, Ordering::AcqRel);
+        self.orders.fetch_add(orders, Ordering::AcqRel);
     }
 }
 

@@ -16,7 +16,7 @@ use crate::auth::{constant_time_eq, MAX_NAME_CHARS};
 use crate::ids::{RoomId, UserId};
 use crate::protocol::{now_ms, ErrorCode, Role};
 use crate::room::{RegistryError, RoomHandle, RoomInfo};
-use crate::store::RoomRecord;
+use crate::store::{RoomRecord, Write};
 
 /// Longest room title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -148,6 +148,15 @@ pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle,
         allow_guests: record.allow_guests,
         created_at: record.created_at,
     };
+    // A reused id finds its stored catalog (the show may have run before).
+    app.commerce.load_shop(&record.id).await.map_err(|e| {
+        tracing::error!(error = %e, "could not load a room's shop");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "could not read the room's catalog",
+        )
+    })?;
     let room = app.registry.open(info, Vec::new()).map_err(|e| match e {
         RegistryError::Exists => ApiError::new(
             StatusCode::CONFLICT,
@@ -160,14 +169,9 @@ pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle,
             "this node already hosts max_rooms open rooms",
         ),
     })?;
-    let store = app.store.clone();
-    let saved = tokio::task::spawn_blocking(move || store.put_room(&record))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-    if let Err(e) = saved {
+    if let Err(e) = app.store.write(Write::PutRoom(record)).await {
         tracing::error!(error = %e, "could not persist room");
-        app.registry.end(room.id()).await;
+        let _ = app.registry.end(room.id()).await;
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
@@ -225,7 +229,15 @@ async fn close_room(
 ) -> ApiResult {
     authorized(&app, &headers)?;
     let room = find(&app, &id)?;
-    if !app.registry.end(room.id()).await {
+    let ended = app.registry.end(room.id()).await.map_err(|e| {
+        tracing::error!(error = %e, "could not store the end of a show");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "could not store the change; nothing was applied",
+        )
+    })?;
+    if !ended {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::RoomClosed,

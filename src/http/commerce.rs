@@ -17,10 +17,10 @@ use super::admin::{authorized, find, parse, ApiResult};
 use super::{ApiError, AppState, ErrorBody};
 use crate::commerce::catalog::{Product, ProductSpec};
 use crate::commerce::coupon::CouponView;
-use crate::commerce::ledger::OrderFilter;
 use crate::commerce::order::{OrderStatus, OrderView};
 use crate::commerce::payment::{self, PaymentEvent};
 use crate::commerce::sale::SaleView;
+use crate::commerce::OrderFilter;
 use crate::commerce::{CommerceError, CouponSpec, SaleSpec};
 use crate::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
 use crate::protocol::ErrorCode;
@@ -90,6 +90,7 @@ async fn list_products(
     let products: Vec<Product> = app
         .commerce
         .products(&room)
+        .await?
         .iter()
         .map(|p| (**p).clone())
         .collect();
@@ -127,7 +128,7 @@ async fn get_product(
 ) -> ApiResult {
     authorized(&app, &headers)?;
     let room = room(&app, &r)?;
-    let product = app.commerce.product(&room, ProductId(number(&id)?))?;
+    let product = app.commerce.product(&room, ProductId(number(&id)?)).await?;
     Ok(Json((*product).clone()).into_response())
 }
 
@@ -201,7 +202,7 @@ async fn list_sales(
 ) -> ApiResult {
     authorized(&app, &headers)?;
     let room = room(&app, &r)?;
-    Ok(Json(app.commerce.sales(&room)).into_response())
+    Ok(Json(app.commerce.sales(&room).await?).into_response())
 }
 
 /// Schedules a flash sale on one SKU (now, or at `starts_at`).
@@ -235,7 +236,7 @@ async fn get_sale(
 ) -> ApiResult {
     authorized(&app, &headers)?;
     let room = room(&app, &r)?;
-    Ok(Json(app.commerce.sale(&room, SaleId(number(&id)?))?).into_response())
+    Ok(Json(app.commerce.sale(&room, SaleId(number(&id)?)).await?).into_response())
 }
 
 /// Ends a sale early. Reservations already made can still be paid.
@@ -269,7 +270,7 @@ async fn list_coupons(
 ) -> ApiResult {
     authorized(&app, &headers)?;
     let room = room(&app, &r)?;
-    Ok(Json(app.commerce.coupons(&room)).into_response())
+    Ok(Json(app.commerce.coupons(&room).await?).into_response())
 }
 
 /// Drops N first-come coupons into the room.
@@ -468,7 +469,7 @@ async fn get_order(
     Path(id): Path<String>,
 ) -> ApiResult {
     authorized(&app, &headers)?;
-    Ok(Json(app.commerce.order(OrderId(number(&id)?))?).into_response())
+    Ok(Json(app.commerce.order(OrderId(number(&id)?)).await?).into_response())
 }
 
 /// Cancels a reserved or paid order; its units go back to stock.

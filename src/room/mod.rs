@@ -31,7 +31,7 @@ use crate::engage::Rejection;
 use crate::ids::{RoomId, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 
 pub use outbox::Outbox;
 pub use registry::{Registry, RegistryError};
@@ -43,7 +43,7 @@ pub type ConnId = u64;
 pub struct RoomContext {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     /// Each room announces its shop's changes (sales, stock, coupons, pin).
     pub commerce: Arc<crate::commerce::Commerce>,
 }
@@ -120,8 +120,16 @@ pub(crate) enum Command {
         msg: ClientMsg,
     },
     Leave(ConnId),
-    /// Ends the show (admin close or host `end_show` arriving by REST).
-    End,
+    /// Ends the show (admin close or host `end_show` arriving by REST);
+    /// answered once the close is durable (true) or if the show was
+    /// already ending (false).
+    End(actor::EndReply),
+    /// The store's answer to a durable room change (see `actor::durable`).
+    Persisted {
+        asker: actor::Asker,
+        change: actor::Durable,
+        result: StoreResult<()>,
+    },
     /// The node is shutting down: tell everyone to reconnect elsewhere.
     Shutdown,
 }

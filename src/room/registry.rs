@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::actor::RoomActor;
 use super::{Command, RoomContext, RoomHandle, RoomInfo, RoomShared};
 use crate::ids::{RoomId, UserId};
+use crate::store::{StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -58,7 +59,7 @@ impl Registry {
             commands: tx,
         };
         entry.insert(handle.clone());
-        let actor = RoomActor::new(shared, self.ctx.clone(), rx);
+        let actor = RoomActor::new(shared, self.ctx.clone(), rx, handle.commands.downgrade());
         tokio::spawn(actor.run());
         self.ctx.metrics.rooms.inc();
         Ok(handle)
@@ -111,16 +112,27 @@ impl Registry {
         rooms
     }
 
-    /// Ends a room's show; returns false if there is no such open room.
-    pub async fn end(&self, id: &RoomId) -> bool {
+    /// Ends a room's show and returns once the end is durable; false if
+    /// there is no such open room (or its show is already ending).
+    pub async fn end(&self, id: &RoomId) -> StoreResult<bool> {
         let Some(room) = self.get(id) else {
-            return false;
+            return Ok(false);
         };
         if room.shared.is_closed() {
-            return false;
+            return Ok(false);
         }
-        room.send(Command::End).await;
-        true
+        let (tx, rx) = oneshot::channel();
+        room.send(Command::End(tx)).await;
+        rx.await.unwrap_or_else(|_| {
+            // The room stopped first (a shutdown) or had already ended.
+            if room.shared.is_closed() {
+                Ok(false)
+            } else {
+                Err(StoreError::Backend(
+                    "the room stopped before its end was stored".into(),
+                ))
+            }
+        })
     }
 
     /// Tells every room to send 1012 to its viewers and stop.
