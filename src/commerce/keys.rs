@@ -13,9 +13,11 @@ use crate::ids::{IdemKey, OrderId, RoomId, UserId};
 /// A key as loaded with its shop: (created_at, order, buyer, key).
 pub type KeyEntry = (u64, OrderId, UserId, IdemKey);
 
+/// (created_at, order) -> (room, buyer, key): ordered by age.
+type ByAge = BTreeMap<(u64, OrderId), (RoomId, UserId, IdemKey)>;
+
 pub struct RecentKeys {
-    /// (created_at, order) -> (room, buyer, key).
-    keys: Mutex<BTreeMap<(u64, OrderId), (RoomId, UserId, IdemKey)>>,
+    keys: Mutex<ByAge>,
     max: usize,
     retention_ms: u64,
 }
@@ -66,9 +68,7 @@ impl RecentKeys {
         self.lock().len()
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<(u64, OrderId), (RoomId, UserId, IdemKey)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByAge> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

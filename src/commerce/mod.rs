@@ -1162,3 +1162,179 @@ fn shop_from_record(
     shop.set_keys_complete(record.keys_complete);
     Ok((shop, keys))
 }
+
+#[cfg(test)]
+mod tests {
+    //! What memory keeps and what is read from the store.
+
+    use super::*;
+    use crate::protocol::Role;
+    use catalog::Variant;
+
+    async fn open(dir: &std::path::Path, limits: Limits) -> (Arc<Commerce>, Store) {
+        let store = Store::open_sqlite(dir, Default::default()).unwrap();
+        let c = Commerce::open(
+            store.clone(),
+            Arc::new(limits),
+            Arc::new(Metrics::new()),
+            b"secret".to_vec(),
+        )
+        .await
+        .unwrap();
+        (Arc::new(c), store)
+    }
+
+    fn room() -> RoomId {
+        RoomId::new("show").unwrap()
+    }
+
+    fn buyer(id: &str) -> UserRef {
+        UserRef {
+            id: crate::ids::UserId::new(id).unwrap(),
+            name: id.into(),
+            role: Role::Viewer,
+        }
+    }
+
+    fn buy(key: &str) -> BuyRequest {
+        BuyRequest {
+            sku: Sku::new("A").unwrap(),
+            qty: 1,
+            key: IdemKey::new(key).unwrap(),
+            coupon_id: None,
+        }
+    }
+
+    /// A room with one product and a live sale of `stock` units.
+    async fn stocked(c: &Commerce, stock: u32) {
+        c.create_product(
+            &room(),
+            ProductSpec {
+                title: "Shirt".into(),
+                description: String::new(),
+                images: vec![],
+                currency: money::Currency::new("USD").unwrap(),
+                variants: vec![Variant {
+                    sku: Sku::new("A").unwrap(),
+                    options: Default::default(),
+                    price_minor: 200,
+                }],
+            },
+        )
+        .await
+        .unwrap();
+        let spec = SaleSpec {
+            sku: Sku::new("A").unwrap(),
+            sale_price_minor: 100,
+            stock,
+            per_user_limit: 100,
+            starts_at: None,
+            duration_secs: 600,
+            payment_window_secs: None,
+        };
+        c.start_sale(&room(), spec).await.unwrap();
+    }
+
+    async fn buy_as(c: &Arc<Commerce>, user: &str, key: &str) -> OrderView {
+        c.buy(&room(), &buyer(user), buy(key), Box::new(|_| {}))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reading_a_shop_creates_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = open(dir.path(), Limits::default()).await;
+        let nowhere = RoomId::new("nowhere").unwrap();
+        assert!(c.products(&nowhere).await.unwrap().is_empty());
+        assert!(c.sales(&nowhere).await.unwrap().is_empty());
+        assert!(c.coupons(&nowhere).await.unwrap().is_empty());
+        assert!(c.product(&nowhere, ProductId(1)).await.is_err());
+        assert!(c.sale(&nowhere, SaleId(1)).await.is_err());
+        assert!(c.shops.is_empty(), "reads left no shop behind");
+    }
+
+    #[tokio::test]
+    async fn a_retry_whose_key_left_memory_gets_its_order_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_idempotency_keys: 1,
+            ..Limits::default()
+        };
+        let (c, store) = open(dir.path(), limits).await;
+        stocked(&c, 10).await;
+        let first = buy_as(&c, "ana", "k1").await;
+        let second = buy_as(&c, "ana", "k2").await;
+        assert_ne!(first.id, second.id);
+        let shop = c.existing_shop(&room()).unwrap();
+        assert_eq!(shop.keys.len(), 1, "only the newest key stays in memory");
+        assert!(!shop.keys_complete());
+
+        let again = buy_as(&c, "ana", "k1").await;
+        assert_eq!(again.id, first.id, "the store answered the retry");
+        let conflict = c
+            .buy(
+                &room(),
+                &buyer("ana"),
+                BuyRequest {
+                    qty: 2,
+                    ..buy("k1")
+                },
+                Box::new(|_| {}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(conflict.code, ErrorCode::IdempotencyConflict);
+        let all = store
+            .read()
+            .orders(&OrderFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2, "no second order for a retried key");
+        assert_eq!(
+            shop.sale_for_sku(&Sku::new("A").unwrap())
+                .unwrap()
+                .available(),
+            8
+        );
+    }
+
+    #[tokio::test]
+    async fn start_up_keeps_reservations_and_open_shops_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let paid;
+        {
+            let (c, _) = open(dir.path(), Limits::default()).await;
+            stocked(&c, 10).await;
+            let reserved = buy_as(&c, "ana", "k1").await;
+            paid = buy_as(&c, "bob", "k2").await;
+            let event = PaymentEvent {
+                event_id: "evt-1".into(),
+                order_id: paid.id,
+                amount: paid.total,
+            };
+            c.pay(event).await.unwrap();
+            assert_eq!(c.orders.len(), 1, "a paid order leaves memory");
+            assert!(c.orders.contains_key(&reserved.id));
+        }
+        let (c, _) = open(dir.path(), Limits::default()).await;
+        assert!(c.shops.is_empty(), "no room opened yet: no shop loaded");
+        assert_eq!(c.orders.len(), 1, "only the reservation is in memory");
+        assert_eq!(c.order(paid.id).await.unwrap().status, OrderStatus::Paid);
+        let shop = c.load_shop(&room()).await.unwrap();
+        let sale = shop.sale_for_sku(&Sku::new("A").unwrap()).unwrap();
+        assert_eq!(sale.available(), 8, "stock = initial - live orders");
+        assert_eq!(buy_as(&c, "bob", "k2").await.id, paid.id, "keys come back");
+        let cancelled = c.cancel(paid.id).await.unwrap();
+        assert_eq!(cancelled.status, OrderStatus::Cancelled);
+        assert_eq!(
+            sale.available(),
+            9,
+            "a cancel read from the store gives back"
+        );
+        assert_eq!(c.orders.len(), 1, "and leaves memory again");
+    }
+}
