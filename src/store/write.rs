@@ -82,26 +82,3 @@ pub enum Write {
         now: u64,
     },
 }
-
-impl Write {
-    /// A short name for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Write::PutRoom(_) => "put_room",
-            Write::CloseRoom { .. } => "close_room",
-            Write::Ban { .. } => "ban",
-            Write::Unban { .. } => "unban",
-            Write::InitMeta { .. } => "init_meta",
-            Write::PutProduct { .. } => "put_product",
-            Write::SetPin { .. } => "set_pin",
-            Write::PutSale(_) => "put_sale",
-            Write::EndSale { .. } => "end_sale",
-            Write::PutCoupon(_) => "put_coupon",
-            Write::ClaimCoupon { .. } => "claim_coupon",
-            Write::PutOrder(_) => "put_order",
-            Write::PayOrder { .. } => "pay_order",
-            Write::CloseOrder { .. } => "close_order",
-            Write::ExpireOverdue { .. } => "expire_overdue",
-        }
-    }
-}
