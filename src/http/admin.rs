@@ -220,7 +220,8 @@ async fn get_room(
 #[utoipa::path(delete, path = "/api/v1/rooms/{id}", tag = "rooms",
     params(("id" = String, Path, description = "room id")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 500, body = ErrorBody)),
     security(("admin_key" = [])))]
 async fn close_room(
     State(app): State<AppState>,
