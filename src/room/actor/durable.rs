@@ -169,3 +169,198 @@ impl RoomActor {
         self.persist(asker, Durable::End(reply));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against a store whose writer waits at a gate: nothing is announced
+    //! or answered while the write is held, a failed write is undone, and
+    //! the number of changes waiting is bounded.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tokio::sync::Semaphore;
+
+    use crate::commerce::Commerce;
+    use crate::config::Limits;
+    use crate::ids::{RoomId, UserId};
+    use crate::metrics::Metrics;
+    use crate::protocol::{ClientMsg, ErrorCode, Role, UserRef};
+    use crate::room::{Registry, RoomContext, RoomHandle, RoomInfo};
+    use crate::store::sqlite::{self, SqliteWriter};
+    use crate::store::{Store, StoreError, StoreResult, Write, WriteBackend};
+
+    /// Applies a batch only once a permit is there; `fail` fails it.
+    struct Gated {
+        inner: SqliteWriter,
+        gate: Arc<Semaphore>,
+        fail: bool,
+    }
+
+    #[async_trait]
+    impl WriteBackend for Gated {
+        async fn apply(&mut self, batch: &[Write]) -> StoreResult<Vec<StoreResult<()>>> {
+            self.gate.acquire().await.unwrap().forget();
+            if self.fail {
+                return Err(StoreError::Backend("disk on fire".into()));
+            }
+            self.inner.apply(batch).await
+        }
+    }
+
+    struct Room {
+        handle: RoomHandle,
+        registry: Registry,
+        store: Store,
+        metrics: Arc<Metrics>,
+        gate: Arc<Semaphore>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn room(room_queue: usize, fail: bool) -> Room {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, reader) = sqlite::open(dir.path()).unwrap();
+        let gate = Arc::new(Semaphore::new(0));
+        let backend = Gated {
+            inner,
+            gate: gate.clone(),
+            fail,
+        };
+        let (store, _) =
+            Store::new(Box::new(backend), Arc::new(reader), Default::default()).unwrap();
+        let limits = Arc::new(Limits {
+            room_queue,
+            ..Limits::default()
+        });
+        let metrics = Arc::new(Metrics::new());
+        let commerce = Commerce::open(store.clone(), limits.clone(), metrics.clone(), Vec::new())
+            .await
+            .unwrap();
+        let registry = Registry::new(Arc::new(RoomContext {
+            limits,
+            metrics: metrics.clone(),
+            store: store.clone(),
+            commerce: Arc::new(commerce),
+        }));
+        let info = RoomInfo {
+            id: RoomId::new("r").unwrap(),
+            title: "Show".into(),
+            allow_guests: true,
+            created_at: 0,
+        };
+        let handle = registry.open(info, Vec::new()).unwrap();
+        Room {
+            handle,
+            registry,
+            store,
+            metrics,
+            gate,
+            _dir: dir,
+        }
+    }
+
+    fn user(id: &str) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    fn ban(r: &Room, id: &str) {
+        let moderator = UserRef {
+            id: user("mod"),
+            name: "Mod".into(),
+            role: Role::Moderator,
+        };
+        let msg = ClientMsg::Ban { user_id: user(id) };
+        r.handle.act(1, moderator, Some(1), msg).unwrap();
+    }
+
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..5_000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    fn rejected(r: &Room, code: ErrorCode) -> u64 {
+        r.metrics.rejected.with_label_values(&[code.as_str()]).get()
+    }
+
+    async fn stored_bans(r: &Room) -> usize {
+        r.store.read().bans(r.handle.id()).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_ban_holds_at_once_and_changes_waiting_for_the_store_are_bounded() {
+        let r = room(2, false).await;
+        ban(&r, "a");
+        ban(&r, "b");
+        eventually("both bans hold", || {
+            r.handle.shared.is_banned(&user("a")) && r.handle.shared.is_banned(&user("b"))
+        })
+        .await;
+        ban(&r, "c");
+        eventually("the third is refused", || {
+            rejected(&r, ErrorCode::RoomBusy) == 1
+        })
+        .await;
+        assert!(!r.handle.shared.is_banned(&user("c")));
+        assert_eq!(stored_bans(&r).await, 0, "the writer is held");
+
+        r.gate.add_permits(100);
+        for _ in 0..5_000 {
+            if stored_bans(&r).await == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(stored_bans(&r).await, 2);
+        ban(&r, "c");
+        eventually("room again once stored", || {
+            r.handle.shared.is_banned(&user("c"))
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_ban_that_cannot_be_stored_is_undone() {
+        let r = room(16, true).await;
+        ban(&r, "a");
+        eventually("the ban holds", || r.handle.shared.is_banned(&user("a"))).await;
+        r.gate.add_permits(100);
+        eventually("undone", || !r.handle.shared.is_banned(&user("a"))).await;
+        assert_eq!(
+            rejected(&r, ErrorCode::Internal),
+            1,
+            "the moderator is told"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_show_is_answered_once_stored() {
+        let r = room(16, false).await;
+        let id = r.handle.id().clone();
+        r.gate.add_permits(1);
+        let record = crate::store::RoomRecord {
+            id: id.clone(),
+            title: "Show".into(),
+            allow_guests: true,
+            created_at: 0,
+            closed_at: None,
+        };
+        r.store.write(Write::PutRoom(record)).await.unwrap();
+        let ending = r.registry.end(&id);
+        tokio::pin!(ending);
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut ending).await;
+        assert!(early.is_err(), "no answer while the close is not stored");
+        assert!(!r.handle.shared.is_closed());
+        r.gate.add_permits(100);
+        assert_eq!(ending.await, Ok(true));
+        assert!(r.handle.shared.is_closed());
+        let rooms = r.store.read().rooms().await.unwrap();
+        assert!(rooms[0].closed_at.is_some(), "stored before the answer");
+        assert_eq!(r.registry.end(&id).await, Ok(false), "already ended");
+    }
+}
