@@ -517,8 +517,9 @@ impl RoomActor {
                 self.can_persist()?;
                 // In force at once; announced (and the viewer kicked) once
                 // durable (see `durable`).
+                let new = !self.moderation.is_banned(&user_id);
                 self.moderation.ban(&user_id, limits.max_moderated_users)?;
-                return Ok(Reply::Persist(Durable::Ban(user_id)));
+                return Ok(Reply::Persist(Durable::Ban { user_id, new }));
             }
             ClientMsg::Unban { user_id } => {
                 if !self.moderation.unban(&user_id) {

@@ -22,7 +22,11 @@ pub(crate) type EndReply = oneshot::Sender<StoreResult<bool>>;
 
 /// A change waiting for its write.
 pub(crate) enum Durable {
-    Ban(UserId),
+    /// `new`: the user was not banned before (a failed write unbans).
+    Ban {
+        user_id: UserId,
+        new: bool,
+    },
     Unban(UserId),
     End(Option<EndReply>),
 }
@@ -51,9 +55,9 @@ impl RoomActor {
     pub(super) fn persist(&mut self, asker: Asker, change: Durable) {
         let room = self.shared.info.id.clone();
         let write = match &change {
-            Durable::Ban(user) => Write::Ban {
+            Durable::Ban { user_id, .. } => Write::Ban {
                 room,
-                user: user.clone(),
+                user: user_id.clone(),
             },
             Durable::Unban(user) => Write::Unban {
                 room,
@@ -88,7 +92,7 @@ impl RoomActor {
             tracing::error!(room = %self.shared.info.id, error = %e, "could not persist a room change");
         }
         match (change, result) {
-            (Durable::Ban(user_id), Ok(())) => self.announce_ban(user_id),
+            (Durable::Ban { user_id, .. }, Ok(())) => self.announce_ban(user_id),
             (Durable::Unban(user_id), Ok(())) => self.push(EventBody::UserUnbanned { user_id }),
             (Durable::End(reply), Ok(())) => {
                 self.finish_end();
@@ -97,8 +101,11 @@ impl RoomActor {
                     let _ = reply.send(Ok(true));
                 }
             }
-            (Durable::Ban(user_id), Err(_)) => {
-                self.moderation.unban(&user_id);
+            (Durable::Ban { user_id, new }, Err(_)) => {
+                // A ban that was already stored stays.
+                if new {
+                    self.moderation.unban(&user_id);
+                }
                 self.refuse(asker);
             }
             (Durable::Unban(user_id), Err(_)) => {
@@ -176,6 +183,7 @@ mod tests {
     //! or answered while the write is held, a failed write is undone, and
     //! the number of changes waiting is bounded.
 
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -191,18 +199,18 @@ mod tests {
     use crate::store::sqlite::{self, SqliteWriter};
     use crate::store::{Store, StoreError, StoreResult, Write, WriteBackend};
 
-    /// Applies a batch only once a permit is there; `fail` fails it.
+    /// Applies a batch only once a permit is there; fails it while `fail`.
     struct Gated {
         inner: SqliteWriter,
         gate: Arc<Semaphore>,
-        fail: bool,
+        fail: Arc<AtomicBool>,
     }
 
     #[async_trait]
     impl WriteBackend for Gated {
         async fn apply(&mut self, batch: &[Write]) -> StoreResult<Vec<StoreResult<()>>> {
             self.gate.acquire().await.unwrap().forget();
-            if self.fail {
+            if self.fail.load(Ordering::SeqCst) {
                 return Err(StoreError::Backend("disk on fire".into()));
             }
             self.inner.apply(batch).await
@@ -215,6 +223,7 @@ mod tests {
         store: Store,
         metrics: Arc<Metrics>,
         gate: Arc<Semaphore>,
+        fail: Arc<AtomicBool>,
         _dir: tempfile::TempDir,
     }
 
@@ -222,10 +231,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (inner, reader) = sqlite::open(dir.path()).unwrap();
         let gate = Arc::new(Semaphore::new(0));
+        let fail = Arc::new(AtomicBool::new(fail));
         let backend = Gated {
             inner,
             gate: gate.clone(),
-            fail,
+            fail: fail.clone(),
         };
         let (store, _) =
             Store::new(Box::new(backend), Arc::new(reader), Default::default()).unwrap();
@@ -256,6 +266,7 @@ mod tests {
             store,
             metrics,
             gate,
+            fail,
             _dir: dir,
         }
     }
@@ -327,15 +338,22 @@ mod tests {
     #[tokio::test]
     async fn a_ban_that_cannot_be_stored_is_undone() {
         let r = room(16, true).await;
+        r.gate.add_permits(1_000);
+        r.fail.store(false, Ordering::SeqCst);
+        ban(&r, "kept");
+        for _ in 0..5_000 {
+            if stored_bans(&r).await == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(stored_bans(&r).await, 1);
+        r.fail.store(true, Ordering::SeqCst);
         ban(&r, "a");
-        eventually("the ban holds", || r.handle.shared.is_banned(&user("a"))).await;
-        r.gate.add_permits(100);
-        eventually("undone", || !r.handle.shared.is_banned(&user("a"))).await;
-        assert_eq!(
-            rejected(&r, ErrorCode::Internal),
-            1,
-            "the moderator is told"
-        );
+        ban(&r, "kept"); // banned again: a failure leaves the stored ban
+        eventually("both refused", || rejected(&r, ErrorCode::Internal) == 2).await;
+        assert!(!r.handle.shared.is_banned(&user("a")), "undone");
+        assert!(r.handle.shared.is_banned(&user("kept")), "still banned");
     }
 
     #[tokio::test]
