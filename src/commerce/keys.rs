@@ -63,7 +63,6 @@ impl RecentKeys {
         out
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }

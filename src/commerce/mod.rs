@@ -698,13 +698,15 @@ impl Commerce {
             Some(sale::KeyState::Done(f, id)) => Some((f, id)),
             // The key may have left memory (or never been loaded): the
             // store still has its order.
-            None if !shop.keys_complete() => self
-                .store
-                .read()
-                .order_by_key(room, &user.id, &req.key)
-                .await
-                .map_err(CommerceError::store)?
-                .map(|o| (fingerprint_of(&o), o.id)),
+            None if !shop.keys_complete() => {
+                self.metrics.idempotency_store_lookups.inc();
+                self.store
+                    .read()
+                    .order_by_key(room, &user.id, &req.key)
+                    .await
+                    .map_err(CommerceError::store)?
+                    .map(|o| (fingerprint_of(&o), o.id))
+            }
             _ => None,
         };
         if let Some((f, id)) = stored {
@@ -1053,6 +1055,9 @@ impl Commerce {
                 shop.forget_key(&user, &key, id);
             }
         }
+        self.metrics
+            .idempotency_keys
+            .set(self.recent_keys.len() as i64);
     }
 
     /// Forgets payment event ids older than the signature tolerance: a
@@ -1294,6 +1299,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(all.len(), 2, "no second order for a retried key");
+        assert_eq!(c.metrics.idempotency_keys.get(), 1);
+        assert!(c.metrics.idempotency_store_lookups.get() >= 1);
         assert_eq!(
             shop.sale_for_sku(&Sku::new("A").unwrap())
                 .unwrap()
