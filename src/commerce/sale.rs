@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::money::Money;
 use super::stock::Stock;
 use super::CommerceError;
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
+use crate::ids::{CouponId, IdemKey, OrderId, ProductId, SaleId, Sku, UserId};
 use crate::protocol::ErrorCode;
 
 /// Where a sale is in its life, at a given moment.
@@ -30,26 +30,7 @@ pub enum SaleStatus {
     Ended,
 }
 
-/// The fixed terms of a sale, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SaleTerms {
-    pub id: SaleId,
-    pub room: RoomId,
-    pub product_id: ProductId,
-    pub sku: Sku,
-    pub label: String,
-    pub image: Option<String>,
-    pub regular_price: Money,
-    pub sale_price: Money,
-    pub stock: u32,
-    pub per_user_limit: u32,
-    /// Unix ms.
-    pub starts_at: u64,
-    /// Unix ms of the scheduled end.
-    pub ends_at: u64,
-    pub payment_window_ms: u64,
-    pub created_at: u64,
-}
+pub use crate::store::SaleTerms;
 
 /// A sale as viewers and the admin API see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -388,6 +369,8 @@ mod tests {
     //! cancellations, driven the way `Commerce` drives them.
 
     use std::collections::HashMap;
+
+    use crate::ids::RoomId;
 
     use proptest::prelude::*;
 

@@ -5,6 +5,8 @@
 //! through a separate [`ReadBackend`] and see committed state only.
 //!
 //! - `write`: the `Write` enum, every kind of durable change;
+//! - `records`: what is stored and read back (rooms, sale and coupon terms,
+//!   a shop as loaded, order filters);
 //! - `backend`: the `WriteBackend` / `ReadBackend` traits a storage engine
 //!   implements (async, batch in one transaction, reads apart from writes);
 //! - `group_commit`: the single writer thread and its bounded queue;
@@ -18,6 +20,7 @@
 
 pub mod backend;
 pub mod group_commit;
+mod records;
 pub mod sqlite;
 mod write;
 
@@ -26,69 +29,10 @@ use std::sync::Arc;
 
 pub use backend::{ReadBackend, WriteBackend};
 pub use group_commit::{AfterCommit, CommitStats, GroupCommit, GroupCommitConfig};
+pub use records::{
+    CouponRecord, CouponTerms, OrderFilter, RoomRecord, SaleRecord, SaleTerms, ShopRecord,
+};
 pub use write::Write;
-
-use crate::commerce::coupon::CouponTerms;
-use crate::commerce::order::{OrderStatus, OrderView};
-use crate::commerce::sale::SaleTerms;
-use crate::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
-
-/// A room as kept across restarts.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RoomRecord {
-    pub id: RoomId,
-    pub title: String,
-    pub allow_guests: bool,
-    /// Unix ms.
-    pub created_at: u64,
-    /// Unix ms when the show ended, if it has.
-    pub closed_at: Option<u64>,
-}
-
-/// A sale as read back: its terms, and what its orders hold.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SaleRecord {
-    pub terms: SaleTerms,
-    pub ended_early_at: Option<u64>,
-    /// Units each buyer holds in live (reserved or paid) orders.
-    pub held: Vec<(UserId, u32)>,
-    /// Orders ever stored on this sale.
-    pub orders: u64,
-}
-
-/// A coupon drop as read back, with who claimed one and whether a live
-/// order uses it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CouponRecord {
-    pub terms: CouponTerms,
-    pub claims: Vec<(UserId, bool)>,
-}
-
-/// One room's shop as read back (see [`ReadBackend::shop`]).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ShopRecord {
-    /// Product JSON bodies, by id.
-    pub products: Vec<String>,
-    pub pin: Option<ProductId>,
-    pub sales: Vec<SaleRecord>,
-    pub coupons: Vec<CouponRecord>,
-    /// Recent orders, for their idempotency keys.
-    pub keys: Vec<OrderView>,
-    /// True when `keys` holds the key of every order of the room.
-    pub keys_complete: bool,
-}
-
-/// A filter for the order queries.
-#[derive(Debug, Default, Clone)]
-pub struct OrderFilter {
-    pub room: Option<RoomId>,
-    pub user: Option<UserId>,
-    pub sale: Option<SaleId>,
-    pub status: Option<OrderStatus>,
-    /// Only orders with a larger id (paging).
-    pub after: Option<OrderId>,
-    pub limit: usize,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {

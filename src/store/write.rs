@@ -4,12 +4,10 @@
 //! SQLite today and to PostgreSQL in cluster mode, and tests can look at
 //! them.
 
-use crate::commerce::coupon::CouponTerms;
 use crate::commerce::order::{OrderStatus, OrderView};
-use crate::commerce::sale::SaleTerms;
 use crate::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, UserId};
 
-use super::RoomRecord;
+use super::{CouponTerms, RoomRecord, SaleTerms};
 
 /// One durable change. Writes marked *conditional* change a row only from
 /// the state they expect; when it is not there they fail with

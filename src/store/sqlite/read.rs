@@ -8,14 +8,13 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::apply::ORDER_COLUMNS;
 use super::backend;
-use crate::commerce::coupon::{CouponScope, CouponTerms, Discount};
+use crate::commerce::coupon::{CouponScope, Discount};
 use crate::commerce::money::{Currency, Money};
 use crate::commerce::order::{OrderStatus, OrderView};
-use crate::commerce::sale::SaleTerms;
 use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
 use crate::store::{
-    CouponRecord, OrderFilter, ReadBackend, RoomRecord, SaleRecord, ShopRecord, StoreError,
-    StoreResult,
+    CouponRecord, CouponTerms, OrderFilter, ReadBackend, RoomRecord, SaleRecord, SaleTerms,
+    ShopRecord, StoreError, StoreResult,
 };
 
 /// The reading connection.
