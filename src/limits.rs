@@ -202,6 +202,22 @@ pub struct Limits {
     /// Most writes committed in one transaction.
     #[arg(long, env = "FLASHCAST_COMMIT_BATCH", default_value_t = 1_024)]
     pub commit_batch: usize,
+    /// Idempotency keys of committed buys kept in memory on this node; beyond,
+    /// the oldest leave first (a retry with one is answered from the store).
+    #[arg(
+        long,
+        env = "FLASHCAST_MAX_IDEMPOTENCY_KEYS",
+        default_value_t = 500_000
+    )]
+    pub max_idempotency_keys: usize,
+    /// How long a committed buy's idempotency key stays in memory, in
+    /// seconds; after that a retry with it is answered from the store.
+    #[arg(
+        long,
+        env = "FLASHCAST_IDEMPOTENCY_KEY_RETENTION_SECS",
+        default_value_t = 24 * 3600
+    )]
+    pub idempotency_key_retention_secs: u64,
     /// Accepted clock difference of a payment webhook's signature timestamp, in seconds.
     #[arg(long, env = "FLASHCAST_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
     pub webhook_tolerance_secs: u64,
@@ -278,6 +294,11 @@ impl Limits {
             ("buys_burst", self.buys_burst as usize),
             ("commit_queue", self.commit_queue),
             ("commit_batch", self.commit_batch),
+            ("max_idempotency_keys", self.max_idempotency_keys),
+            (
+                "idempotency_key_retention_secs",
+                self.idempotency_key_retention_secs as usize,
+            ),
             ("max_orders_page", self.max_orders_page),
             ("recording_queue", self.recording_queue),
             ("max_recording_secs", self.max_recording_secs as usize),

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub order_changes: IntCounterVec,
     /// Coupon claims answered, by outcome.
     pub coupon_claims: IntCounterVec,
+    /// Idempotency keys of committed buys held in memory.
+    pub idempotency_keys: IntGauge,
+    /// Buys whose key was not in memory and was looked up in the store.
+    pub idempotency_store_lookups: IntCounter,
     /// Client actions written to recordings.
     pub recording_lines: IntCounter,
     /// Client actions not recorded because a recording queue was full.
@@ -154,6 +158,16 @@ impl Metrics {
                 &["outcome"],
             )
             .unwrap(),
+            idempotency_keys: IntGauge::new(
+                "idempotency_keys",
+                "Idempotency keys of committed buys held in memory",
+            )
+            .unwrap(),
+            idempotency_store_lookups: IntCounter::new(
+                "idempotency_store_lookups_total",
+                "Buys whose idempotency key was looked up in the store (not in memory)",
+            )
+            .unwrap(),
             recording_lines: IntCounter::new(
                 "recording_lines_total",
                 "Client actions written to recordings",
@@ -249,6 +263,9 @@ impl Metrics {
         r.register(Box::new(m.buy_seconds.clone())).unwrap();
         r.register(Box::new(m.order_changes.clone())).unwrap();
         r.register(Box::new(m.coupon_claims.clone())).unwrap();
+        r.register(Box::new(m.idempotency_keys.clone())).unwrap();
+        r.register(Box::new(m.idempotency_store_lookups.clone()))
+            .unwrap();
         // CPU seconds, resident memory and open files of this process, so a
         // load tester on another machine can see what a storm costs.
         #[cfg(target_os = "linux")]

@@ -18,7 +18,7 @@ use crate::ids::RoomId;
 use crate::metrics::Metrics;
 use crate::protocol::now_ms;
 use crate::room::{Registry, RoomContext, RoomInfo};
-use crate::store::{RoomRecord, SqliteStore, Store};
+use crate::store::{GroupCommitConfig, RoomRecord, Store, Write};
 use crate::transport::workers::WorkerConfig;
 use crate::transport::Transport;
 
@@ -39,37 +39,47 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     settings.limits.validate().map_err(anyhow::Error::msg)?;
     settings.media.validate().map_err(anyhow::Error::msg)?;
     let data_dir = settings.data_dir.clone();
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
-            .await?
-            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
-    );
+    let commit = GroupCommitConfig {
+        queue: settings.limits.commit_queue,
+        max_batch: settings.limits.commit_batch,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open_sqlite(&data_dir, commit))
+        .await?
+        .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
     let secret = match &settings.token_secret {
         Some(s) => s.clone(),
-        None => store.get_or_init_meta("token_secret", &random_secret)?,
+        None => {
+            store
+                .get_or_init_meta("token_secret", &random_secret)
+                .await?
+        }
     };
     let admin_key = match &settings.admin_key {
         Some(k) if !k.is_empty() => k.clone(),
-        _ => store.get_or_init_meta("admin_key", &random_secret)?,
+        _ => store.get_or_init_meta("admin_key", &random_secret).await?,
     };
 
     let webhook_secret = match &settings.webhook_secret {
         Some(s) if !s.is_empty() => s.clone(),
-        _ => store.get_or_init_meta("webhook_secret", &random_secret)?,
+        _ => {
+            store
+                .get_or_init_meta("webhook_secret", &random_secret)
+                .await?
+        }
     };
 
     let limits = Arc::new(settings.limits.clone());
     let metrics = Arc::new(Metrics::new());
-    let commerce = {
-        let (dir, limits, metrics) = (settings.data_dir.clone(), limits.clone(), metrics.clone());
-        Arc::new(
-            tokio::task::spawn_blocking(move || {
-                Commerce::open(&dir, limits, metrics, webhook_secret.into_bytes())
-            })
-            .await?
-            .context("loading orders, sales and the catalog")?,
+    let commerce = Arc::new(
+        Commerce::open(
+            store.clone(),
+            limits.clone(),
+            metrics.clone(),
+            webhook_secret.into_bytes(),
         )
-    };
+        .await
+        .context("loading the open reservations")?,
+    );
     let media =
         crate::media::MediaHub::new(settings.media.clone(), settings.listen, metrics.clone());
     let transport = Transport::new(
@@ -98,7 +108,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     );
 
     let mut demo_seen = false;
-    for record in store.rooms()? {
+    for record in store.read().rooms().await? {
         let demo = record.id.as_str() == DEMO_ROOM && settings.demo_room;
         demo_seen |= demo;
         let info = RoomInfo::from(&record);
@@ -107,12 +117,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         } else {
             if record.closed_at.is_some() {
                 // The demo show starts afresh on every run.
-                store.put_room(&RoomRecord {
-                    closed_at: None,
-                    ..record.clone()
-                })?;
+                store
+                    .write(Write::PutRoom(RoomRecord {
+                        closed_at: None,
+                        ..record.clone()
+                    }))
+                    .await?;
             }
-            let bans = store.bans(&record.id)?;
+            let bans = store.read().bans(&record.id).await?;
+            commerce
+                .load_shop(&record.id)
+                .await
+                .context("loading a room's catalog, sales and coupons")?;
             registry.open(info, bans)?;
         }
     }

@@ -284,17 +284,36 @@ async fn rooms_bans_and_closed_shows_survive_a_restart() {
         assert_eq!(resp.status(), StatusCode::CREATED);
     }
     let mut host = srv.joined(Encoding::Json, "kept", "host", Role::Host).await;
+    // Several at once, so a ban announced before its commit would show.
+    for i in 0..20 {
+        host.send(json!({"type": "ban", "user_id": format!("troll-{i}")}))
+            .await;
+    }
     host.send(json!({"type": "ban", "user_id": "troll"})).await;
-    host.wait_event(|e| matches!(e.body, flashcast::protocol::EventBody::UserBanned { .. }))
-        .await;
+    host.wait_event(|e| {
+        matches!(&e.body, flashcast::protocol::EventBody::UserBanned { user_id } if user_id.as_str() == "troll")
+    })
+    .await;
+    // Announced means durable: the row is in the file already.
+    let db = rusqlite::Connection::open(srv.dir.path().join("flashcast.db")).unwrap();
+    let stored = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        stored("SELECT count(*) FROM bans WHERE room = 'kept'"),
+        21,
+        "every announced ban is committed"
+    );
     let resp = srv
         .admin(Method::DELETE, "/api/v1/rooms/ended")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    // Let the background persistence of the ban land before stopping.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        stored("SELECT count(*) FROM rooms WHERE id = 'ended' AND closed_at IS NOT NULL"),
+        1,
+        "answered means durable: the close is committed"
+    );
+    drop(db);
     let dir = srv.stop().await;
     host.expect_close(1012).await;
 

@@ -17,7 +17,7 @@ use flashcast::protocol::{
     ClientMsg, CloseCode, Encoding, ErrorCode, EventBody, ReactionKind, Role, ServerMsg, UserRef,
 };
 use flashcast::room::{ConnId, JoinRequest, Registry, RoomContext, RoomHandle, RoomInfo};
-use flashcast::store::SqliteStore;
+use flashcast::store::Store;
 use flashcast::transport::{Fanout, Frames, Published, TopicId};
 
 /// What a connection would have received.
@@ -138,9 +138,16 @@ async fn room(tick_ms: u64) -> Room {
         ..Limits::default()
     });
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let store = Store::open_sqlite(dir.path(), Default::default()).unwrap();
     let commerce = Arc::new(
-        Commerce::open(dir.path(), limits.clone(), metrics.clone(), b"s".to_vec()).unwrap(),
+        Commerce::open(
+            store.clone(),
+            limits.clone(),
+            metrics.clone(),
+            b"s".to_vec(),
+        )
+        .await
+        .unwrap(),
     );
     let memory = Arc::new(Memory::default());
     let registry = Registry::new(Arc::new(RoomContext {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::money::Money;
 use super::stock::Stock;
 use super::CommerceError;
-use crate::ids::{CouponId, RoomId, SaleId, Sku, UserId};
+use crate::ids::{CouponId, SaleId, Sku, UserId};
 use crate::protocol::ErrorCode;
 
 /// How much a coupon takes off an order's subtotal.
@@ -42,17 +42,7 @@ pub enum CouponScope {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CouponTerms {
-    pub id: CouponId,
-    pub room: RoomId,
-    pub count: u32,
-    pub discount: Discount,
-    pub scope: CouponScope,
-    /// Unix ms.
-    pub expires_at: u64,
-    pub created_at: u64,
-}
+pub use crate::store::CouponTerms;
 
 /// A drop as viewers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -300,6 +290,7 @@ impl Drop for UseHold {
 mod tests {
     use super::*;
     use crate::commerce::money::Currency;
+    use crate::ids::RoomId;
 
     fn coupon(count: u32, discount: Discount, scope: CouponScope) -> Arc<Coupon> {
         Arc::new(Coupon::new(CouponTerms {

@@ -142,10 +142,19 @@ async fn get_room(AdminRoom(room): AdminRoom) -> ApiResult {
 #[utoipa::path(delete, path = "/api/v1/rooms/{id}", tag = "rooms",
     params(("id" = String, Path, description = "room id")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 500, body = ErrorBody)),
     security(("admin_key" = [])))]
 async fn close_room(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
-    if !app.registry.end(room.id()).await {
+    let ended = app.registry.end(room.id()).await.map_err(|e| {
+        tracing::error!(error = %e, "could not store the end of a show");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "could not store the change; nothing was applied",
+        )
+    })?;
+    if !ended {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::RoomClosed,

@@ -18,10 +18,10 @@ use super::extract::{parse, Admin, AdminRoom, JsonBody, PathId};
 use super::{ApiError, ApiResult, AppState, ErrorBody};
 use crate::commerce::catalog::{Product, ProductSpec};
 use crate::commerce::coupon::CouponView;
-use crate::commerce::ledger::OrderFilter;
 use crate::commerce::order::{OrderStatus, OrderView};
 use crate::commerce::payment::{self, PaymentEvent};
 use crate::commerce::sale::SaleView;
+use crate::commerce::OrderFilter;
 use crate::commerce::{CommerceError, CouponSpec, SaleSpec};
 use crate::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
 use crate::protocol::ErrorCode;
@@ -80,6 +80,7 @@ async fn list_products(State(app): State<AppState>, AdminRoom(room): AdminRoom) 
     let products: Vec<Product> = app
         .commerce
         .products(room.id())
+        .await?
         .iter()
         .map(|p| (**p).clone())
         .collect();
@@ -111,7 +112,7 @@ async fn get_product(
     AdminRoom(room): AdminRoom,
     PathId(id): PathId,
 ) -> ApiResult {
-    let product = app.commerce.product(room.id(), ProductId(id))?;
+    let product = app.commerce.product(room.id(), ProductId(id)).await?;
     Ok(Json((*product).clone()).into_response())
 }
 
@@ -165,7 +166,7 @@ async fn pin_product(
         (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
 async fn list_sales(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
-    Ok(Json(app.commerce.sales(room.id())).into_response())
+    Ok(Json(app.commerce.sales(room.id()).await?).into_response())
 }
 
 /// Schedules a flash sale on one SKU (now, or at `starts_at`).
@@ -193,7 +194,7 @@ async fn get_sale(
     AdminRoom(room): AdminRoom,
     PathId(id): PathId,
 ) -> ApiResult {
-    Ok(Json(app.commerce.sale(room.id(), SaleId(id))?).into_response())
+    Ok(Json(app.commerce.sale(room.id(), SaleId(id)).await?).into_response())
 }
 
 /// Ends a sale early. Reservations already made can still be paid.
@@ -219,7 +220,7 @@ async fn end_sale(
         (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
 async fn list_coupons(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
-    Ok(Json(app.commerce.coupons(room.id())).into_response())
+    Ok(Json(app.commerce.coupons(room.id()).await?).into_response())
 }
 
 /// Drops N first-come coupons into the room.
@@ -404,7 +405,7 @@ fn orders_csv(orders: &[OrderView]) -> Result<String, csv::Error> {
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
 async fn get_order(State(app): State<AppState>, _: Admin, PathId(id): PathId) -> ApiResult {
-    Ok(Json(app.commerce.order(OrderId(id))?).into_response())
+    Ok(Json(app.commerce.order(OrderId(id)).await?).into_response())
 }
 
 /// Cancels a reserved or paid order; its units go back to stock.

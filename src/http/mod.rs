@@ -41,7 +41,7 @@ pub struct AppInner {
     pub admin_key: String,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     pub limiters: RateLimiters,
     /// Rooms' recordings of client actions (docs/recording.md).
     pub recordings: Arc<Recordings>,
@@ -67,7 +67,7 @@ impl AppState {
         registry: Arc<Registry>,
         keys: TokenKeys,
         admin_key: String,
-        store: Arc<dyn Store>,
+        store: Store,
         recordings_dir: std::path::PathBuf,
         media: Arc<crate::media::MediaHub>,
         transport: Arc<crate::transport::Transport>,

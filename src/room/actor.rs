@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
+mod durable;
+
+pub(crate) use durable::{Asker, Durable, EndReply};
+
 use super::history::History;
 use super::market::MarketWatch;
 use super::{Command, ConnId, JoinRequest, RoomContext, RoomShared};
@@ -24,7 +28,7 @@ use crate::engage::moderation::Moderation;
 use crate::engage::poll::{Poll, PollSpec};
 use crate::engage::qa::Questions;
 use crate::engage::Rejection;
-use crate::ids::{PollId, RoomId, Seq, UserId};
+use crate::ids::{PollId, Seq, UserId};
 use crate::protocol::{
     now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
     ServerMsg, StreamStatus, UserRef,
@@ -43,6 +47,13 @@ pub(crate) struct RoomActor {
     shared: Arc<RoomShared>,
     ctx: Arc<RoomContext>,
     commands: mpsc::Receiver<Command>,
+    /// The room's own queue, for the answers of its durable writes (weak:
+    /// the room still stops when its last handle is gone).
+    me: mpsc::WeakSender<Command>,
+    /// Durable changes waiting for the store (at most `room_queue`).
+    persisting: usize,
+    /// The end of the show is being made durable: no more actions or joins.
+    ending: bool,
     /// Distinguishes this run of the room from earlier ones (sequence numbers
     /// restart with the process), so a resume across a restart gets a gap.
     epoch: u64,
@@ -79,6 +90,7 @@ impl RoomActor {
         shared: Arc<RoomShared>,
         ctx: Arc<RoomContext>,
         commands: mpsc::Receiver<Command>,
+        me: mpsc::WeakSender<Command>,
     ) -> Self {
         let limits = &ctx.limits;
         Self {
@@ -89,6 +101,9 @@ impl RoomActor {
             stream: shared.stream.get(),
             shared,
             commands,
+            me,
+            persisting: 0,
+            ending: false,
             seq: 0,
             flushed_seq: 0,
             pending: Vec::new(),
@@ -187,11 +202,23 @@ impl RoomActor {
                 msg,
             } => {
                 let kind = msg.kind();
+                let asker = Asker {
+                    conn: Some(conn),
+                    reference,
+                };
                 match self.act(&user, msg) {
                     Ok(Reply::None) => self.ctx.metrics.events_in.with_label_values(&[kind]).inc(),
                     Ok(Reply::Ack) => {
                         self.ctx.metrics.events_in.with_label_values(&[kind]).inc();
                         self.send_direct(conn, &ServerMsg::Ack { reference });
+                    }
+                    Ok(Reply::Persist(change)) => {
+                        self.ctx.metrics.events_in.with_label_values(&[kind]).inc();
+                        self.persist(asker, change);
+                    }
+                    Ok(Reply::End) => {
+                        self.ctx.metrics.events_in.with_label_values(&[kind]).inc();
+                        self.end(asker, None);
                     }
                     Err(rejection) => {
                         self.ctx.metrics.reject(rejection.code);
@@ -206,7 +233,18 @@ impl RoomActor {
                 }
             }
             Command::Leave(conn) => self.remove(conn),
-            Command::End => self.end(),
+            Command::End(reply) => self.end(
+                Asker {
+                    conn: None,
+                    reference: None,
+                },
+                Some(reply),
+            ),
+            Command::Persisted {
+                asker,
+                change,
+                result,
+            } => self.persisted(asker, change, result),
             Command::Shutdown => {
                 self.refuse_pending_joins(CloseCode::ServiceRestart);
                 self.flush();
@@ -233,7 +271,7 @@ impl RoomActor {
 
     fn join(&mut self, req: JoinRequest, reply: JoinReply) {
         let limits = &self.ctx.limits;
-        let refusal = if self.ended {
+        let refusal = if self.ended || self.ending {
             Some(CloseCode::RoomClosed)
         } else if self.moderation.is_banned(&req.user.id) {
             Some(CloseCode::Forbidden)
@@ -360,7 +398,7 @@ impl RoomActor {
     /// Applies a viewer or moderator action. Roles and sizes were checked by
     /// the connection; room state (bans, mutes, polls...) is checked here.
     fn act(&mut self, user: &UserRef, msg: ClientMsg) -> Result<Reply, Rejection> {
-        if self.ended {
+        if self.ended || self.ending {
             return Err(Rejection::new(ErrorCode::RoomClosed, "the show has ended"));
         }
         let now = now_ms();
@@ -474,23 +512,12 @@ impl RoomActor {
             }
             ClientMsg::Ban { user_id } => {
                 self.protect(&user_id)?;
+                self.can_persist()?;
+                // In force at once; announced (and the viewer kicked) once
+                // durable (see `durable`).
+                let new = !self.moderation.is_banned(&user_id);
                 self.moderation.ban(&user_id, limits.max_moderated_users)?;
-                self.persist(PersistBan::Add(user_id.clone()));
-                self.push(EventBody::UserBanned {
-                    user_id: user_id.clone(),
-                });
-                let kicked: Vec<ConnId> = self
-                    .subscribers
-                    .iter()
-                    .filter(|(_, s)| s.user.id == user_id)
-                    .map(|(c, _)| *c)
-                    .collect();
-                // Publish the ban event first, so the banned viewer sees why.
-                self.flush();
-                for conn in kicked {
-                    self.ctx.fanout.close(conn, CloseCode::Forbidden);
-                    self.remove(conn);
-                }
+                return Ok(Reply::Persist(Durable::Ban { user_id, new }));
             }
             ClientMsg::Unban { user_id } => {
                 if !self.moderation.unban(&user_id) {
@@ -499,8 +526,11 @@ impl RoomActor {
                         "that user is not banned",
                     ));
                 }
-                self.persist(PersistBan::Remove(user_id.clone()));
-                self.push(EventBody::UserUnbanned { user_id });
+                if let Err(busy) = self.can_persist() {
+                    let _ = self.moderation.ban(&user_id, usize::MAX);
+                    return Err(busy);
+                }
+                return Ok(Reply::Persist(Durable::Unban(user_id)));
             }
             ClientMsg::SlowMode { seconds } => {
                 self.moderation.set_slow_mode(seconds)?;
@@ -512,7 +542,10 @@ impl RoomActor {
                     .set(words, limits.max_banned_words)?;
                 return Ok(Reply::Ack);
             }
-            ClientMsg::EndShow => self.end(),
+            ClientMsg::EndShow => {
+                self.can_persist()?;
+                return Ok(Reply::End);
+            }
             ClientMsg::Join { .. }
             | ClientMsg::Buy { .. }
             | ClientMsg::ClaimCoupon { .. }
@@ -587,21 +620,9 @@ impl RoomActor {
         Ok(())
     }
 
-    fn persist(&self, op: PersistBan) {
-        let store = self.ctx.store.clone();
-        let room = self.shared.info.id.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = match &op {
-                PersistBan::Add(u) => store.add_ban(&room, u),
-                PersistBan::Remove(u) => store.remove_ban(&room, u),
-            };
-            if let Err(e) = result {
-                tracing::error!(%room, error = %e, "could not persist ban change");
-            }
-        });
-    }
-
-    fn end(&mut self) {
+    /// The end of the show is durable: tell everyone, close every
+    /// connection; the room task then stops.
+    fn finish_end(&mut self) {
         if self.ended {
             return;
         }
@@ -616,13 +637,6 @@ impl RoomActor {
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
         self.close_all(CloseCode::RoomClosed);
-        let store = self.ctx.store.clone();
-        let room: RoomId = self.shared.info.id.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.close_room(&room, now_ms()) {
-                tracing::error!(%room, error = %e, "could not persist room close");
-            }
-        });
         tracing::info!(room = %self.shared.info.id, "show ended");
     }
 
@@ -768,11 +782,10 @@ type JoinReply = oneshot::Sender<Result<(), CloseCode>>;
 enum Reply {
     None,
     Ack,
-}
-
-enum PersistBan {
-    Add(UserId),
-    Remove(UserId),
+    /// Announced once durable (see `durable`).
+    Persist(Durable),
+    /// The host ends the show.
+    End,
 }
 
 /// Resolves when `published` is written (never for none).

@@ -29,7 +29,7 @@ use crate::ids::{RoomId, Seq, UserId};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 
 pub use crate::transport::ConnId;
 pub use registry::{Registry, RegistryError};
@@ -38,7 +38,7 @@ pub use registry::{Registry, RegistryError};
 pub struct RoomContext {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     /// Each room announces its shop's changes (sales, stock, coupons, pin).
     pub commerce: Arc<crate::commerce::Commerce>,
     /// Where rooms hand their frames (the node's fanout workers).
@@ -127,8 +127,16 @@ pub(crate) enum Command {
         msg: ClientMsg,
     },
     Leave(ConnId),
-    /// Ends the show (admin close or host `end_show` arriving by REST).
-    End,
+    /// Ends the show (admin close or host `end_show` arriving by REST);
+    /// answered once the close is durable (true) or if the show was
+    /// already ending (false).
+    End(actor::EndReply),
+    /// The store's answer to a durable room change (see `actor::durable`).
+    Persisted {
+        asker: actor::Asker,
+        change: actor::Durable,
+        result: StoreResult<()>,
+    },
     /// The node is shutting down: tell everyone to reconnect elsewhere.
     Shutdown,
 }
