@@ -6,8 +6,8 @@ use std::sync::Arc;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{RoomId, UserId};
-use crate::protocol::{now_ms, Role, UserRef};
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{now_ms, Role, UserRef};
 
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;

@@ -1,7 +1,7 @@
 //! Flashcast: a live-commerce streaming engine.
 //!
 //! Where things live:
-//! - a WebSocket frame arrives in [`http::ws`], is decoded by [`protocol`],
+//! - a WebSocket frame arrives in [`http::ws`], is decoded by [`flashcast_wire`],
 //!   checked against [`limits`] and [`auth`], and queued to its room;
 //! - [`room`] orders it (sequence numbers, history) and fans it out once per
 //!   tick; [`engage`] holds the chat, poll, Q&A and moderation rules;
@@ -15,15 +15,14 @@ pub mod commerce;
 pub mod config;
 pub mod engage;
 pub mod http;
-pub mod ids;
 pub mod limits;
 pub mod media;
 pub mod metrics;
-pub mod protocol;
 pub mod recording;
 pub mod room;
 pub mod server;
 pub mod store;
+pub mod ws_frame;
 
 pub use config::Settings;
 pub use server::{start, Server};

@@ -13,7 +13,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::ids::UserId;
+use flashcast_wire::ids::UserId;
 
 /// The smallest `max_recording_bytes`: room for the header and some lines.
 pub const MIN_RECORDING_BYTES: u64 = 1_024;

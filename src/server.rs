@@ -13,11 +13,11 @@ use crate::auth::{random_secret, TokenKeys};
 use crate::commerce::Commerce;
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::ids::RoomId;
 use crate::metrics::Metrics;
-use crate::protocol::now_ms;
 use crate::room::{Registry, RoomContext, RoomInfo};
 use crate::store::{RoomRecord, SqliteStore, Store};
+use flashcast_wire::ids::RoomId;
+use flashcast_wire::now_ms;
 
 /// The id of the room seeded for `cargo run`.
 pub const DEMO_ROOM: &str = "demo";

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{create_product, create_sale, TestServer};
 use flashcast::commerce::payment::sign;
-use flashcast::protocol::{Encoding, ErrorCode, EventBody, Role, ServerMsg};
+use flashcast_wire::{Encoding, ErrorCode, EventBody, Role, ServerMsg};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -19,7 +19,7 @@ async fn server() -> TestServer {
     TestServer::start(&["--webhook-secret", SECRET, "--expiry-sweep-ms", "50"]).await
 }
 
-fn stock_is(available: u32) -> impl Fn(&flashcast::protocol::Event) -> bool {
+fn stock_is(available: u32) -> impl Fn(&flashcast_wire::Event) -> bool {
     move |e| matches!(e.body, EventBody::Stock { available: a, .. } if a == available)
 }
 
@@ -102,7 +102,7 @@ async fn a_sale_is_scheduled_starts_and_ends_as_room_events() {
         bob.buy("TEE-S", 1, "b0", None).await,
         Err(ErrorCode::NoSale)
     );
-    let starts_at = flashcast::protocol::now_ms() + 1_500;
+    let starts_at = flashcast_wire::now_ms() + 1_500;
     host.act(
         json!({"type": "start_sale", "sku": "TEE-S", "sale_price_minor": 990,
         "stock": 5, "per_user_limit": 2, "starts_at": starts_at, "duration_secs": 60}),
@@ -152,7 +152,7 @@ async fn a_sale_is_scheduled_starts_and_ends_as_room_events() {
         unreachable!()
     };
     assert_eq!(sold, 2);
-    assert_eq!(reason, flashcast::protocol::SaleEndReason::Host);
+    assert_eq!(reason, flashcast_wire::SaleEndReason::Host);
     assert_eq!(
         bob.buy("TEE-S", 1, "b3", None).await,
         Err(ErrorCode::SaleEnded)
@@ -315,7 +315,7 @@ fn webhook(s: &TestServer, body: &Value, secret: &str, t: u64) -> reqwest::Reque
 }
 
 fn now_secs() -> u64 {
-    flashcast::protocol::now_ms() / 1000
+    flashcast_wire::now_ms() / 1000
 }
 
 async fn error_of(r: reqwest::Response) -> (u16, String) {

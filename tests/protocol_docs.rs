@@ -17,17 +17,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flashcast::commerce::catalog::{Product, Variant};
-use flashcast::commerce::coupon::{CouponScope, CouponView, Discount};
-use flashcast::commerce::money::{Currency, Money};
-use flashcast::commerce::order::{OrderStatus, OrderView};
-use flashcast::commerce::sale::{SaleStatus, SaleView};
 use flashcast::config::Limits;
-use flashcast::ids::{
+use flashcast::ws_frame;
+use flashcast_wire::codes::{CloseCode, ErrorCode};
+use flashcast_wire::commerce::{CouponScope, CouponView, Discount};
+use flashcast_wire::commerce::{OrderStatus, OrderView};
+use flashcast_wire::commerce::{Product, Variant};
+use flashcast_wire::commerce::{SaleStatus, SaleView};
+use flashcast_wire::ids::{
     CouponId, IdemKey, OrderId, PollId, ProductId, QuestionId, RoomId, SaleId, Sku, UserId,
 };
-use flashcast::protocol::codes::{CloseCode, ErrorCode};
-use flashcast::protocol::{
+use flashcast_wire::money::{Currency, Money};
+use flashcast_wire::{
     ClientFrame, ClientMsg, Encoding, Event, EventBody, PollTally, PollView, QuestionView,
     ReactionKind, Role, RoomState, SaleEndReason, ServerMsg, StreamState, StreamStatus, UserRef,
 };
@@ -795,9 +796,7 @@ fn fenced_lines(text: &str) -> Vec<&str> {
 
 /// Decodes a client frame exactly as a connection does.
 fn decode_client(json: &str) -> Result<ClientFrame, ErrorCode> {
-    Encoding::Json
-        .decode(&Message::Text(json.to_string().into()))
-        .map_err(|e| e.code)
+    ws_frame::decode(Encoding::Json, &Message::Text(json.to_string().into())).map_err(|e| e.code)
 }
 
 fn is_server_type(v: &Value) -> bool {
@@ -1073,15 +1072,13 @@ fn documented_decoding_rules_hold() {
     );
     // Wrong frame kind for the encoding.
     assert_eq!(
-        Encoding::Json
-            .decode(&Message::Binary(Bytes::from_static(b"{}")))
+        ws_frame::decode(Encoding::Json, &Message::Binary(Bytes::from_static(b"{}")))
             .unwrap_err()
             .code,
         ErrorCode::WrongEncoding
     );
     assert_eq!(
-        Encoding::MsgPack
-            .decode(&Message::Text("{}".into()))
+        ws_frame::decode(Encoding::MsgPack, &Message::Text("{}".into()))
             .unwrap_err()
             .code,
         ErrorCode::WrongEncoding
@@ -1091,9 +1088,7 @@ fn documented_decoding_rules_hold() {
         "type": "vote", "poll_id": 2, "option": 1, "ref": 9
     }))
     .unwrap();
-    let f = Encoding::MsgPack
-        .decode(&Message::Binary(Bytes::from(packed)))
-        .unwrap();
+    let f = ws_frame::decode(Encoding::MsgPack, &Message::Binary(Bytes::from(packed))).unwrap();
     assert_eq!(f.reference, Some(9));
     assert!(matches!(f.msg, ClientMsg::Vote { option: 1, .. }));
     // The subprotocols and the default.
@@ -1112,8 +1107,8 @@ fn documented_decoding_rules_hold() {
     );
     let doc = doc();
     for name in [
-        flashcast::protocol::codec::SUBPROTOCOL_JSON,
-        flashcast::protocol::codec::SUBPROTOCOL_MSGPACK,
+        flashcast_wire::codec::SUBPROTOCOL_JSON,
+        flashcast_wire::codec::SUBPROTOCOL_MSGPACK,
     ] {
         assert!(doc.contains(&format!("`{name}`")), "subprotocol {name}");
     }

@@ -9,9 +9,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use flashcast::ids::{PollId, Sku};
-use flashcast::protocol::{Encoding, EventBody, ReactionKind, Role, ServerMsg};
-use flashcast::recording::{read_trace, TraceAction, TraceHeader, TraceLine};
+use flashcast_wire::ids::{PollId, Sku};
+use flashcast_wire::recording::{read_trace, TraceAction, TraceHeader, TraceLine};
+use flashcast_wire::{Encoding, EventBody, ReactionKind, Role, ServerMsg};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

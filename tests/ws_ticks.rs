@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use flashcast::protocol::{Encoding, Event, Role, ServerMsg};
+use flashcast_wire::{Encoding, Event, Role, ServerMsg};
 
 const TICK: Duration = Duration::from_secs(1);
 const LEADING: &str = "flashcast_batches_leading_total";

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use anyhow::Context;
-use flashcast::protocol::codec::SUBPROTOCOL_MSGPACK;
+use flashcast_wire::codec::SUBPROTOCOL_MSGPACK;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use flashcast::ids::RoomId;
-use flashcast::protocol::codec::{decode_server, SUBPROTOCOL_MSGPACK};
-use flashcast::protocol::{ClientFrame, ClientMsg, Encoding, ServerMsg};
+use flashcast_wire::codec::{decode_server, SUBPROTOCOL_MSGPACK};
+use flashcast_wire::ids::RoomId;
+use flashcast_wire::{ClientFrame, ClientMsg, Encoding, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -93,7 +93,7 @@ impl Host {
         self.answer(|m| match m {
             ServerMsg::Batch { events, .. } => events
                 .iter()
-                .any(|e| matches!(e.body, flashcast::protocol::EventBody::PollOpened { .. })),
+                .any(|e| matches!(e.body, flashcast_wire::EventBody::PollOpened { .. })),
             _ => false,
         })
         .await

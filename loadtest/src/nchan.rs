@@ -565,7 +565,7 @@ async fn subscriber(
                         break;
                     }
                 };
-                let now = flashcast::protocol::now_ms();
+                let now = flashcast_wire::now_ms();
                 let Some((seq, ts)) = parse_body(&body) else {
                     live.bad_bodies.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -792,7 +792,7 @@ async fn publish(
                 }
             }
         }
-        let body = make_body(k + 1, flashcast::protocol::now_ms(), args.body_bytes);
+        let body = make_body(k + 1, flashcast_wire::now_ms(), args.body_bytes);
         let t0 = Instant::now();
         match post(&mut sender, &host, &path, body).await {
             Ok(status) if (200..300).contains(&status) => {
@@ -1101,7 +1101,7 @@ pub async fn run_nchan(
 ) -> anyhow::Result<NchanReport> {
     args.validate().map_err(anyhow::Error::msg)?;
     let run_id = new_run_id();
-    let started_ms = flashcast::protocol::now_ms();
+    let started_ms = flashcast_wire::now_ms();
     let channel = args
         .channel
         .clone()
@@ -1122,7 +1122,7 @@ pub async fn run_nchan(
 
     let start = Instant::now() + Duration::from_millis(100);
     let mut window = Window {
-        go_ms: flashcast::protocol::now_ms() + 100,
+        go_ms: flashcast_wire::now_ms() + 100,
         ..Window::default()
     };
     let published = shares.published.clone();
@@ -1137,10 +1137,10 @@ pub async fn run_nchan(
             published,
         ))
         .await?;
-    window.send_end_ms = flashcast::protocol::now_ms();
+    window.send_end_ms = flashcast_wire::now_ms();
     let drain = Instant::now() + Duration::from_secs_f64(args.drain);
     shares.pump_until(tokio::time::sleep_until(drain)).await?;
-    window.stop_ms = flashcast::protocol::now_ms();
+    window.stop_ms = flashcast_wire::now_ms();
     shares.stop().await?;
     let result = shares.finish().await?;
     Ok(NchanReport::build(

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use flashcast::ids::{IdemKey, RoomId, Sku};
-use flashcast::protocol::{now_ms, ReactionKind};
-use flashcast::recording::{read_trace, TraceAction, TraceLine};
+use flashcast_wire::ids::{IdemKey, RoomId, Sku};
+use flashcast_wire::recording::{read_trace, TraceAction, TraceLine};
+use flashcast_wire::{now_ms, ReactionKind};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
@@ -266,7 +266,7 @@ fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
                 lines: Vec::new(),
             });
             if let TraceAction::Join { role } = &line.action {
-                c.role_guest = *role == flashcast::protocol::Role::Guest;
+                c.role_guest = *role == flashcast_wire::Role::Guest;
             }
             c.lines.push(line);
         }
@@ -601,7 +601,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
                 .mint(
                     &room,
                     &format!("storm-{run_id}-host"),
-                    flashcast::protocol::Role::Host,
+                    flashcast_wire::Role::Host,
                 )
                 .await
                 .context("minting the host's token (polls are opened by a host)")?,
@@ -794,7 +794,7 @@ fn write_recording(
     t0_ms: u64,
     trace: &mut [TraceLine],
 ) -> anyhow::Result<()> {
-    use flashcast::recording::{TraceHeader, TraceWriter};
+    use flashcast_wire::recording::{TraceHeader, TraceWriter};
     trace.sort_by_key(|l| l.t_ms);
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;

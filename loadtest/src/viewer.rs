@@ -9,9 +9,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashcast::ids::{CouponId, IdemKey, PollId, QuestionId, RoomId, Sku};
-use flashcast::protocol::codec::decode_server;
-use flashcast::protocol::{
+use flashcast_wire::codec::decode_server;
+use flashcast_wire::ids::{CouponId, IdemKey, PollId, QuestionId, RoomId, Sku};
+use flashcast_wire::{
     now_ms, ClientFrame, ClientMsg, Encoding, ErrorCode, EventBody, ReactionKind, RoomState,
     ServerMsg,
 };
@@ -22,8 +22,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use flashcast::protocol::Role;
-use flashcast::recording::TraceAction;
+use flashcast_wire::recording::TraceAction;
+use flashcast_wire::Role;
 
 use crate::client::{connect, Target, Ws};
 use crate::stats::SeqCheck;
@@ -270,7 +270,7 @@ fn fire_from_state(
     conn.poll = state.poll.as_ref().map(|p| p.id);
     conn.coupon = state.coupons.last().map(|c| c.id);
     for sale in &state.sales {
-        if sale.status == flashcast::commerce::sale::SaleStatus::Live {
+        if sale.status == flashcast_wire::commerce::SaleStatus::Live {
             fire_buy(triggers, &sale.sku, now, soon);
         }
     }

@@ -282,7 +282,7 @@ fn bad_scenario_files_are_refused_with_the_reason_and_exit_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recorded_show_replays_faster_and_scaled_and_the_tool_records_its_own() {
-    use flashcast::recording::{read_trace, TraceAction};
+    use flashcast_wire::recording::{read_trace, TraceAction};
     let srv = start_server().await;
     let url = format!("http://{}", srv.server.addr);
     let sample = concat!(

@@ -11,14 +11,15 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use super::catalog::Product;
-use super::coupon::{CouponScope, CouponTerms, Discount};
-use super::money::{Currency, Money};
-use super::order::{OrderStatus, OrderView};
+use super::coupon::CouponTerms;
 use super::sale::SaleTerms;
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
 use crate::store::group_commit::{AfterCommit, GroupCommit, GroupCommitConfig, WriteOp};
 use crate::store::{StoreError, StoreResult};
+use flashcast_wire::commerce::Product;
+use flashcast_wire::commerce::{CouponScope, Discount};
+use flashcast_wire::commerce::{OrderStatus, OrderView};
+use flashcast_wire::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
+use flashcast_wire::money::{Currency, Money};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS products (
@@ -110,7 +111,10 @@ fn conversion(e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Er
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
 }
 
-fn id<T>(s: String, parse: fn(&str) -> Result<T, crate::ids::InvalidId>) -> rusqlite::Result<T> {
+fn id<T>(
+    s: String,
+    parse: fn(&str) -> Result<T, flashcast_wire::ids::InvalidId>,
+) -> rusqlite::Result<T> {
     parse(&s).map_err(conversion)
 }
 

@@ -22,7 +22,6 @@
 pub mod catalog;
 pub mod coupon;
 pub mod ledger;
-pub mod money;
 pub mod order;
 pub mod payment;
 pub mod sale;
@@ -39,19 +38,22 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Limits;
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku};
 use crate::metrics::Metrics;
-use crate::protocol::{now_ms, ErrorCode, UserRef};
 use crate::store::group_commit::GroupCommitConfig;
 use crate::store::StoreError;
+use flashcast_wire::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku};
+use flashcast_wire::{now_ms, ErrorCode, UserRef};
 
-use catalog::{Product, ProductSpec};
-use coupon::{Coupon, CouponScope, CouponTerms, CouponView, Discount};
+use catalog::ProductSpec;
+use coupon::{Coupon, CouponTerms};
+use flashcast_wire::commerce::{
+    CouponScope, CouponView, Discount, OrderStatus, OrderView, Product, SaleStatus, SaleView,
+};
+use flashcast_wire::money::{Money, MAX_MINOR};
 use ledger::{Ledger, OrderFilter};
-use money::{Money, MAX_MINOR};
-use order::{OrderCell, OrderStatus, OrderView};
+use order::OrderCell;
 use payment::PaymentEvent;
-use sale::{BuyFingerprint, Reserve, Sale, SaleTerms, SaleView};
+use sale::{BuyFingerprint, Reserve, Sale, SaleTerms};
 use shop::Shop;
 
 /// Tells a buyer or claimant that it succeeded. Called exactly once when
@@ -414,7 +416,7 @@ impl Commerce {
             ));
         }
         if let Some(running) = shop.sale_for_sku(&spec.sku) {
-            if running.status(now) != sale::SaleStatus::Ended {
+            if running.status(now) != SaleStatus::Ended {
                 return Err(CommerceError::new(
                     ErrorCode::Conflict,
                     format!("sale {} for this sku is not over yet", running.id()),
@@ -454,7 +456,7 @@ impl Commerce {
             .sale(id)
             .ok_or_else(|| CommerceError::new(ErrorCode::NotFound, "no such sale"))?;
         let now = now_ms();
-        if sale.status(now) == sale::SaleStatus::Ended {
+        if sale.status(now) == SaleStatus::Ended {
             return Err(CommerceError::new(
                 ErrorCode::SaleEnded,
                 "the sale has already ended",

@@ -9,10 +9,10 @@ use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
-use super::catalog::Product;
 use super::coupon::Coupon;
 use super::sale::{Keys, Sale};
-use crate::ids::{CouponId, ProductId, RoomId, SaleId, Sku};
+use flashcast_wire::commerce::Product;
+use flashcast_wire::ids::{CouponId, ProductId, RoomId, SaleId, Sku};
 
 pub struct Shop {
     pub room: RoomId,

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use super::{text, Rejection};
-use crate::ids::{PollId, UserId};
-use crate::protocol::{ErrorCode, EventBody, PollTally, PollView, UserRef};
+use flashcast_wire::ids::{PollId, UserId};
+use flashcast_wire::{ErrorCode, EventBody, PollTally, PollView, UserRef};
 
 /// Longest poll question or option, in characters.
 pub const MAX_POLL_TEXT_CHARS: usize = 200;

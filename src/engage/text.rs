@@ -5,7 +5,7 @@
 use unicode_segmentation::UnicodeSegmentation;
 
 use super::Rejection;
-use crate::protocol::ErrorCode;
+use flashcast_wire::ErrorCode;
 
 /// Trims and checks a piece of user text: not empty, at most `max_chars`
 /// characters, no control characters other than newline and tab.

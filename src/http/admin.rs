@@ -13,10 +13,10 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState, ErrorBody};
 use crate::auth::{constant_time_eq, MAX_NAME_CHARS};
-use crate::ids::{RoomId, UserId};
-use crate::protocol::{now_ms, ErrorCode, Role};
 use crate::room::{RegistryError, RoomHandle, RoomInfo};
 use crate::store::RoomRecord;
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{now_ms, ErrorCode, Role};
 
 /// Longest room title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;

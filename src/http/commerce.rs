@@ -15,15 +15,16 @@ use utoipa_axum::routes;
 
 use super::admin::{authorized, find, parse, ApiResult};
 use super::{ApiError, AppState, ErrorBody};
-use crate::commerce::catalog::{Product, ProductSpec};
-use crate::commerce::coupon::CouponView;
+use crate::commerce::catalog::ProductSpec;
 use crate::commerce::ledger::OrderFilter;
-use crate::commerce::order::{OrderStatus, OrderView};
 use crate::commerce::payment::{self, PaymentEvent};
-use crate::commerce::sale::SaleView;
 use crate::commerce::{CommerceError, CouponSpec, SaleSpec};
-use crate::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
-use crate::protocol::ErrorCode;
+use flashcast_wire::commerce::CouponView;
+use flashcast_wire::commerce::Product;
+use flashcast_wire::commerce::SaleView;
+use flashcast_wire::commerce::{OrderStatus, OrderView};
+use flashcast_wire::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
+use flashcast_wire::ErrorCode;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -503,7 +504,7 @@ async fn payment_webhook(
     let signature = headers
         .get(payment::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
-    let now_secs = crate::protocol::now_ms() / 1000;
+    let now_secs = flashcast_wire::now_ms() / 1000;
     payment::verify(
         app.commerce.webhook_secret(),
         signature,

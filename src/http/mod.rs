@@ -25,10 +25,10 @@ use crate::auth::TokenKeys;
 use crate::commerce::Commerce;
 use crate::limits::{Limits, RateLimiters};
 use crate::metrics::Metrics;
-use crate::protocol::ErrorCode;
 use crate::recording::recorder::Recordings;
 use crate::room::{ConnId, Registry};
 use crate::store::Store;
+use flashcast_wire::ErrorCode;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]

@@ -13,8 +13,8 @@ use utoipa_axum::routes;
 
 use super::admin::{authorized, find, ApiResult};
 use super::{ApiError, AppState, ErrorBody};
-use crate::protocol::ErrorCode;
 use crate::recording::recorder::{RecordingStarted, RecordingSummary, StartError};
+use flashcast_wire::ErrorCode;
 
 /// The media type of a recording: JSON lines.
 pub const NDJSON: &str = "application/x-ndjson";

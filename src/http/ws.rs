@@ -24,20 +24,21 @@ use tungstenite::Message;
 use super::ws_socket::WsSocket;
 use super::{api_error, AppState};
 use crate::auth::TokenError;
-use crate::commerce::coupon::CouponView;
-use crate::commerce::order::OrderView;
 use crate::commerce::{Answer, BuyRequest, CouponSpec, SaleSpec};
 use crate::engage::Rejection;
-use crate::ids::UserId;
 use crate::limits;
-use crate::protocol::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
-use crate::protocol::{
-    now_ms, ClientFrame, ClientMsg, CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef,
-};
 use crate::recording::recorder::ConnRecorder;
 use crate::room::actor::clean_action_text;
 use crate::room::outbox::{Outbox, Push, Wake};
 use crate::room::{ConnId, JoinRequest, RoomHandle};
+use crate::ws_frame;
+use flashcast_wire::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use flashcast_wire::commerce::CouponView;
+use flashcast_wire::commerce::OrderView;
+use flashcast_wire::ids::UserId;
+use flashcast_wire::{
+    now_ms, ClientFrame, ClientMsg, CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef,
+};
 
 /// `GET /ws`: refuses early (HTTP status) when the node is full, shutting
 /// down, or the address joins too fast; otherwise upgrades (RFC 6455) and
@@ -331,7 +332,7 @@ impl Connection {
     async fn join(
         &mut self,
         socket: &mut WsSocket,
-        room_id: crate::ids::RoomId,
+        room_id: flashcast_wire::ids::RoomId,
         token: Option<String>,
         last_seq: Option<u64>,
         epoch: Option<u64>,
@@ -620,7 +621,7 @@ impl Connection {
             self.app.metrics.reject(ErrorCode::FrameTooLarge);
             return Err(Flow::Close(CloseCode::MessageTooBig));
         }
-        match self.encoding.decode(msg) {
+        match ws_frame::decode(self.encoding, msg) {
             Ok(frame) => Ok(frame),
             Err(e) => Err(self
                 .reject(socket, Rejection::new(e.code, e.message), None)
@@ -678,7 +679,7 @@ impl Connection {
         let encoding = self.encoding;
         Box::new(move |value: &T| match encoding.encode(&reply(value)) {
             Ok(frame) => {
-                outbox.push(frame.to_ws());
+                outbox.push(ws_frame::data(&frame));
             }
             Err(e) => tracing::error!(error = %e, "encode failed"),
         })

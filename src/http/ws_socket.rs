@@ -16,8 +16,9 @@ use tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
-use crate::protocol::codec::WireFrame;
 use crate::room::outbox::{Outbox, Push};
+use crate::ws_frame;
+use flashcast_wire::codec::WireFrame;
 
 pub struct WsSocket {
     tcp: Arc<TcpStream>,
@@ -102,13 +103,13 @@ impl WsSocket {
 
     /// Queues one data frame behind everything pushed before it.
     pub fn send(&self, frame: &WireFrame) -> Push {
-        self.outbox.push(frame.to_ws())
+        self.outbox.push(ws_frame::data(frame))
     }
 
     /// Queues a data frame that must go out even past the backlog limit:
     /// the error that explains a close.
     pub fn send_final(&self, frame: &WireFrame) -> Push {
-        self.outbox.push_final(frame.to_ws())
+        self.outbox.push_final(ws_frame::data(frame))
     }
 
     /// Starts the closing handshake with `code`.

@@ -25,9 +25,9 @@ use super::peer::{self, Peer, PeerEvents};
 use super::quota::{Counter, Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer, SdpCodec};
 use super::{until_ended, EndReason, MediaError, MediaHub, SessionId, Viewer};
-use crate::ids::RoomId;
-use crate::protocol::{now_ms, StreamState};
 use crate::room::RoomHandle;
+use flashcast_wire::ids::RoomId;
+use flashcast_wire::{now_ms, StreamState};
 
 /// How often a supervisor looks at its timers.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(250);

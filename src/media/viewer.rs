@@ -28,7 +28,7 @@ use super::publisher::CHECK_EVERY;
 use super::quota::{Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer};
 use super::{until_ended, Broadcast, EndReason, MediaError, MediaHub, SessionId};
-use crate::ids::RoomId;
+use flashcast_wire::ids::RoomId;
 
 /// The limits a viewer counts against, given back when it is dropped.
 pub struct ViewerSlots {

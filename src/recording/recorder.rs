@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{TraceAction, TraceHeader, TraceLine, TraceWriter};
 use crate::config::Limits;
-use crate::ids::RoomId;
 use crate::metrics::Metrics;
-use crate::protocol::{now_ms, ClientMsg, Role};
 use crate::room::{RoomHandle, RoomShared};
+use flashcast_wire::ids::RoomId;
+use flashcast_wire::recording::{TraceAction, TraceHeader, TraceLine, TraceWriter};
+use flashcast_wire::{now_ms, ClientMsg, Role};
 
 /// How often the writer flushes what it buffered (and checks the room and
 /// the time limit).

@@ -24,8 +24,9 @@ use crate::engage::moderation::Moderation;
 use crate::engage::poll::{Poll, PollSpec};
 use crate::engage::qa::Questions;
 use crate::engage::{text, Rejection};
-use crate::ids::{PollId, RoomId, Seq, UserId};
-use crate::protocol::{
+use crate::ws_frame;
+use flashcast_wire::ids::{PollId, RoomId, Seq, UserId};
+use flashcast_wire::{
     now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
     ServerMsg, StreamStatus, UserRef,
 };
@@ -289,7 +290,7 @@ impl RoomActor {
         let pushed = req
             .encoding
             .encode(&joined)
-            .map(|frame| req.outbox.push(frame.to_ws()));
+            .map(|frame| req.outbox.push(ws_frame::data(&frame)));
         match pushed {
             Ok(Push::Sent | Push::Queued) => {}
             Ok(Push::Overflow | Push::Closed) => {
@@ -652,7 +653,7 @@ impl RoomActor {
                 return;
             }
         };
-        if let Push::Overflow | Push::Closed = sub.outbox.push(frame.to_ws()) {
+        if let Push::Overflow | Push::Closed = sub.outbox.push(ws_frame::data(&frame)) {
             self.remove(conn);
         }
     }
@@ -739,7 +740,7 @@ impl RoomActor {
                             .with_label_values(&[kind])
                             .inc_by(receivers as u64);
                     }
-                    frames[encoding.index()] = Some(frame.to_ws());
+                    frames[encoding.index()] = Some(ws_frame::data(&frame));
                 }
                 Err(e) => tracing::error!(error = %e, "batch encode failed"),
             }

@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::commerce::catalog::Product;
 use crate::commerce::coupon::Coupon;
-use crate::commerce::coupon::CouponView;
-use crate::commerce::sale::{Sale, SaleStatus, SaleView};
+use crate::commerce::sale::Sale;
 use crate::commerce::shop::Shop;
-use crate::ids::{CouponId, SaleId};
-use crate::protocol::{EventBody, SaleEndReason};
+use flashcast_wire::commerce::CouponView;
+use flashcast_wire::commerce::Product;
+use flashcast_wire::commerce::{SaleStatus, SaleView};
+use flashcast_wire::ids::{CouponId, SaleId};
+use flashcast_wire::{EventBody, SaleEndReason};
 
 /// Least time between two `stock` (or `coupons_left`) events of one sale
 /// (drop): during a flash sale the count changes every tick, and sending
@@ -59,7 +60,7 @@ impl MarketWatch {
             coupons_left: HashMap::new(),
             shop,
         };
-        let now = crate::protocol::now_ms();
+        let now = flashcast_wire::now_ms();
         for s in &w.sales {
             w.announced.insert(
                 s.id(),

@@ -28,10 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Limits;
 use crate::engage::moderation::BanList;
 use crate::engage::Rejection;
-use crate::ids::{RoomId, Seq, UserId};
 use crate::metrics::Metrics;
-use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 use crate::store::Store;
+use flashcast_wire::ids::{RoomId, Seq, UserId};
+use flashcast_wire::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 
 pub use outbox::Outbox;
 pub use registry::{Registry, RegistryError};

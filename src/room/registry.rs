@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::actor::RoomActor;
 use super::{Command, RoomContext, RoomHandle, RoomInfo, RoomShared};
-use crate::ids::{RoomId, UserId};
+use flashcast_wire::ids::{RoomId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {

@@ -10,7 +10,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use crate::ids::{RoomId, UserId};
+use flashcast_wire::ids::{RoomId, UserId};
 
 /// A room as kept across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{RoomRecord, Store, StoreError, StoreResult};
-use crate::ids::{RoomId, UserId};
+use flashcast_wire::ids::{RoomId, UserId};
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -57,7 +57,7 @@ impl SqliteStore {
 
 fn parse_id<T>(
     s: String,
-    parse: fn(&str) -> Result<T, crate::ids::InvalidId>,
+    parse: fn(&str) -> Result<T, flashcast_wire::ids::InvalidId>,
 ) -> rusqlite::Result<T> {
     parse(&s).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))

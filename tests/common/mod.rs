@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use flashcast::ids::{RoomId, UserId};
-use flashcast::protocol::codec::{decode_server, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
-use flashcast::protocol::{Encoding, ErrorCode, Event, Role, ServerMsg};
 use flashcast::{Server, Settings};
+use flashcast_wire::codec::{decode_server, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{Encoding, ErrorCode, Event, Role, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -439,7 +439,7 @@ pub fn chat_texts(events: &[Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match &e.body {
-            flashcast::protocol::EventBody::Chat { text, .. } => Some(text.clone()),
+            flashcast_wire::EventBody::Chat { text, .. } => Some(text.clone()),
             _ => None,
         })
         .collect()

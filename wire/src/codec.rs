@@ -1,11 +1,11 @@
 //! The two encodings, chosen per connection by WebSocket subprotocol:
 //! MessagePack in binary frames (the default) and JSON in text frames.
+//!
+//! This is the payload only; WebSocket framing belongs to whoever owns the
+//! socket (the server's transport, a client library).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tungstenite::protocol::frame::coding::{CloseCode as WsCloseCode, Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, Frame};
-use tungstenite::{Message, Utf8Bytes};
 
 use super::{ClientFrame, ClientMsg, ErrorCode};
 
@@ -46,35 +46,39 @@ impl Encoding {
                 Ok(WireFrame::Binary(Bytes::from(bytes)))
             }
             Encoding::Json => {
-                let text = serde_json::to_string(msg).map_err(|e| EncodeError(e.to_string()))?;
-                Ok(WireFrame::Text(Utf8Bytes::from(text)))
+                let text = serde_json::to_vec(msg).map_err(|e| EncodeError(e.to_string()))?;
+                Ok(WireFrame::Text(Bytes::from(text)))
             }
         }
     }
 
-    /// Decodes one client frame. The caller has already checked its size.
-    pub fn decode(self, frame: &Message) -> Result<ClientFrame, DecodeError> {
-        match (self, frame) {
-            (Encoding::MsgPack, Message::Binary(bytes)) => decode_with(bytes, |b| {
+    /// Decodes one client frame's payload; `kind` is the WebSocket frame
+    /// type it came in. The caller has already checked its size.
+    pub fn decode(self, kind: FrameKind, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+        match (self, kind) {
+            (Encoding::MsgPack, FrameKind::Binary) => decode_with(bytes, |b| {
                 rmp_serde::from_slice::<ClientFrame>(b).map_err(|e| e.to_string())
             }),
-            (Encoding::Json, Message::Text(text)) => decode_with(text.as_bytes(), |b| {
+            (Encoding::Json, FrameKind::Text) => decode_with(bytes, |b| {
                 serde_json::from_slice::<ClientFrame>(b).map_err(|e| e.to_string())
             }),
-            (Encoding::MsgPack, Message::Text(_)) => Err(DecodeError {
+            (Encoding::MsgPack, FrameKind::Text) => Err(DecodeError {
                 code: ErrorCode::WrongEncoding,
                 message: "text frame on a MessagePack connection; send binary frames".into(),
             }),
-            (Encoding::Json, Message::Binary(_)) => Err(DecodeError {
+            (Encoding::Json, FrameKind::Binary) => Err(DecodeError {
                 code: ErrorCode::WrongEncoding,
                 message: "binary frame on a JSON connection; send text frames".into(),
             }),
-            _ => Err(DecodeError {
-                code: ErrorCode::Malformed,
-                message: "not a data frame".into(),
-            }),
         }
     }
+}
+
+/// The two WebSocket data frame types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Text,
+    Binary,
 }
 
 fn decode_with(
@@ -97,51 +101,38 @@ fn decode_with(
     }
 }
 
-/// A frame ready to write, shared between connections.
-#[derive(Debug, Clone)]
+/// An encoded message ready to frame and write, shared between
+/// connections (cloning it is a reference-count bump).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireFrame {
+    /// MessagePack, sent as a binary frame.
     Binary(Bytes),
-    Text(Utf8Bytes),
+    /// JSON (always UTF-8), sent as a text frame.
+    Text(Bytes),
 }
 
 impl WireFrame {
-    pub fn len(&self) -> usize {
+    pub fn kind(&self) -> FrameKind {
         match self {
-            WireFrame::Binary(b) => b.len(),
-            WireFrame::Text(t) => t.len(),
+            WireFrame::Binary(_) => FrameKind::Binary,
+            WireFrame::Text(_) => FrameKind::Text,
         }
+    }
+
+    /// The payload.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            WireFrame::Binary(b) | WireFrame::Text(b) => b,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// The whole WebSocket frame (header and payload) as it goes on the
-    /// wire. Server frames are not masked, so every connection of this
-    /// encoding is sent the very same bytes: a tick is framed once.
-    pub fn to_ws(&self) -> Bytes {
-        let (opcode, payload) = match self {
-            WireFrame::Binary(b) => (Data::Binary, b.clone()),
-            WireFrame::Text(t) => (Data::Text, Bytes::from(t.clone())),
-        };
-        format_frame(Frame::message(payload, OpCode::Data(opcode), true))
-    }
-}
-
-/// A WebSocket close frame with `code` and `reason`, ready to write.
-pub fn ws_close_frame(code: u16, reason: &str) -> Bytes {
-    format_frame(Frame::close(Some(CloseFrame {
-        code: WsCloseCode::from(code),
-        reason: Utf8Bytes::from(reason),
-    })))
-}
-
-fn format_frame(frame: Frame) -> Bytes {
-    let mut out = Vec::with_capacity(frame.len());
-    frame
-        .format(&mut out)
-        .expect("writing to a Vec cannot fail");
-    Bytes::from(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,7 +157,7 @@ pub fn decode_server<'a, T: Deserialize<'a>>(encoding: Encoding, bytes: &'a [u8]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Event, EventBody, Role, ServerMsg, UserRef};
+    use crate::{Event, EventBody, Role, ServerMsg, UserRef};
     use std::sync::Arc;
 
     fn chat_event() -> Event {
@@ -190,22 +181,18 @@ mod tests {
         let msg = ServerMsg::Batch {
             events: vec![Arc::new(chat_event())],
             viewers: Some(3),
-            reactions: [(crate::protocol::ReactionKind::Heart, 4)].into(),
+            reactions: [(crate::ReactionKind::Heart, 4)].into(),
             tallies: vec![],
         };
         for enc in Encoding::ALL {
             let frame = enc.encode(&msg).unwrap();
-            let bytes: Vec<u8> = match frame {
-                WireFrame::Binary(b) => b.to_vec(),
-                WireFrame::Text(t) => t.as_bytes().to_vec(),
-            };
-            let back: ServerMsg = decode_server(enc, &bytes).expect("decodes");
+            let back: ServerMsg = decode_server(enc, frame.bytes()).expect("decodes");
             match back {
                 ServerMsg::Batch {
                     events, reactions, ..
                 } => {
                     assert_eq!(*events[0], chat_event());
-                    assert_eq!(reactions[&crate::protocol::ReactionKind::Heart], 4);
+                    assert_eq!(reactions[&crate::ReactionKind::Heart], 4);
                 }
                 other => panic!("wrong message {other:?}"),
             }
@@ -213,54 +200,29 @@ mod tests {
     }
 
     #[test]
-    fn ws_frames_read_back_with_a_websocket_client() {
-        use tungstenite::protocol::{Role as WsRole, WebSocketContext};
-        let small = WireFrame::Text(Utf8Bytes::from("{\"type\":\"pong\"}"));
-        // Past 65,535 bytes the header carries a 64-bit length.
-        let big = WireFrame::Binary(Bytes::from(vec![0xab; 70_000]));
-        let mut wire = Vec::new();
-        wire.extend_from_slice(&small.to_ws());
-        wire.extend_from_slice(&big.to_ws());
-        wire.extend_from_slice(&ws_close_frame(4008, "slow consumer"));
-        let mut io = std::io::Cursor::new(wire);
-        let mut client = WebSocketContext::new(WsRole::Client, None);
-        assert_eq!(
-            client.read(&mut io).unwrap(),
-            Message::Text("{\"type\":\"pong\"}".into())
-        );
-        assert_eq!(
-            client.read(&mut io).unwrap(),
-            Message::Binary(Bytes::from(vec![0xab; 70_000]))
-        );
-        match client.read(&mut io).unwrap() {
-            Message::Close(Some(f)) => {
-                assert_eq!(u16::from(f.code), 4008);
-                assert_eq!(f.reason.as_str(), "slow consumer");
-            }
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-
-    #[test]
     fn unknown_type_and_malformed_are_told_apart() {
-        let unknown = Message::Text(r#"{"type":"teleport"}"#.into());
+        let json = |text: &str| Encoding::Json.decode(FrameKind::Text, text.as_bytes());
         assert_eq!(
-            Encoding::Json.decode(&unknown).unwrap_err().code,
+            json(r#"{"type":"teleport"}"#).unwrap_err().code,
             ErrorCode::UnknownType
         );
-        let missing_field = Message::Text(r#"{"type":"chat"}"#.into());
         assert_eq!(
-            Encoding::Json.decode(&missing_field).unwrap_err().code,
+            json(r#"{"type":"chat"}"#).unwrap_err().code,
             ErrorCode::Malformed
         );
-        let garbage = Message::Binary(Bytes::from_static(&[0xc1, 0xff, 0x00]));
+        let garbage = [0xc1, 0xff, 0x00];
         assert_eq!(
-            Encoding::MsgPack.decode(&garbage).unwrap_err().code,
+            Encoding::MsgPack
+                .decode(FrameKind::Binary, &garbage)
+                .unwrap_err()
+                .code,
             ErrorCode::Malformed
         );
-        let wrong = Message::Binary(Bytes::from_static(b"{}"));
         assert_eq!(
-            Encoding::Json.decode(&wrong).unwrap_err().code,
+            Encoding::Json
+                .decode(FrameKind::Binary, b"{}")
+                .unwrap_err()
+                .code,
             ErrorCode::WrongEncoding
         );
     }
@@ -276,12 +238,14 @@ mod tests {
         };
         let packed = rmp_serde::to_vec_named(&frame).unwrap();
         let got = Encoding::MsgPack
-            .decode(&Message::Binary(Bytes::from(packed)))
+            .decode(FrameKind::Binary, &packed)
             .unwrap();
         assert_eq!(got.reference, Some(9));
         assert!(matches!(got.msg, ClientMsg::Vote { option: 1, .. }));
         let json = serde_json::to_string(&frame).unwrap();
-        let got = Encoding::Json.decode(&Message::Text(json.into())).unwrap();
+        let got = Encoding::Json
+            .decode(FrameKind::Text, json.as_bytes())
+            .unwrap();
         assert!(matches!(got.msg, ClientMsg::Vote { option: 1, .. }));
     }
 }

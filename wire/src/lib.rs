@@ -1,21 +1,25 @@
-//! Every message on the wire, in both directions. docs/protocol.md is the
-//! human version of this file; keep them in step.
+//! Flashcast's wire protocol: every message in both directions, both
+//! encodings, error and close codes, ids, the shop's views and the recording
+//! format. Shared by the server and the load tester, so neither can drift
+//! from the protocol the other speaks. docs/protocol.md is the human version
+//! of this crate; keep them in step.
 //!
 //! Field names are the same in both encodings (MessagePack maps use the JSON
 //! names), so one set of serde types serves both.
 
 pub mod codec;
 pub mod codes;
+pub mod commerce;
+pub mod ids;
+pub mod money;
+pub mod recording;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::commerce::catalog::Product;
-use crate::commerce::coupon::{CouponScope, CouponView, Discount};
-use crate::commerce::order::OrderView;
-use crate::commerce::sale::SaleView;
+use crate::commerce::{CouponScope, CouponView, Discount, OrderView, Product, SaleView};
 use crate::ids::{
     CouponId, IdemKey, PollId, ProductId, QuestionId, RoomId, SaleId, Seq, Sku, UserId,
 };
