@@ -11,6 +11,7 @@
 //! - [`server`] wires it all together; [`config`] reads the settings.
 
 pub mod auth;
+pub mod clock;
 pub mod commerce;
 pub mod config;
 pub mod engage;
@@ -25,4 +26,4 @@ pub mod store;
 pub mod ws_frame;
 
 pub use config::Settings;
-pub use server::{start, Server};
+pub use server::{start, start_with_clock, Server};

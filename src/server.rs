@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::{random_secret, TokenKeys};
+use crate::clock::Clock;
 use crate::commerce::Commerce;
 use crate::config::Settings;
 use crate::http::{self, AppState};
@@ -17,7 +18,6 @@ use crate::metrics::Metrics;
 use crate::room::{Registry, RoomContext, RoomInfo};
 use crate::store::{RoomRecord, SqliteStore, Store};
 use flashcast_wire::ids::RoomId;
-use flashcast_wire::now_ms;
 
 /// The id of the room seeded for `cargo run`.
 pub const DEMO_ROOM: &str = "demo";
@@ -31,6 +31,12 @@ pub struct Server {
 
 /// Starts a server and returns once it is listening.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+    start_with_clock(settings, Clock::system()).await
+}
+
+/// [`start`] on a given clock: tests pass a `clock::ManualClock`'s, so time
+/// passes when they say (sale windows, reservation deadlines, token expiry).
+pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Server> {
     settings.limits.validate().map_err(anyhow::Error::msg)?;
     settings.media.validate().map_err(anyhow::Error::msg)?;
     let data_dir = settings.data_dir.clone();
@@ -57,9 +63,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
     let commerce = {
         let (dir, limits, metrics) = (settings.data_dir.clone(), limits.clone(), metrics.clone());
+        let clock = clock.clone();
         Arc::new(
             tokio::task::spawn_blocking(move || {
-                Commerce::open(&dir, limits, metrics, webhook_secret.into_bytes())
+                Commerce::open(&dir, limits, metrics, webhook_secret.into_bytes(), clock)
             })
             .await?
             .context("loading orders, sales and the catalog")?,
@@ -72,10 +79,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         metrics,
         store: store.clone(),
         commerce: commerce.clone(),
+        clock: clock.clone(),
     })));
     let app = AppState::new(
         registry.clone(),
-        TokenKeys::new(secret.as_bytes()),
+        TokenKeys::new(secret.as_bytes()).with_clock(clock.clone()),
         admin_key,
         store.clone(),
         settings.data_dir.join("recordings"),
@@ -111,7 +119,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             id: RoomId::new(DEMO_ROOM).expect("valid id"),
             title: "Flashcast demo show".into(),
             allow_guests: true,
-            created_at: now_ms(),
+            created_at: clock.now_ms(),
             closed_at: None,
         };
         http::admin::open_room(&app, record)

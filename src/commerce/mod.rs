@@ -37,12 +37,13 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::store::group_commit::GroupCommitConfig;
 use crate::store::StoreError;
 use flashcast_wire::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku};
-use flashcast_wire::{now_ms, ErrorCode, UserRef};
+use flashcast_wire::{ErrorCode, UserRef};
 
 use catalog::ProductSpec;
 use coupon::{Coupon, CouponTerms};
@@ -154,6 +155,8 @@ pub struct Commerce {
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     webhook_secret: Vec<u8>,
+    /// What "now" is for sale windows, deadlines and coupon expiry.
+    clock: Clock,
 }
 
 impl Commerce {
@@ -165,6 +168,7 @@ impl Commerce {
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
         webhook_secret: Vec<u8>,
+        clock: Clock,
     ) -> Result<Commerce, StoreError> {
         let ledger = Ledger::open(
             data_dir,
@@ -173,7 +177,7 @@ impl Commerce {
                 max_batch: limits.commit_batch,
             },
         )?;
-        let now = now_ms();
+        let now = clock.now_ms();
         let loaded = ledger.load(
             now,
             now.saturating_sub(limits.webhook_tolerance_secs * 1000),
@@ -194,6 +198,7 @@ impl Commerce {
             limits,
             metrics,
             webhook_secret,
+            clock,
         };
         for p in loaded.products {
             c.shop(&p.room.clone()).put_product(p);
@@ -365,7 +370,7 @@ impl Commerce {
 
     pub async fn start_sale(&self, room: &RoomId, spec: SaleSpec) -> CommerceResult<SaleView> {
         let l = &self.limits;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let shop = self.shop(room);
         let _admin = shop.admin.lock().await;
         let product = shop.product_with_sku(&spec.sku).ok_or_else(|| {
@@ -445,7 +450,7 @@ impl Commerce {
             .map_err(CommerceError::store)?;
         let sale = Arc::new(Sale::new(terms));
         shop.add_sale(sale.clone());
-        Ok(sale.view(now_ms()))
+        Ok(sale.view(self.clock.now_ms()))
     }
 
     /// Ends a sale now. Reservations already made can still be paid.
@@ -455,7 +460,7 @@ impl Commerce {
         let sale = shop
             .sale(id)
             .ok_or_else(|| CommerceError::new(ErrorCode::NotFound, "no such sale"))?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if sale.status(now) == SaleStatus::Ended {
             return Err(CommerceError::new(
                 ErrorCode::SaleEnded,
@@ -472,7 +477,7 @@ impl Commerce {
     }
 
     pub fn sales(&self, room: &RoomId) -> Vec<SaleView> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.existing_shop(room).map_or_else(Vec::new, |s| {
             s.sales().iter().map(|s| s.view(now)).collect()
         })
@@ -481,7 +486,7 @@ impl Commerce {
     pub fn sale(&self, room: &RoomId, id: SaleId) -> CommerceResult<SaleView> {
         self.existing_shop(room)
             .and_then(|s| s.sale(id))
-            .map(|s| s.view(now_ms()))
+            .map(|s| s.view(self.clock.now_ms()))
             .ok_or_else(|| CommerceError::new(ErrorCode::NotFound, "no such sale"))
     }
 
@@ -537,7 +542,7 @@ impl Commerce {
                 "this room has max_coupons_per_room coupon drops",
             ));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let terms = CouponTerms {
             id: CouponId(self.next_id()),
             room: room.clone(),
@@ -593,7 +598,7 @@ impl Commerce {
             .existing_shop(room)
             .and_then(|s| s.coupon(id))
             .ok_or_else(|| CommerceError::new(ErrorCode::CouponUnknown, "no such coupon"))?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let hold = coupon.claim(&user.id, now)?;
         let claimed = coupon.clone();
         let then = Box::new(move || {
@@ -685,7 +690,7 @@ impl Commerce {
             }
             None => return Err(unknown_sku()),
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let hold = match sale.reserve(
             &shop.keys,
             &user.id,
@@ -807,7 +812,7 @@ impl Commerce {
                 format!("the order total is {}", facts.total),
             ));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match self.seen_events.entry(event.event_id.clone()) {
             Entry::Occupied(_) => {
                 return Err(CommerceError::new(
@@ -872,7 +877,7 @@ impl Commerce {
                 format!("the order is already {}", change.status().as_str()),
             ));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.ledger
             .write(ledger::close_order(id, OrderStatus::Cancelled, now))
             .await
@@ -889,7 +894,7 @@ impl Commerce {
 
     /// Expires every reservation past its deadline; returns how many.
     pub async fn expire_due(&self) -> usize {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let due: Vec<Arc<OrderCell>> = self
             .reserved
             .iter()
@@ -947,7 +952,10 @@ impl Commerce {
     /// Forgets payment event ids older than the signature tolerance: a
     /// replay of them is refused by its timestamp (and by the store).
     fn prune_events(&self) {
-        let horizon = now_ms().saturating_sub(self.limits.webhook_tolerance_secs * 1000 * 2);
+        let horizon = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.limits.webhook_tolerance_secs * 1000 * 2);
         self.seen_events.retain(|_, seen| *seen >= horizon);
     }
 

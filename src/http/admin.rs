@@ -16,7 +16,7 @@ use crate::auth::{constant_time_eq, MAX_NAME_CHARS};
 use crate::room::{RegistryError, RoomHandle, RoomInfo};
 use crate::store::RoomRecord;
 use flashcast_wire::ids::{RoomId, UserId};
-use flashcast_wire::{now_ms, ErrorCode, Role};
+use flashcast_wire::{ErrorCode, Role};
 
 /// Longest room title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -132,7 +132,7 @@ async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Byte
         id: id.clone(),
         title,
         allow_guests: req.allow_guests,
-        created_at: now_ms(),
+        created_at: app.clock.now_ms(),
         closed_at: None,
     };
     let room = open_room(&app, record).await?;

@@ -504,7 +504,7 @@ async fn payment_webhook(
     let signature = headers
         .get(payment::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
-    let now_secs = flashcast_wire::now_ms() / 1000;
+    let now_secs = app.clock.now_secs();
     payment::verify(
         app.commerce.webhook_secret(),
         signature,

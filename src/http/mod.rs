@@ -37,6 +37,8 @@ pub struct AppState(Arc<AppInner>);
 pub struct AppInner {
     pub registry: Arc<Registry>,
     pub commerce: Arc<Commerce>,
+    /// The node's clock (see `clock`): token expiry, webhook timestamps.
+    pub clock: crate::clock::Clock,
     pub keys: TokenKeys,
     pub admin_key: String,
     pub limits: Arc<Limits>,
@@ -80,6 +82,7 @@ impl AppState {
             limits: ctx.limits.clone(),
             metrics: ctx.metrics.clone(),
             commerce: ctx.commerce.clone(),
+            clock: ctx.clock.clone(),
             media,
             registry,
             keys,

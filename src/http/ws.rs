@@ -37,7 +37,7 @@ use flashcast_wire::commerce::CouponView;
 use flashcast_wire::commerce::OrderView;
 use flashcast_wire::ids::UserId;
 use flashcast_wire::{
-    now_ms, ClientFrame, ClientMsg, CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef,
+    ClientFrame, ClientMsg, CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef,
 };
 
 /// `GET /ws`: refuses early (HTTP status) when the node is full, shutting
@@ -311,7 +311,7 @@ impl Connection {
                             socket,
                             &ServerMsg::Pong {
                                 t,
-                                server_time: now_ms(),
+                                server_time: self.app.clock.now_ms(),
                             },
                         )
                         .await
@@ -448,7 +448,7 @@ impl Connection {
             ClientMsg::Ping { t } => {
                 let pong = ServerMsg::Pong {
                     t: *t,
-                    server_time: now_ms(),
+                    server_time: self.app.clock.now_ms(),
                 };
                 return if self.send(socket, &pong).await {
                     Flow::Continue

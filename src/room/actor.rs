@@ -27,7 +27,7 @@ use crate::engage::{text, Rejection};
 use crate::ws_frame;
 use flashcast_wire::ids::{PollId, RoomId, Seq, UserId};
 use flashcast_wire::{
-    now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
+    ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
     ServerMsg, StreamStatus, UserRef,
 };
 
@@ -82,7 +82,7 @@ impl RoomActor {
             epoch: rand::random::<u64>() >> 11, // fits a JSON number exactly
             history: History::new(limits.history_len),
             moderation: Moderation::with_bans(shared.bans.clone()),
-            market: MarketWatch::new(ctx.commerce.shop(&shared.info.id)),
+            market: MarketWatch::new(ctx.commerce.shop(&shared.info.id), ctx.clock.now_ms()),
             stream: shared.stream.get(),
             shared,
             commands,
@@ -343,8 +343,8 @@ impl RoomActor {
             pinned_question: self.questions.pinned(),
             questions: self.questions.top(self.ctx.limits.snapshot_questions),
             pinned_product: self.market.pinned(),
-            sales: self.market.open_sales(now_ms()),
-            coupons: self.market.open_coupons(now_ms()),
+            sales: self.market.open_sales(self.ctx.clock.now_ms()),
+            coupons: self.market.open_coupons(self.ctx.clock.now_ms()),
             stream: self.stream,
         }
     }
@@ -353,7 +353,7 @@ impl RoomActor {
         self.seq += 1;
         let event = Arc::new(Event {
             seq: self.seq,
-            ts: now_ms(),
+            ts: self.ctx.clock.now_ms(),
             body,
         });
         self.history.push(event.clone());
@@ -366,7 +366,7 @@ impl RoomActor {
         if self.ended {
             return Err(Rejection::new(ErrorCode::RoomClosed, "the show has ended"));
         }
-        let now = now_ms();
+        let now = self.ctx.clock.now_ms();
         let limits = self.ctx.limits.clone();
         match msg {
             ClientMsg::Chat { text } => {
@@ -623,8 +623,9 @@ impl RoomActor {
         self.close_all(CloseCode::RoomClosed);
         let store = self.ctx.store.clone();
         let room: RoomId = self.shared.info.id.clone();
+        let now = self.ctx.clock.now_ms();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.close_room(&room, now_ms()) {
+            if let Err(e) = store.close_room(&room, now) {
                 tracing::error!(%room, error = %e, "could not persist room close");
             }
         });
@@ -661,7 +662,7 @@ impl RoomActor {
     /// Publishes this tick: one encoded frame per encoding in use.
     fn flush(&mut self) {
         let started = Instant::now();
-        let now = now_ms();
+        let now = self.ctx.clock.now_ms();
         if self.poll.as_ref().is_some_and(|p| p.due(now)) {
             let poll = self.poll.take().expect("checked above");
             self.push(poll.close());
@@ -782,7 +783,7 @@ impl RoomActor {
     }
 
     fn housekeeping(&mut self) {
-        self.moderation.prune(now_ms());
+        self.moderation.prune(self.ctx.clock.now_ms());
         let gone: Vec<ConnId> = self
             .subscribers
             .iter()

@@ -50,7 +50,7 @@ impl MarketWatch {
     /// Starts from what the shop holds now, without announcing it: a room
     /// (re)opening does not replay old sales as news. Joins get it in
     /// their snapshot.
-    pub fn new(shop: Arc<Shop>) -> Self {
+    pub fn new(shop: Arc<Shop>, now: u64) -> Self {
         let mut w = Self {
             version: shop.version(),
             pinned: shop.pinned(),
@@ -60,7 +60,6 @@ impl MarketWatch {
             coupons_left: HashMap::new(),
             shop,
         };
-        let now = flashcast_wire::now_ms();
         for s in &w.sales {
             w.announced.insert(
                 s.id(),

@@ -46,6 +46,8 @@ pub struct RoomContext {
     pub store: Arc<dyn Store>,
     /// Each room announces its shop's changes (sales, stock, coupons, pin).
     pub commerce: Arc<crate::commerce::Commerce>,
+    /// What "now" is for mutes, slow mode, polls and event timestamps.
+    pub clock: crate::clock::Clock,
 }
 
 /// The fixed facts of a room.

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use flashcast::clock::ManualClock;
 use flashcast::{Server, Settings};
 use flashcast_wire::codec::{decode_server, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use flashcast_wire::ids::{RoomId, UserId};
@@ -25,6 +26,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub server: Option<Server>,
+    /// The server's clock: runs with the system clock until a test
+    /// advances it past a deadline (instead of sleeping until then).
+    pub clock: ManualClock,
     pub addr: std::net::SocketAddr,
     pub dir: tempfile::TempDir,
 }
@@ -58,8 +62,12 @@ impl TestServer {
         ];
         args.extend_from_slice(extra);
         let settings = Settings::load_from(args).expect("valid test settings");
-        let server = flashcast::start(settings).await.expect("server starts");
+        let clock = ManualClock::running();
+        let server = flashcast::start_with_clock(settings, clock.clock())
+            .await
+            .expect("server starts");
         TestServer {
+            clock,
             addr: server.addr,
             server: Some(server),
             dir,
