@@ -1,8 +1,9 @@
 //! Flashcast: a live-commerce streaming engine.
 //!
 //! Where things live:
-//! - a WebSocket frame arrives in [`http::ws`], is decoded by [`flashcast_wire`],
-//!   checked against [`limits`] and [`auth`], and queued to its room;
+//! - a WebSocket frame arrives in [`http::ws`], is decoded by [`flashcast_wire`]
+//!   into a connection, room or shop message, checked against [`limits`] and
+//!   [`auth`], and answered there, queued to its room or handed to [`commerce`];
 //! - [`room`] orders it (sequence numbers, history) and fans it out once per
 //!   tick; [`engage`] holds the chat, poll, Q&A and moderation rules;
 //! - [`media`] is the WebRTC SFU: WHIP ingest from the host, WHEP playback,

@@ -4,8 +4,9 @@
 //! once.
 
 use bytes::Bytes;
+use flashcast_wire::client::ClientFrame;
 use flashcast_wire::codec::{DecodeError, FrameKind, WireFrame};
-use flashcast_wire::{ClientFrame, Encoding, ErrorCode};
+use flashcast_wire::{Encoding, ErrorCode};
 use tungstenite::protocol::frame::coding::{CloseCode as WsCloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::{Message, Utf8Bytes};

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use flashcast_wire::client::{Ask, Chat, React, Upvote, Vote};
 use flashcast_wire::ids::{IdemKey, RoomId, Sku};
 use flashcast_wire::recording::{read_trace, TraceAction, TraceLine};
 use flashcast_wire::{now_ms, ReactionKind};
@@ -362,11 +363,11 @@ fn replay_scripts(
             for line in &conn.lines {
                 let act = match &line.action {
                     TraceAction::Join { .. } => continue,
-                    TraceAction::Chat { text } => Act::Chat(text.clone()),
-                    TraceAction::React { kind } => Act::React(*kind),
-                    TraceAction::Vote { option, .. } => Act::Vote(*option),
-                    TraceAction::Ask { text } => Act::Ask(text.clone()),
-                    TraceAction::Upvote { question_id } => Act::Upvote(*question_id),
+                    TraceAction::Chat(Chat { text }) => Act::Chat(text.clone()),
+                    TraceAction::React(React { kind }) => Act::React(*kind),
+                    TraceAction::Vote(Vote { option, .. }) => Act::Vote(*option),
+                    TraceAction::Ask(Ask { text }) => Act::Ask(text.clone()),
+                    TraceAction::Upvote(Upvote { question_id }) => Act::Upvote(*question_id),
                     TraceAction::Buy { sku, qty, .. } => {
                         n += 1;
                         Act::Buy {
@@ -376,7 +377,7 @@ fn replay_scripts(
                                 .expect("valid key"),
                         }
                     }
-                    TraceAction::ClaimCoupon { .. } => Act::Claim,
+                    TraceAction::ClaimCoupon(_) => Act::Claim,
                     TraceAction::Host { .. } => continue,
                     TraceAction::Leave => Act::Leave,
                 };

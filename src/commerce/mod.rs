@@ -42,7 +42,8 @@ use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::store::group_commit::GroupCommitConfig;
 use crate::store::StoreError;
-use flashcast_wire::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku};
+use flashcast_wire::client::{Buy, DropCoupon, StartSale};
+use flashcast_wire::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, Sku};
 use flashcast_wire::{ErrorCode, UserRef};
 
 use catalog::ProductSpec;
@@ -95,15 +96,6 @@ impl CommerceError {
 
 pub type CommerceResult<T> = Result<T, CommerceError>;
 
-/// A buy as the viewer sends it. There is no price: the server computes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuyRequest {
-    pub sku: Sku,
-    pub qty: u32,
-    pub key: IdemKey,
-    pub coupon_id: Option<CouponId>,
-}
-
 /// A flash sale as a host schedules it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +131,48 @@ pub struct CouponSpec {
 
 fn room_scope() -> CouponScope {
     CouponScope::Room
+}
+
+// The REST API refuses unknown fields and the WebSocket protocol ignores
+// them (docs/protocol.md), so the two bodies are two serde types.
+impl From<StartSale> for SaleSpec {
+    fn from(m: StartSale) -> SaleSpec {
+        let StartSale {
+            sku,
+            sale_price_minor,
+            stock,
+            per_user_limit,
+            starts_at,
+            duration_secs,
+            payment_window_secs,
+        } = m;
+        SaleSpec {
+            sku,
+            sale_price_minor,
+            stock,
+            per_user_limit,
+            starts_at,
+            duration_secs,
+            payment_window_secs,
+        }
+    }
+}
+
+impl From<DropCoupon> for CouponSpec {
+    fn from(m: DropCoupon) -> CouponSpec {
+        let DropCoupon {
+            count,
+            discount,
+            scope,
+            expires_in_secs,
+        } = m;
+        CouponSpec {
+            count,
+            discount,
+            scope,
+            expires_in_secs,
+        }
+    }
 }
 
 /// The node's commerce engine.
@@ -620,7 +654,7 @@ impl Commerce {
         self: &Arc<Self>,
         room: &RoomId,
         user: &UserRef,
-        req: BuyRequest,
+        req: Buy,
         answer: Answer<OrderView>,
     ) -> CommerceResult<OrderView> {
         let started = std::time::Instant::now();
@@ -650,7 +684,7 @@ impl Commerce {
         self: &Arc<Self>,
         room: &RoomId,
         user: &UserRef,
-        req: BuyRequest,
+        req: Buy,
         answer: Answer<OrderView>,
     ) -> CommerceResult<(OrderView, bool)> {
         let shop = self.existing_shop(room).ok_or_else(unknown_sku)?;

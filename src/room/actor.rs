@@ -25,10 +25,14 @@ use crate::engage::poll::{Poll, PollSpec};
 use crate::engage::qa::Questions;
 use crate::engage::{text, Rejection};
 use crate::ws_frame;
+use flashcast_wire::client::{
+    Announce, Answer, Ask, Ban, Chat, ClosePoll, DeleteMessage, EndShow, Mute, OpenPoll,
+    PinQuestion, React, RoomMsg, SetBannedWords, SlowMode, Unban, Unmute, Upvote, Vote,
+};
 use flashcast_wire::ids::{PollId, RoomId, Seq, UserId};
 use flashcast_wire::{
-    ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
-    ServerMsg, StreamStatus, UserRef,
+    CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState, ServerMsg,
+    StreamStatus, UserRef,
 };
 
 /// Viewer counts go out at most this often (when they changed).
@@ -362,14 +366,14 @@ impl RoomActor {
 
     /// Applies a viewer or moderator action. Roles and sizes were checked by
     /// the connection; room state (bans, mutes, polls...) is checked here.
-    fn act(&mut self, user: &UserRef, msg: ClientMsg) -> Result<Reply, Rejection> {
+    fn act(&mut self, user: &UserRef, msg: RoomMsg) -> Result<Reply, Rejection> {
         if self.ended {
             return Err(Rejection::new(ErrorCode::RoomClosed, "the show has ended"));
         }
         let now = self.ctx.clock.now_ms();
         let limits = self.ctx.limits.clone();
         match msg {
-            ClientMsg::Chat { text } => {
+            RoomMsg::Chat(Chat { text }) => {
                 self.moderation.check_post(user, &text, now)?;
                 self.moderation.check_slow_mode(user, now)?;
                 self.moderation.record_chat(user, now);
@@ -379,13 +383,13 @@ impl RoomActor {
                     deleted: false,
                 });
             }
-            ClientMsg::Ask { text } => {
+            RoomMsg::Ask(Ask { text }) => {
                 self.moderation.check_post(user, &text, now)?;
                 let seq = self.seq + 1; // the seq its question_asked event gets
                 let question = self.questions.ask(user, text, seq, limits.max_questions)?;
                 self.push(EventBody::QuestionAsked { question });
             }
-            ClientMsg::Vote { poll_id, option } => {
+            RoomMsg::Vote(Vote { poll_id, option }) => {
                 let poll = self
                     .poll
                     .as_mut()
@@ -393,7 +397,7 @@ impl RoomActor {
                     .ok_or_else(|| Rejection::new(ErrorCode::NotFound, "no such open poll"))?;
                 poll.vote(user, option, limits.max_voters)?;
             }
-            ClientMsg::Upvote { question_id } => {
+            RoomMsg::Upvote(Upvote { question_id }) => {
                 let upvotes = self
                     .questions
                     .upvote(question_id, &user.id, limits.max_voters)?;
@@ -402,17 +406,17 @@ impl RoomActor {
                     upvotes,
                 });
             }
-            ClientMsg::Announce { text } => self.push(EventBody::Announcement {
+            RoomMsg::Announce(Announce { text }) => self.push(EventBody::Announcement {
                 user: user.clone(),
                 text,
             }),
-            ClientMsg::OpenPoll {
+            RoomMsg::OpenPoll(OpenPoll {
                 question,
                 options,
                 correct,
                 winners,
                 duration_secs,
-            } => {
+            }) => {
                 let spec = PollSpec {
                     question,
                     options,
@@ -433,14 +437,14 @@ impl RoomActor {
                 self.push(EventBody::PollOpened { poll: poll.view() });
                 self.poll = Some(poll);
             }
-            ClientMsg::ClosePoll { poll_id } => {
+            RoomMsg::ClosePoll(ClosePoll { poll_id }) => {
                 if self.poll.as_ref().map(Poll::id) != Some(poll_id) {
                     return Err(Rejection::new(ErrorCode::NotFound, "no such open poll"));
                 }
                 let poll = self.poll.take().expect("checked above");
                 self.push(poll.close());
             }
-            ClientMsg::Answer { question_id, text } => {
+            RoomMsg::Answer(Answer { question_id, text }) => {
                 self.questions.answer(question_id, text.clone())?;
                 self.push(EventBody::QuestionAnswered {
                     question_id,
@@ -448,25 +452,25 @@ impl RoomActor {
                     by: user.clone(),
                 });
             }
-            ClientMsg::PinQuestion { question_id } => {
+            RoomMsg::PinQuestion(PinQuestion { question_id }) => {
                 self.questions.pin(question_id)?;
                 self.push(EventBody::QuestionPinned { question_id });
             }
-            ClientMsg::DeleteMessage { seq } => {
+            RoomMsg::DeleteMessage(DeleteMessage { seq }) => {
                 self.delete(seq)?;
                 self.push(EventBody::MessageDeleted {
                     target_seq: seq,
                     by: user.clone(),
                 });
             }
-            ClientMsg::Mute { user_id, seconds } => {
+            RoomMsg::Mute(Mute { user_id, seconds }) => {
                 self.protect(&user_id)?;
                 let until =
                     self.moderation
                         .mute(&user_id, seconds, now, limits.max_moderated_users)?;
                 self.push(EventBody::UserMuted { user_id, until });
             }
-            ClientMsg::Unmute { user_id } => {
+            RoomMsg::Unmute(Unmute { user_id }) => {
                 if !self.moderation.unmute(&user_id) {
                     return Err(Rejection::new(
                         ErrorCode::NotFound,
@@ -475,7 +479,7 @@ impl RoomActor {
                 }
                 self.push(EventBody::UserUnmuted { user_id });
             }
-            ClientMsg::Ban { user_id } => {
+            RoomMsg::Ban(Ban { user_id }) => {
                 self.protect(&user_id)?;
                 self.moderation.ban(&user_id, limits.max_moderated_users)?;
                 self.persist(PersistBan::Add(user_id.clone()));
@@ -497,7 +501,7 @@ impl RoomActor {
                     self.remove(conn);
                 }
             }
-            ClientMsg::Unban { user_id } => {
+            RoomMsg::Unban(Unban { user_id }) => {
                 if !self.moderation.unban(&user_id) {
                     return Err(Rejection::new(
                         ErrorCode::NotFound,
@@ -507,31 +511,20 @@ impl RoomActor {
                 self.persist(PersistBan::Remove(user_id.clone()));
                 self.push(EventBody::UserUnbanned { user_id });
             }
-            ClientMsg::SlowMode { seconds } => {
+            RoomMsg::SlowMode(SlowMode { seconds }) => {
                 self.moderation.set_slow_mode(seconds)?;
                 self.push(EventBody::SlowMode { seconds });
             }
-            ClientMsg::SetBannedWords { words } => {
+            RoomMsg::SetBannedWords(SetBannedWords { words }) => {
                 self.moderation
                     .banned_words
                     .set(words, limits.max_banned_words)?;
                 return Ok(Reply::Ack);
             }
-            ClientMsg::EndShow => self.end(),
-            ClientMsg::Join { .. }
-            | ClientMsg::Buy { .. }
-            | ClientMsg::ClaimCoupon { .. }
-            | ClientMsg::PinProduct { .. }
-            | ClientMsg::StartSale { .. }
-            | ClientMsg::EndSale { .. }
-            | ClientMsg::DropCoupon { .. }
-            | ClientMsg::React { .. }
-            | ClientMsg::Ping { .. }
-            | ClientMsg::Leave
-            | ClientMsg::Unknown => {
-                debug_assert!(false, "connection-level message reached the room");
-                return Err(Rejection::new(ErrorCode::Internal, "unexpected message"));
-            }
+            // Connections count reactions without queueing them (see
+            // `RoomHandle::react`); one that comes this way counts the same.
+            RoomMsg::React(React { kind }) => self.shared.add_reaction(kind),
+            RoomMsg::EndShow(EndShow {}) => self.end(),
         }
         Ok(Reply::None)
     }
@@ -812,14 +805,14 @@ enum PersistBan {
 /// Cleans user text for the actions that carry some; shared by the
 /// connection (which checks before queueing) and tests.
 pub fn clean_action_text(
-    msg: &mut ClientMsg,
+    msg: &mut RoomMsg,
     limits: &crate::config::Limits,
 ) -> Result<(), Rejection> {
     match msg {
-        ClientMsg::Chat { text } => *text = text::clean(text, limits.max_chat_chars)?,
-        ClientMsg::Ask { text } | ClientMsg::Announce { text } | ClientMsg::Answer { text, .. } => {
-            *text = text::clean(text, limits.max_text_chars)?
-        }
+        RoomMsg::Chat(Chat { text }) => *text = text::clean(text, limits.max_chat_chars)?,
+        RoomMsg::Ask(Ask { text })
+        | RoomMsg::Announce(Announce { text })
+        | RoomMsg::Answer(Answer { text, .. }) => *text = text::clean(text, limits.max_text_chars)?,
         _ => {}
     }
     Ok(())

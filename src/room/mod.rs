@@ -30,8 +30,9 @@ use crate::engage::moderation::BanList;
 use crate::engage::Rejection;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use flashcast_wire::client::RoomMsg;
 use flashcast_wire::ids::{RoomId, Seq, UserId};
-use flashcast_wire::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
+use flashcast_wire::{CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 
 pub use outbox::Outbox;
 pub use registry::{Registry, RegistryError};
@@ -96,6 +97,11 @@ impl RoomShared {
         self.bans.contains(user)
     }
 
+    /// Counts one reaction; it goes out aggregated with the next tick.
+    fn add_reaction(&self, kind: ReactionKind) {
+        self.reactions[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Takes this tick's reaction counts, leaving zeros.
     fn take_reactions(&self) -> [u32; ReactionKind::ALL.len()] {
         std::array::from_fn(|i| self.reactions[i].swap(0, Ordering::Relaxed))
@@ -119,7 +125,7 @@ pub(crate) enum Command {
         conn: ConnId,
         user: UserRef,
         reference: Option<u32>,
-        msg: ClientMsg,
+        msg: RoomMsg,
     },
     Leave(ConnId),
     /// Ends the show (admin close or host `end_show` arriving by REST).
@@ -142,7 +148,7 @@ impl RoomHandle {
 
     /// Counts one reaction; it goes out aggregated with the next tick.
     pub fn react(&self, kind: ReactionKind) {
-        self.shared.reactions[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.shared.add_reaction(kind);
     }
 
     /// Joins; once this returns `Ok` the `joined` message is on its way.
@@ -174,7 +180,7 @@ impl RoomHandle {
         conn: ConnId,
         user: UserRef,
         reference: Option<u32>,
-        msg: ClientMsg,
+        msg: RoomMsg,
     ) -> Result<(), Rejection> {
         self.commands
             .try_send(Command::Act {

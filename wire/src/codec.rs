@@ -7,7 +7,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ClientFrame, ClientMsg, ErrorCode};
+use crate::client::{ClientFrame, RawFrame};
+use crate::ErrorCode;
 
 /// Subprotocol for MessagePack binary frames.
 pub const SUBPROTOCOL_MSGPACK: &str = "flashcast.msgpack.v1";
@@ -57,10 +58,10 @@ impl Encoding {
     pub fn decode(self, kind: FrameKind, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
         match (self, kind) {
             (Encoding::MsgPack, FrameKind::Binary) => decode_with(bytes, |b| {
-                rmp_serde::from_slice::<ClientFrame>(b).map_err(|e| e.to_string())
+                rmp_serde::from_slice::<RawFrame>(b).map_err(|e| e.to_string())
             }),
             (Encoding::Json, FrameKind::Text) => decode_with(bytes, |b| {
-                serde_json::from_slice::<ClientFrame>(b).map_err(|e| e.to_string())
+                serde_json::from_slice::<RawFrame>(b).map_err(|e| e.to_string())
             }),
             (Encoding::MsgPack, FrameKind::Text) => Err(DecodeError {
                 code: ErrorCode::WrongEncoding,
@@ -83,17 +84,13 @@ pub enum FrameKind {
 
 fn decode_with(
     bytes: &[u8],
-    parse: impl Fn(&[u8]) -> Result<ClientFrame, String>,
+    parse: impl Fn(&[u8]) -> Result<RawFrame, String>,
 ) -> Result<ClientFrame, DecodeError> {
     match parse(bytes) {
-        Ok(ClientFrame {
-            msg: ClientMsg::Unknown,
-            ..
-        }) => Err(DecodeError {
+        Ok(raw) => ClientFrame::from_wire(raw).ok_or_else(|| DecodeError {
             code: ErrorCode::UnknownType,
             message: "unknown message type".into(),
         }),
-        Ok(frame) => Ok(frame),
         Err(message) => Err(DecodeError {
             code: ErrorCode::Malformed,
             message: format!("malformed frame: {message}"),
@@ -157,6 +154,7 @@ pub fn decode_server<'a, T: Deserialize<'a>>(encoding: Encoding, bytes: &'a [u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::{ClientMsg, RoomMsg, Vote};
     use crate::{Event, EventBody, Role, ServerMsg, UserRef};
     use std::sync::Arc;
 
@@ -231,21 +229,28 @@ mod tests {
     fn client_frames_decode_with_ref_in_both_encodings() {
         let frame = ClientFrame {
             reference: Some(9),
-            msg: ClientMsg::Vote {
+            msg: Vote {
                 poll_id: crate::ids::PollId(2),
                 option: 1,
-            },
+            }
+            .into(),
         };
         let packed = rmp_serde::to_vec_named(&frame).unwrap();
         let got = Encoding::MsgPack
             .decode(FrameKind::Binary, &packed)
             .unwrap();
         assert_eq!(got.reference, Some(9));
-        assert!(matches!(got.msg, ClientMsg::Vote { option: 1, .. }));
+        assert!(matches!(
+            got.msg,
+            ClientMsg::Room(RoomMsg::Vote(Vote { option: 1, .. }))
+        ));
         let json = serde_json::to_string(&frame).unwrap();
         let got = Encoding::Json
             .decode(FrameKind::Text, json.as_bytes())
             .unwrap();
-        assert!(matches!(got.msg, ClientMsg::Vote { option: 1, .. }));
+        assert!(matches!(
+            got.msg,
+            ClientMsg::Room(RoomMsg::Vote(Vote { option: 1, .. }))
+        ));
     }
 }

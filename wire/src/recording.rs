@@ -24,8 +24,11 @@ use std::io::{self, BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CouponId, PollId, QuestionId, Sku};
-use crate::{ClientMsg, ReactionKind, Role};
+use crate::client::{
+    Ask, Chat, ClaimCoupon, ClientMsg, ConnMsg, React, RoomMsg, ShopMsg, Upvote, Vote,
+};
+use crate::ids::{CouponId, Sku};
+use crate::Role;
 
 /// The format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -68,9 +71,10 @@ pub struct TraceLine {
     pub action: TraceAction,
 }
 
-/// What a connection did. Field names are the wire protocol's
-/// (docs/protocol.md), so a replayer can turn most lines back into the
-/// client message they came from.
+/// What a connection did. A viewer's action is the client message itself
+/// (`client::Chat`, `client::Vote`...), so a replayer turns those lines
+/// straight back into the message they came from; field names are the wire
+/// protocol's (docs/protocol.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum TraceAction {
@@ -79,32 +83,19 @@ pub enum TraceAction {
     Join {
         role: Role,
     },
-    Chat {
-        text: String,
-    },
-    React {
-        kind: ReactionKind,
-    },
-    Vote {
-        poll_id: PollId,
-        option: u8,
-    },
-    Ask {
-        text: String,
-    },
-    Upvote {
-        question_id: QuestionId,
-    },
-    /// The idempotency key is not recorded: a replay makes its own.
+    Chat(Chat),
+    React(React),
+    Vote(Vote),
+    Ask(Ask),
+    Upvote(Upvote),
+    /// A `buy` without its idempotency key: a replay makes its own.
     Buy {
         sku: Sku,
         qty: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         coupon_id: Option<CouponId>,
     },
-    ClaimCoupon {
-        coupon_id: CouponId,
-    },
+    ClaimCoupon(ClaimCoupon),
     /// A moderator or host action, by message type only (`open_poll`,
     /// `start_sale`, `mute`...): its arguments are not recorded.
     Host {
@@ -116,39 +107,47 @@ pub enum TraceAction {
 
 impl TraceAction {
     /// The action a decoded client message records, or None for messages
-    /// that are not recorded (`join`, `ping`, `leave` and unknown types; a
-    /// joined connection's join and leave are written by the server itself).
+    /// that are not recorded (`join`, `ping`, `leave`: a joined
+    /// connection's join and leave are written by the server itself).
     pub fn from_client(msg: &ClientMsg) -> Option<TraceAction> {
+        let host = || TraceAction::Host {
+            kind: msg.kind().to_string(),
+        };
         Some(match msg {
-            ClientMsg::Join { .. }
-            | ClientMsg::Ping { .. }
-            | ClientMsg::Leave
-            | ClientMsg::Unknown => return None,
-            ClientMsg::Chat { text } => TraceAction::Chat { text: text.clone() },
-            ClientMsg::React { kind } => TraceAction::React { kind: *kind },
-            ClientMsg::Vote { poll_id, option } => TraceAction::Vote {
-                poll_id: *poll_id,
-                option: *option,
+            ClientMsg::Conn(ConnMsg::Join(_) | ConnMsg::Ping(_) | ConnMsg::Leave(_)) => {
+                return None
+            }
+            ClientMsg::Room(m) => match m {
+                RoomMsg::Chat(m) => TraceAction::Chat(m.clone()),
+                RoomMsg::React(m) => TraceAction::React(m.clone()),
+                RoomMsg::Vote(m) => TraceAction::Vote(m.clone()),
+                RoomMsg::Ask(m) => TraceAction::Ask(m.clone()),
+                RoomMsg::Upvote(m) => TraceAction::Upvote(m.clone()),
+                RoomMsg::Announce(_)
+                | RoomMsg::OpenPoll(_)
+                | RoomMsg::ClosePoll(_)
+                | RoomMsg::Answer(_)
+                | RoomMsg::PinQuestion(_)
+                | RoomMsg::DeleteMessage(_)
+                | RoomMsg::Mute(_)
+                | RoomMsg::Unmute(_)
+                | RoomMsg::Ban(_)
+                | RoomMsg::Unban(_)
+                | RoomMsg::SlowMode(_)
+                | RoomMsg::SetBannedWords(_)
+                | RoomMsg::EndShow(_) => host(),
             },
-            ClientMsg::Ask { text } => TraceAction::Ask { text: text.clone() },
-            ClientMsg::Upvote { question_id } => TraceAction::Upvote {
-                question_id: *question_id,
-            },
-            ClientMsg::Buy {
-                sku,
-                qty,
-                coupon_id,
-                ..
-            } => TraceAction::Buy {
-                sku: sku.clone(),
-                qty: *qty,
-                coupon_id: *coupon_id,
-            },
-            ClientMsg::ClaimCoupon { coupon_id } => TraceAction::ClaimCoupon {
-                coupon_id: *coupon_id,
-            },
-            other => TraceAction::Host {
-                kind: other.kind().to_string(),
+            ClientMsg::Shop(m) => match m {
+                ShopMsg::Buy(b) => TraceAction::Buy {
+                    sku: b.sku.clone(),
+                    qty: b.qty,
+                    coupon_id: b.coupon_id,
+                },
+                ShopMsg::ClaimCoupon(m) => TraceAction::ClaimCoupon(m.clone()),
+                ShopMsg::PinProduct(_)
+                | ShopMsg::StartSale(_)
+                | ShopMsg::EndSale(_)
+                | ShopMsg::DropCoupon(_) => host(),
             },
         })
     }
@@ -157,13 +156,13 @@ impl TraceAction {
     pub fn name(&self) -> &'static str {
         match self {
             TraceAction::Join { .. } => "join",
-            TraceAction::Chat { .. } => "chat",
-            TraceAction::React { .. } => "react",
-            TraceAction::Vote { .. } => "vote",
-            TraceAction::Ask { .. } => "ask",
-            TraceAction::Upvote { .. } => "upvote",
+            TraceAction::Chat(_) => "chat",
+            TraceAction::React(_) => "react",
+            TraceAction::Vote(_) => "vote",
+            TraceAction::Ask(_) => "ask",
+            TraceAction::Upvote(_) => "upvote",
             TraceAction::Buy { .. } => "buy",
-            TraceAction::ClaimCoupon { .. } => "claim_coupon",
+            TraceAction::ClaimCoupon(_) => "claim_coupon",
             TraceAction::Host { .. } => "host",
             TraceAction::Leave => "leave",
         }
@@ -472,6 +471,9 @@ impl<W: Write> TraceWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::{Buy, Leave, Mute, Ping};
+    use crate::ids::{PollId, QuestionId};
+    use crate::ReactionKind;
 
     fn sample() -> (TraceHeader, Vec<TraceLine>) {
         let line = |t_ms, conn, action| TraceLine { t_ms, conn, action };
@@ -481,16 +483,16 @@ mod tests {
             line(
                 120,
                 1,
-                TraceAction::Chat {
+                TraceAction::Chat(Chat {
                     text: "hello \"you\" 🔥".into(),
-                },
+                }),
             ),
             line(
                 130,
                 1,
-                TraceAction::React {
+                TraceAction::React(React {
                     kind: ReactionKind::Heart,
-                },
+                }),
             ),
             line(200, 2, TraceAction::Join { role: Role::Host }),
             line(
@@ -503,18 +505,18 @@ mod tests {
             line(
                 400,
                 1,
-                TraceAction::Vote {
+                TraceAction::Vote(Vote {
                     poll_id: PollId(3),
                     option: 1,
-                },
+                }),
             ),
-            line(500, 1, TraceAction::Ask { text: "...".into() }),
+            line(500, 1, TraceAction::Ask(Ask { text: "...".into() })),
             line(
                 510,
                 1,
-                TraceAction::Upvote {
+                TraceAction::Upvote(Upvote {
                     question_id: QuestionId(2),
-                },
+                }),
             ),
             line(
                 600,
@@ -537,9 +539,9 @@ mod tests {
             line(
                 700,
                 3,
-                TraceAction::ClaimCoupon {
+                TraceAction::ClaimCoupon(ClaimCoupon {
                     coupon_id: CouponId(4),
-                },
+                }),
             ),
             line(700, 1, TraceAction::Leave),
         ];
@@ -753,18 +755,18 @@ mod tests {
 
     #[test]
     fn client_messages_map_to_actions() {
-        let chat = ClientMsg::Chat { text: "hi".into() };
+        let chat: ClientMsg = Chat { text: "hi".into() }.into();
         assert_eq!(
             TraceAction::from_client(&chat),
-            Some(TraceAction::Chat { text: "hi".into() })
+            Some(TraceAction::Chat(Chat { text: "hi".into() }))
         );
-        assert_eq!(TraceAction::from_client(&ClientMsg::Ping { t: None }), None);
-        assert_eq!(TraceAction::from_client(&ClientMsg::Leave), None);
-        assert_eq!(TraceAction::from_client(&ClientMsg::Unknown), None);
-        let mute = ClientMsg::Mute {
+        assert_eq!(TraceAction::from_client(&Ping { t: None }.into()), None);
+        assert_eq!(TraceAction::from_client(&Leave {}.into()), None);
+        let mute: ClientMsg = Mute {
             user_id: crate::ids::UserId::new("secret-user").unwrap(),
             seconds: 5,
-        };
+        }
+        .into();
         let action = TraceAction::from_client(&mute).unwrap();
         assert_eq!(
             action,
@@ -773,12 +775,13 @@ mod tests {
             }
         );
         assert!(!serde_json::to_string(&action).unwrap().contains("secret"));
-        let buy = ClientMsg::Buy {
+        let buy: ClientMsg = Buy {
             sku: Sku::new("A").unwrap(),
             qty: 2,
             key: crate::ids::IdemKey::new("private-key").unwrap(),
             coupon_id: None,
-        };
+        }
+        .into();
         let json = serde_json::to_string(&TraceAction::from_client(&buy).unwrap()).unwrap();
         assert_eq!(json, r#"{"action":"buy","sku":"A","qty":2}"#);
         for name in KNOWN_ACTIONS {
