@@ -475,4 +475,119 @@ mod tests {
         assert_eq!(<Mute as Message>::ROLE, Role::Moderator);
         assert_eq!(<Ping as Message>::TYPE, "ping");
     }
+
+    /// The flat enum these types replaced, as it was declared: the typed
+    /// messages must encode byte for byte like it, in both encodings.
+    #[derive(Serialize)]
+    struct OldFrame {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<u32>,
+        #[serde(flatten)]
+        msg: OldMsg,
+    }
+
+    #[derive(Clone, Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum OldMsg {
+        Join {
+            room: RoomId,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            token: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            last_seq: Option<Seq>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            epoch: Option<u64>,
+        },
+        Leave,
+        Buy {
+            sku: Sku,
+            qty: u32,
+            key: IdemKey,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            coupon_id: Option<CouponId>,
+        },
+        EndShow,
+        DropCoupon {
+            count: u32,
+            discount: Discount,
+            scope: CouponScope,
+            expires_in_secs: u64,
+        },
+    }
+
+    #[test]
+    fn typed_messages_encode_like_the_flat_enum_they_replaced() {
+        let room = RoomId::new("demo").unwrap();
+        let sku = Sku::new("TEE-M").unwrap();
+        let key = IdemKey::new("k1").unwrap();
+        let pairs: Vec<(ClientMsg, OldMsg)> = vec![
+            (
+                Join {
+                    room: room.clone(),
+                    token: None,
+                    last_seq: Some(7),
+                    epoch: Some(3),
+                }
+                .into(),
+                OldMsg::Join {
+                    room,
+                    token: None,
+                    last_seq: Some(7),
+                    epoch: Some(3),
+                },
+            ),
+            (Leave {}.into(), OldMsg::Leave),
+            (EndShow {}.into(), OldMsg::EndShow),
+            (
+                Buy {
+                    sku: sku.clone(),
+                    qty: 2,
+                    key: key.clone(),
+                    coupon_id: Some(CouponId(4)),
+                }
+                .into(),
+                OldMsg::Buy {
+                    sku,
+                    qty: 2,
+                    key,
+                    coupon_id: Some(CouponId(4)),
+                },
+            ),
+            (
+                DropCoupon {
+                    count: 5,
+                    discount: Discount::Percent { percent: 10 },
+                    scope: CouponScope::Room,
+                    expires_in_secs: 60,
+                }
+                .into(),
+                OldMsg::DropCoupon {
+                    count: 5,
+                    discount: Discount::Percent { percent: 10 },
+                    scope: CouponScope::Room,
+                    expires_in_secs: 60,
+                },
+            ),
+        ];
+        for (new, old) in pairs {
+            for reference in [None, Some(9)] {
+                let new = ClientFrame {
+                    reference,
+                    msg: new.clone(),
+                };
+                let old = OldFrame {
+                    reference,
+                    msg: old.clone(),
+                };
+                assert_eq!(
+                    serde_json::to_string(&new).unwrap(),
+                    serde_json::to_string(&old).unwrap()
+                );
+                assert_eq!(
+                    rmp_serde::to_vec_named(&new).unwrap(),
+                    rmp_serde::to_vec_named(&old).unwrap()
+                );
+            }
+        }
+    }
 }
