@@ -21,13 +21,13 @@ use super::market::MarketWatch;
 use super::outbox::{self, Outbox, Push};
 use super::{Command, ConnId, JoinRequest, RoomContext, RoomShared};
 use crate::engage::moderation::Moderation;
-use crate::engage::poll::{Poll, PollSpec};
+use crate::engage::poll::Poll;
 use crate::engage::qa::Questions;
 use crate::engage::{text, Rejection};
 use crate::ws_frame;
 use flashcast_wire::client::{
-    Announce, Answer, Ask, Ban, Chat, ClosePoll, DeleteMessage, EndShow, Mute, OpenPoll,
-    PinQuestion, React, RoomMsg, SetBannedWords, SlowMode, Unban, Unmute, Upvote, Vote,
+    Announce, Answer, Ask, Ban, Chat, ClosePoll, DeleteMessage, EndShow, Mute, PinQuestion, React,
+    RoomMsg, SetBannedWords, SlowMode, Unban, Unmute, Upvote, Vote,
 };
 use flashcast_wire::ids::{PollId, RoomId, Seq, UserId};
 use flashcast_wire::{
@@ -410,20 +410,7 @@ impl RoomActor {
                 user: user.clone(),
                 text,
             }),
-            RoomMsg::OpenPoll(OpenPoll {
-                question,
-                options,
-                correct,
-                winners,
-                duration_secs,
-            }) => {
-                let spec = PollSpec {
-                    question,
-                    options,
-                    correct,
-                    winners,
-                    duration_secs,
-                };
+            RoomMsg::OpenPoll(spec) => {
                 let poll = Poll::open(
                     PollId(self.next_poll_id + 1),
                     spec,
