@@ -431,6 +431,20 @@ async fn the_payment_webhook_is_signed_single_use_and_exact() {
     // A paid order does not expire; a reserved one past its deadline cannot be paid.
     let late = ann.buy("LAMP", 1, "a2", None).await.unwrap();
     s.clock.advance(Duration::from_secs(61));
+    // The sweep expires it on its next pass; wait for that commit, so the
+    // webhook meets an expired order rather than one being expired.
+    let late_path = format!("/api/v1/orders/{}", late["id"]);
+    tokio::time::timeout(common::WAIT, async {
+        loop {
+            let order: Value = s.admin_get(&late_path).await;
+            if order["status"] == "expired" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the sweep expires the reservation");
     let late_body = json!({"event_id": "evt_3", "order_id": late["id"],
         "amount": {"minor": 1900, "currency": "USD"}});
     let r = webhook(&s, &late_body, SECRET, now_secs(&s))
