@@ -452,6 +452,9 @@ async fn the_payment_webhook_is_signed_single_use_and_exact() {
         .await
         .unwrap();
     assert_eq!(error_of(r).await, (409, "payment_deadline_passed".into()));
+    // Viewers see its unit come back (counts are conflated per 250 ms, so
+    // without this the room may never have shown a value other than 5).
+    watcher.wait_event(stock_is(3)).await;
     let still: Value = s.admin_get(&format!("/api/v1/orders/{id}")).await;
     assert_eq!(still["status"], "paid");
 
