@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use flashcast::ids::{RoomId, UserId};
 use flashcast::store::{sqlite, GroupCommit, GroupCommitConfig, Write};
+use flashcast_wire::ids::{RoomId, UserId};
 
 /// Concurrent buyers waiting on their own write's commit.
 const WRITERS: usize = 256;

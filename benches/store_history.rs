@@ -15,12 +15,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flashcast::commerce::coupon::{CouponScope, CouponTerms, Discount};
-use flashcast::commerce::money::{Currency, Money};
-use flashcast::commerce::order::{OrderStatus, OrderView};
-use flashcast::commerce::sale::SaleTerms;
-use flashcast::ids::{IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
-use flashcast::store::{RoomRecord, Store, Write};
+use flashcast::store::{CouponTerms, RoomRecord, SaleTerms, Store, Write};
+use flashcast_wire::commerce::{CouponScope, Discount, OrderStatus, OrderView};
+use flashcast_wire::ids::{IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
+use flashcast_wire::money::{Currency, Money};
 
 /// The server binary; `FLASHCAST_BENCH_BIN` runs another build (an older
 /// one, to compare) on the same history.
@@ -84,7 +82,7 @@ impl History {
                 created_at: now - 60_000,
             }),
             Write::PutCoupon(CouponTerms {
-                id: flashcast::ids::CouponId(self.id()),
+                id: flashcast_wire::ids::CouponId(self.id()),
                 room: room.clone(),
                 count: 100,
                 discount: Discount::Percent { percent: 10 },

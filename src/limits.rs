@@ -12,7 +12,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::UserId;
+use flashcast_wire::ids::UserId;
 
 /// The smallest `max_recording_bytes`: room for the header and some lines.
 pub const MIN_RECORDING_BYTES: u64 = 1_024;

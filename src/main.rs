@@ -3,10 +3,10 @@
 //! cuts the drain short).
 
 use flashcast::config::{LogFormat, Settings};
-use flashcast::ids::{RoomId, UserId};
-use flashcast::protocol::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
-use flashcast::protocol::Role;
 use flashcast::server::DEMO_ROOM;
+use flashcast_wire::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::Role;
 
 #[tokio::main]
 async fn main() {

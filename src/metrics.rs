@@ -291,7 +291,7 @@ impl Metrics {
         m
     }
 
-    pub fn reject(&self, reason: crate::protocol::ErrorCode) {
+    pub fn reject(&self, reason: flashcast_wire::ErrorCode) {
         self.rejected.with_label_values(&[reason.as_str()]).inc();
     }
 

@@ -11,16 +11,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{random_secret, TokenKeys};
+use crate::clock::Clock;
 use crate::commerce::Commerce;
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::ids::RoomId;
 use crate::metrics::Metrics;
-use crate::protocol::now_ms;
 use crate::room::{Registry, RoomContext, RoomInfo};
 use crate::store::{GroupCommitConfig, RoomRecord, Store, Write};
 use crate::transport::workers::WorkerConfig;
 use crate::transport::Transport;
+use flashcast_wire::ids::RoomId;
 
 /// The id of the room seeded for `cargo run`.
 pub const DEMO_ROOM: &str = "demo";
@@ -36,6 +36,12 @@ pub struct Server {
 
 /// Starts a server and returns once it is listening.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+    start_with_clock(settings, Clock::system()).await
+}
+
+/// [`start`] on a given clock: tests pass a `clock::ManualClock`'s, so time
+/// passes when they say (sale windows, reservation deadlines, token expiry).
+pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Server> {
     settings.limits.validate().map_err(anyhow::Error::msg)?;
     settings.media.validate().map_err(anyhow::Error::msg)?;
     let data_dir = settings.data_dir.clone();
@@ -76,6 +82,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             limits.clone(),
             metrics.clone(),
             webhook_secret.into_bytes(),
+            clock.clone(),
         )
         .await
         .context("loading the open reservations")?,
@@ -96,10 +103,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         metrics,
         store: store.clone(),
         commerce: commerce.clone(),
+        clock: clock.clone(),
     })));
     let app = AppState::new(
         registry.clone(),
-        TokenKeys::new(secret.as_bytes()),
+        TokenKeys::new(secret.as_bytes()).with_clock(clock.clone()),
         admin_key,
         store.clone(),
         settings.data_dir.join("recordings"),
@@ -137,7 +145,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             id: RoomId::new(DEMO_ROOM).expect("valid id"),
             title: "Flashcast demo show".into(),
             allow_guests: true,
-            created_at: now_ms(),
+            created_at: clock.now_ms(),
             closed_at: None,
         };
         registry

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Client;
-use flashcast::protocol::{Encoding, Role, ServerMsg};
+use flashcast_wire::{Encoding, Role, ServerMsg};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flashcast");
 

@@ -8,17 +8,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flashcast::clock::Clock;
 use flashcast::commerce::Commerce;
-use flashcast::ids::{RoomId, UserId};
 use flashcast::limits::Limits;
 use flashcast::metrics::Metrics;
-use flashcast::protocol::codec::{decode_server, WireFrame};
-use flashcast::protocol::{
-    ClientMsg, CloseCode, Encoding, ErrorCode, EventBody, ReactionKind, Role, ServerMsg, UserRef,
-};
 use flashcast::room::{ConnId, JoinRequest, Registry, RoomContext, RoomHandle, RoomInfo};
 use flashcast::store::Store;
 use flashcast::transport::{Fanout, Frames, Published, TopicId};
+use flashcast_wire::client::{Ban, Chat, RoomMsg, Unmute};
+use flashcast_wire::codec::{decode_server, WireFrame};
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{
+    CloseCode, Encoding, ErrorCode, EventBody, ReactionKind, Role, ServerMsg, UserRef,
+};
 
 /// What a connection would have received.
 #[derive(Debug)]
@@ -43,7 +45,7 @@ struct Memory {
 fn decode(encoding: Encoding, frame: &WireFrame) -> ServerMsg {
     let bytes: &[u8] = match frame {
         WireFrame::Binary(b) => b,
-        WireFrame::Text(t) => t.as_bytes(),
+        WireFrame::Text(t) => t,
     };
     decode_server(encoding, bytes).expect("a server message")
 }
@@ -145,12 +147,14 @@ async fn room(tick_ms: u64) -> Room {
             limits.clone(),
             metrics.clone(),
             b"s".to_vec(),
+            Clock::system(),
         )
         .await
         .unwrap(),
     );
     let memory = Arc::new(Memory::default());
     let registry = Registry::new(Arc::new(RoomContext {
+        clock: Clock::system(),
         limits,
         metrics,
         store,
@@ -193,7 +197,7 @@ impl Room {
     }
 
     fn chat(&self, conn: ConnId, who: &UserRef, text: &str) {
-        let msg = ClientMsg::Chat { text: text.into() };
+        let msg = RoomMsg::Chat(Chat { text: text.into() });
         self.handle.act(conn, who.clone(), None, msg).unwrap();
     }
 
@@ -236,18 +240,18 @@ async fn a_room_talks_to_its_viewers_only_through_the_fanout() {
     room.join(2, Encoding::MsgPack, &bob).await;
     room.chat(1, &ann, "hello");
     // A room-level refusal is a private reply to its sender only.
-    let unmute = ClientMsg::Unmute {
+    let unmute = RoomMsg::Unmute(Unmute {
         user_id: ann.id.clone(),
-    };
+    });
     room.handle.act(2, bob.clone(), Some(7), unmute).unwrap();
     room.handle
         .act(
             2,
             bob.clone(),
             None,
-            ClientMsg::Ban {
+            RoomMsg::Ban(Ban {
                 user_id: ann.id.clone(),
-            },
+            }),
         )
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

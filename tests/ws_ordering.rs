@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use flashcast::protocol::{Encoding, Role};
+use flashcast_wire::{Encoding, Role};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_clients_see_one_identical_order() {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use flashcast::protocol::{Encoding, ErrorCode, Role, ServerMsg};
+use flashcast_wire::{Encoding, ErrorCode, Role, ServerMsg};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;

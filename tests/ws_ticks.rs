@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use flashcast::protocol::{Encoding, Event, ReactionKind, Role, ServerMsg};
+use flashcast_wire::{Encoding, Event, ReactionKind, Role, ServerMsg};
 
 const TICK: Duration = Duration::from_secs(1);
 const LEADING: &str = "flashcast_batches_leading_total";

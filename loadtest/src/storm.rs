@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use flashcast::ids::{IdemKey, RoomId, Sku};
-use flashcast::protocol::{now_ms, ReactionKind};
-use flashcast::recording::{read_trace, TraceAction, TraceLine};
+use flashcast_wire::client::{Ask, Chat, React, Upvote, Vote};
+use flashcast_wire::ids::{IdemKey, RoomId, Sku};
+use flashcast_wire::recording::{read_trace, TraceAction, TraceLine};
+use flashcast_wire::{now_ms, ReactionKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -282,7 +283,7 @@ fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
                 lines: Vec::new(),
             });
             if let TraceAction::Join { role } = &line.action {
-                c.role_guest = *role == flashcast::protocol::Role::Guest;
+                c.role_guest = *role == flashcast_wire::Role::Guest;
             }
             c.lines.push(line);
         }
@@ -378,11 +379,11 @@ fn replay_scripts(
             for line in &conn.lines {
                 let act = match &line.action {
                     TraceAction::Join { .. } => continue,
-                    TraceAction::Chat { text } => Act::Chat(text.clone()),
-                    TraceAction::React { kind } => Act::React(*kind),
-                    TraceAction::Vote { option, .. } => Act::Vote(*option),
-                    TraceAction::Ask { text } => Act::Ask(text.clone()),
-                    TraceAction::Upvote { question_id } => Act::Upvote(*question_id),
+                    TraceAction::Chat(Chat { text }) => Act::Chat(text.clone()),
+                    TraceAction::React(React { kind }) => Act::React(*kind),
+                    TraceAction::Vote(Vote { option, .. }) => Act::Vote(*option),
+                    TraceAction::Ask(Ask { text }) => Act::Ask(text.clone()),
+                    TraceAction::Upvote(Upvote { question_id }) => Act::Upvote(*question_id),
                     TraceAction::Buy { sku, qty, .. } => {
                         n += 1;
                         Act::Buy {
@@ -392,7 +393,7 @@ fn replay_scripts(
                                 .expect("valid key"),
                         }
                     }
-                    TraceAction::ClaimCoupon { .. } => Act::Claim,
+                    TraceAction::ClaimCoupon(_) => Act::Claim,
                     TraceAction::Host { .. } => continue,
                     TraceAction::Leave => Act::Leave,
                 };
@@ -570,7 +571,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
                 .mint(
                     &room,
                     &format!("storm-{run_id}-host"),
-                    flashcast::protocol::Role::Host,
+                    flashcast_wire::Role::Host,
                 )
                 .await
                 .context("minting the host's token (polls are opened by a host)")?,
@@ -680,7 +681,7 @@ fn write_recording(
     t0_ms: u64,
     trace: &mut [TraceLine],
 ) -> anyhow::Result<()> {
-    use flashcast::recording::{TraceHeader, TraceWriter};
+    use flashcast_wire::recording::{TraceHeader, TraceWriter};
     trace.sort_by_key(|l| l.t_ms);
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::ids::{IdemKey, OrderId, RoomId, UserId};
+use flashcast_wire::ids::{IdemKey, OrderId, RoomId, UserId};
 
 /// A key as loaded with its shop: (created_at, order, buyer, key).
 pub type KeyEntry = (u64, OrderId, UserId, IdemKey);

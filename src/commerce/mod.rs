@@ -29,7 +29,6 @@
 pub mod catalog;
 pub mod coupon;
 mod keys;
-pub mod money;
 pub mod order;
 pub mod payment;
 pub mod sale;
@@ -44,21 +43,24 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku};
+use crate::clock::Clock;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::protocol::{now_ms, ErrorCode, UserRef};
-/// What a host sends to start a sale or drop coupons: wire messages.
-pub use crate::protocol::{CouponSpec, SaleSpec};
 use crate::store::{ShopRecord, Store, StoreError, Write};
+use flashcast_wire::client::{Buy, DropCoupon, StartSale};
+use flashcast_wire::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, Sku};
+use flashcast_wire::{ErrorCode, UserRef};
 
-use catalog::{Product, ProductSpec};
-use coupon::{Coupon, CouponScope, CouponTerms, CouponView, Discount};
+use catalog::ProductSpec;
+use coupon::{Coupon, CouponTerms};
+use flashcast_wire::commerce::{
+    CouponScope, CouponView, Discount, OrderStatus, OrderView, Product, SaleStatus, SaleView,
+};
+use flashcast_wire::money::{Money, MAX_MINOR};
 use keys::RecentKeys;
-use money::{Money, MAX_MINOR};
-use order::{OrderCell, OrderStatus, OrderView};
+use order::OrderCell;
 use payment::PaymentEvent;
-use sale::{BuyFingerprint, Reserve, Sale, SaleTerms, SaleView};
+use sale::{BuyFingerprint, Reserve, Sale, SaleTerms};
 use shop::Shop;
 
 /// Tells a buyer or claimant that it succeeded. Called exactly once when
@@ -111,13 +113,83 @@ pub type CommerceResult<T> = Result<T, CommerceError>;
 
 pub use crate::store::OrderFilter;
 
-/// A buy as the viewer sends it. There is no price: the server computes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuyRequest {
+/// A flash sale as a host schedules it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SaleSpec {
     pub sku: Sku,
-    pub qty: u32,
-    pub key: IdemKey,
-    pub coupon_id: Option<CouponId>,
+    /// Sale price of one unit, in minor units of the product's currency.
+    pub sale_price_minor: u64,
+    /// Units for sale.
+    pub stock: u32,
+    /// Most units one buyer may hold (reserved plus paid).
+    pub per_user_limit: u32,
+    /// Unix ms; absent or past means now.
+    #[serde(default)]
+    pub starts_at: Option<u64>,
+    pub duration_secs: u64,
+    /// Time to pay a reservation; defaults to `payment_window_secs`.
+    #[serde(default)]
+    pub payment_window_secs: Option<u64>,
+}
+
+/// A coupon drop as a host sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CouponSpec {
+    /// Coupons in the drop: the first `count` claimers get one.
+    pub count: u32,
+    pub discount: Discount,
+    #[serde(default = "room_scope")]
+    pub scope: CouponScope,
+    /// Claims and uses are refused after this many seconds.
+    pub expires_in_secs: u64,
+}
+
+fn room_scope() -> CouponScope {
+    CouponScope::Room
+}
+
+// The REST API refuses unknown fields and the WebSocket protocol ignores
+// them (docs/protocol.md), so the two bodies are two serde types.
+impl From<StartSale> for SaleSpec {
+    fn from(m: StartSale) -> SaleSpec {
+        let StartSale {
+            sku,
+            sale_price_minor,
+            stock,
+            per_user_limit,
+            starts_at,
+            duration_secs,
+            payment_window_secs,
+        } = m;
+        SaleSpec {
+            sku,
+            sale_price_minor,
+            stock,
+            per_user_limit,
+            starts_at,
+            duration_secs,
+            payment_window_secs,
+        }
+    }
+}
+
+impl From<DropCoupon> for CouponSpec {
+    fn from(m: DropCoupon) -> CouponSpec {
+        let DropCoupon {
+            count,
+            discount,
+            scope,
+            expires_in_secs,
+        } = m;
+        CouponSpec {
+            count,
+            discount,
+            scope,
+            expires_in_secs,
+        }
+    }
 }
 
 /// The node's commerce engine.
@@ -142,6 +214,8 @@ pub struct Commerce {
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     webhook_secret: Vec<u8>,
+    /// What "now" is for sale windows, deadlines and coupon expiry.
+    clock: Clock,
 }
 
 impl Commerce {
@@ -153,8 +227,9 @@ impl Commerce {
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
         webhook_secret: Vec<u8>,
+        clock: Clock,
     ) -> Result<Commerce, StoreError> {
-        let now = now_ms();
+        let now = clock.now_ms();
         let reads = store.read();
         let reserved = reads.reserved_orders().await?;
         let overdue = reserved.iter().filter(|o| o.deadline < now).count();
@@ -183,6 +258,7 @@ impl Commerce {
             metrics,
             webhook_secret,
             store,
+            clock,
         };
         for o in reserved.into_iter().filter(|o| o.deadline >= now) {
             c.orders.insert(o.id, Arc::new(OrderCell::new(o)));
@@ -223,7 +299,7 @@ impl Commerce {
             self.recent_keys.insert(created_at, id, room, user, key);
         }
         self.shops.insert(room.clone(), shop.clone());
-        self.evict_keys(now_ms());
+        self.evict_keys(self.clock.now_ms());
         Ok(shop)
     }
 
@@ -236,7 +312,10 @@ impl Commerce {
 
     /// A shop built from the store, not kept.
     async fn read_shop(&self, room: &RoomId) -> Result<(Shop, Vec<keys::KeyEntry>), StoreError> {
-        let since = now_ms().saturating_sub(self.limits.idempotency_key_retention_secs * 1000);
+        let since = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.limits.idempotency_key_retention_secs * 1000);
         let record = self
             .store
             .read()
@@ -366,7 +445,7 @@ impl Commerce {
 
     pub async fn start_sale(&self, room: &RoomId, spec: SaleSpec) -> CommerceResult<SaleView> {
         let l = &self.limits;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let shop = self.shop_to_change(room).await?;
         let _admin = shop.admin.lock().await;
         let product = shop.product_with_sku(&spec.sku).ok_or_else(|| {
@@ -397,7 +476,7 @@ impl Commerce {
             ));
         }
         if let Some(running) = shop.sale_for_sku(&spec.sku) {
-            if running.status(now) != sale::SaleStatus::Ended {
+            if running.status(now) != SaleStatus::Ended {
                 return Err(CommerceError::new(
                     ErrorCode::Conflict,
                     format!("sale {} for this sku is not over yet", running.id()),
@@ -426,7 +505,7 @@ impl Commerce {
             .map_err(CommerceError::store)?;
         let sale = Arc::new(Sale::new(terms));
         shop.add_sale(sale.clone());
-        Ok(sale.view(now_ms()))
+        Ok(sale.view(self.clock.now_ms()))
     }
 
     /// Ends a sale now. Reservations already made can still be paid.
@@ -436,8 +515,8 @@ impl Commerce {
         let sale = shop
             .sale(id)
             .ok_or_else(|| CommerceError::new(ErrorCode::NotFound, "no such sale"))?;
-        let now = now_ms();
-        if sale.status(now) == sale::SaleStatus::Ended {
+        let now = self.clock.now_ms();
+        if sale.status(now) == SaleStatus::Ended {
             return Err(CommerceError::new(
                 ErrorCode::SaleEnded,
                 "the sale has already ended",
@@ -453,7 +532,7 @@ impl Commerce {
     }
 
     pub async fn sales(&self, room: &RoomId) -> CommerceResult<Vec<SaleView>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         Ok(self.shop_to_read(room).await?.map_or_else(Vec::new, |s| {
             s.sales().iter().map(|s| s.view(now)).collect()
         }))
@@ -463,7 +542,7 @@ impl Commerce {
         self.shop_to_read(room)
             .await?
             .and_then(|s| s.sale(id))
-            .map(|s| s.view(now_ms()))
+            .map(|s| s.view(self.clock.now_ms()))
             .ok_or_else(|| CommerceError::new(ErrorCode::NotFound, "no such sale"))
     }
 
@@ -509,7 +588,7 @@ impl Commerce {
                 "this room has max_coupons_per_room coupon drops",
             ));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let terms = CouponTerms {
             id: CouponId(self.next_id()),
             room: room.clone(),
@@ -567,7 +646,7 @@ impl Commerce {
             .existing_shop(room)
             .and_then(|s| s.coupon(id))
             .ok_or_else(|| CommerceError::new(ErrorCode::CouponUnknown, "no such coupon"))?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let hold = coupon.claim(&user.id, now)?;
         let claimed = coupon.clone();
         let then = Box::new(move || {
@@ -594,7 +673,7 @@ impl Commerce {
         self: &Arc<Self>,
         room: &RoomId,
         user: &UserRef,
-        req: BuyRequest,
+        req: Buy,
         answer: Answer<OrderView>,
     ) -> CommerceResult<OrderView> {
         let started = std::time::Instant::now();
@@ -624,7 +703,7 @@ impl Commerce {
         self: &Arc<Self>,
         room: &RoomId,
         user: &UserRef,
-        req: BuyRequest,
+        req: Buy,
         answer: Answer<OrderView>,
     ) -> CommerceResult<(OrderView, bool)> {
         let shop = self.existing_shop(room).ok_or_else(unknown_sku)?;
@@ -675,7 +754,7 @@ impl Commerce {
             }
             None => return Err(unknown_sku()),
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let hold = match sale.reserve(
             &shop.keys,
             &user.id,
@@ -837,7 +916,7 @@ impl Commerce {
                 format!("the order total is {}", facts.total),
             ));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match self.seen_events.entry(event.event_id.clone()) {
             Entry::Occupied(_) => {
                 return Err(CommerceError::new(
@@ -909,7 +988,7 @@ impl Commerce {
                 format!("the order is already {}", change.status().as_str()),
             ));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let _closing = self.closing.read().await;
         let close = Write::CloseOrder {
             order: id,
@@ -928,7 +1007,7 @@ impl Commerce {
 
     /// Expires every reservation past its deadline; returns how many.
     pub async fn expire_due(&self) -> usize {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let due: Vec<Arc<OrderCell>> = self
             .orders
             .iter()
@@ -1008,7 +1087,10 @@ impl Commerce {
     /// Forgets payment event ids older than the signature tolerance: a
     /// replay of them is refused by its timestamp (and by the store).
     fn prune_events(&self) {
-        let horizon = now_ms().saturating_sub(self.limits.webhook_tolerance_secs * 1000 * 2);
+        let horizon = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.limits.webhook_tolerance_secs * 1000 * 2);
         self.seen_events.retain(|_, seen| *seen >= horizon);
     }
 
@@ -1025,7 +1107,7 @@ impl Commerce {
                 _ = every.tick() => {
                     self.expire_due().await;
                     self.prune_events();
-                    self.evict_keys(now_ms());
+                    self.evict_keys(self.clock.now_ms());
                 }
                 _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
             }
@@ -1118,8 +1200,10 @@ mod tests {
     //! What memory keeps and what is read from the store.
 
     use super::*;
-    use crate::protocol::Role;
-    use catalog::Variant;
+    use flashcast_wire::commerce::Variant;
+    use flashcast_wire::ids::IdemKey;
+    use flashcast_wire::money;
+    use flashcast_wire::Role;
 
     async fn open(dir: &std::path::Path, limits: Limits) -> (Arc<Commerce>, Store) {
         let store = Store::open_sqlite(dir, Default::default()).unwrap();
@@ -1128,6 +1212,7 @@ mod tests {
             Arc::new(limits),
             Arc::new(Metrics::new()),
             b"secret".to_vec(),
+            Clock::system(),
         )
         .await
         .unwrap();
@@ -1140,14 +1225,14 @@ mod tests {
 
     fn buyer(id: &str) -> UserRef {
         UserRef {
-            id: crate::ids::UserId::new(id).unwrap(),
+            id: flashcast_wire::ids::UserId::new(id).unwrap(),
             name: id.into(),
             role: Role::Viewer,
         }
     }
 
-    fn buy(key: &str) -> BuyRequest {
-        BuyRequest {
+    fn buy(key: &str) -> Buy {
+        Buy {
             sku: Sku::new("A").unwrap(),
             qty: 1,
             key: IdemKey::new(key).unwrap(),
@@ -1226,7 +1311,7 @@ mod tests {
             .buy(
                 &room(),
                 &buyer("ana"),
-                BuyRequest {
+                Buy {
                     qty: 2,
                     ..buy("k1")
                 },

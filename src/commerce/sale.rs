@@ -13,49 +13,14 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
-use super::money::Money;
 use super::stock::Stock;
 use super::CommerceError;
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, SaleId, Sku, UserId};
-use crate::protocol::ErrorCode;
-
-/// Where a sale is in its life, at a given moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SaleStatus {
-    Scheduled,
-    Live,
-    Ended,
-}
+use flashcast_wire::commerce::{SaleStatus, SaleView};
+use flashcast_wire::ids::{CouponId, IdemKey, OrderId, SaleId, Sku, UserId};
+use flashcast_wire::ErrorCode;
 
 pub use crate::store::SaleTerms;
-
-/// A sale as viewers and the admin API see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SaleView {
-    pub id: SaleId,
-    pub product_id: ProductId,
-    pub sku: Sku,
-    pub label: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    pub regular_price: Money,
-    pub sale_price: Money,
-    /// Units the sale started with.
-    pub stock: u32,
-    /// Units left now (rises when reservations expire or are cancelled).
-    pub available: u32,
-    pub per_user_limit: u32,
-    /// Unix ms.
-    pub starts_at: u64,
-    /// Unix ms: the scheduled end, or the moment it was ended early.
-    pub ends_at: u64,
-    /// Seconds a buyer has to pay a reservation.
-    pub payment_window_secs: u64,
-    pub status: SaleStatus,
-}
 
 /// What makes two buys "the same request" for the idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -370,13 +335,15 @@ mod tests {
 
     use std::collections::HashMap;
 
-    use crate::ids::RoomId;
+    use flashcast_wire::ids::RoomId;
 
     use proptest::prelude::*;
 
     use super::*;
-    use crate::commerce::money::Currency;
-    use crate::commerce::order::{OrderCell, OrderStatus, OrderView};
+    use crate::commerce::order::OrderCell;
+    use flashcast_wire::commerce::{OrderStatus, OrderView};
+    use flashcast_wire::ids::ProductId;
+    use flashcast_wire::money::{Currency, Money};
 
     const STOCK: u32 = 10;
     const LIMIT: u32 = 3;

@@ -9,10 +9,10 @@ use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
-use super::catalog::Product;
 use super::coupon::Coupon;
 use super::sale::{KeyState, Keys, Sale};
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
+use flashcast_wire::commerce::Product;
+use flashcast_wire::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
 
 pub struct Shop {
     pub room: RoomId,

@@ -6,7 +6,8 @@ use unicode_segmentation::UnicodeSegmentation;
 
 use super::Rejection;
 use crate::limits::Limits;
-use crate::protocol::{ClientMsg, ErrorCode};
+use flashcast_wire::client::RoomMsg;
+use flashcast_wire::ErrorCode;
 
 /// Trims and checks a piece of user text: not empty, at most `max_chars`
 /// characters, no control characters other than newline and tab.
@@ -38,12 +39,13 @@ pub fn clean(text: &str, max_chars: usize) -> Result<String, Rejection> {
 /// `max_chat_chars`, questions, answers and announcements to
 /// `max_text_chars`. The connection calls it before queueing an action, so
 /// a room only ever sees clean text.
-pub fn clean_action_text(msg: &mut ClientMsg, limits: &Limits) -> Result<(), Rejection> {
+pub fn clean_action_text(msg: &mut RoomMsg, limits: &Limits) -> Result<(), Rejection> {
+    use flashcast_wire::client::{Announce, Answer, Ask, Chat};
     match msg {
-        ClientMsg::Chat { text } => *text = clean(text, limits.max_chat_chars)?,
-        ClientMsg::Ask { text } | ClientMsg::Announce { text } | ClientMsg::Answer { text, .. } => {
-            *text = clean(text, limits.max_text_chars)?
-        }
+        RoomMsg::Chat(Chat { text }) => *text = clean(text, limits.max_chat_chars)?,
+        RoomMsg::Ask(Ask { text })
+        | RoomMsg::Announce(Announce { text })
+        | RoomMsg::Answer(Answer { text, .. }) => *text = clean(text, limits.max_text_chars)?,
         _ => {}
     }
     Ok(())

@@ -13,10 +13,10 @@ use utoipa_axum::routes;
 use super::extract::{find_room, invalid, parse_room_id, Admin, AdminRoom, JsonBody};
 use super::{ApiError, ApiResult, AppState, ErrorBody};
 use crate::auth::MAX_NAME_CHARS;
-use crate::ids::{RoomId, UserId};
-use crate::protocol::{now_ms, ErrorCode, Role};
 use crate::room::{RegistryError, RoomHandle};
 use crate::store::RoomRecord;
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{ErrorCode, Role};
 
 /// Longest room title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -97,7 +97,7 @@ async fn create_room(
         id: id.clone(),
         title,
         allow_guests: req.allow_guests,
-        created_at: now_ms(),
+        created_at: app.clock.now_ms(),
         closed_at: None,
     };
     let room = app.registry.create(record).await?;

@@ -16,15 +16,13 @@ use utoipa_axum::routes;
 
 use super::extract::{parse, Admin, AdminRoom, JsonBody, PathId};
 use super::{ApiError, ApiResult, AppState, ErrorBody};
-use crate::commerce::catalog::{Product, ProductSpec};
-use crate::commerce::coupon::CouponView;
-use crate::commerce::order::{OrderStatus, OrderView};
+use crate::commerce::catalog::ProductSpec;
 use crate::commerce::payment::{self, PaymentEvent};
-use crate::commerce::sale::SaleView;
 use crate::commerce::OrderFilter;
 use crate::commerce::{CommerceError, CouponSpec, SaleSpec};
-use crate::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
-use crate::protocol::ErrorCode;
+use flashcast_wire::commerce::{CouponView, OrderStatus, OrderView, Product, SaleView};
+use flashcast_wire::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
+use flashcast_wire::ErrorCode;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -435,7 +433,7 @@ async fn payment_webhook(
     let signature = headers
         .get(payment::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
-    let now_secs = crate::protocol::now_ms() / 1000;
+    let now_secs = app.clock.now_secs();
     payment::verify(
         app.commerce.webhook_secret(),
         signature,

@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState};
 use crate::auth::constant_time_eq;
-use crate::ids::RoomId;
-use crate::protocol::ErrorCode;
 use crate::room::RoomHandle;
+use flashcast_wire::ids::RoomId;
+use flashcast_wire::ErrorCode;
 
 /// Proof that the request carries the admin key
 /// (`Authorization: Bearer KEY`); else 401 `unauthorized`.

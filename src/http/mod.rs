@@ -25,10 +25,10 @@ use crate::auth::TokenKeys;
 use crate::commerce::Commerce;
 use crate::limits::{Limits, RateLimiters};
 use crate::metrics::Metrics;
-use crate::protocol::ErrorCode;
 use crate::recording::recorder::Recordings;
 use crate::room::{ConnId, Registry};
 use crate::store::Store;
+use flashcast_wire::ErrorCode;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -37,6 +37,8 @@ pub struct AppState(Arc<AppInner>);
 pub struct AppInner {
     pub registry: Arc<Registry>,
     pub commerce: Arc<Commerce>,
+    /// The node's clock (see `clock`): token expiry, webhook timestamps.
+    pub clock: crate::clock::Clock,
     pub keys: TokenKeys,
     pub admin_key: String,
     pub limits: Arc<Limits>,
@@ -83,6 +85,7 @@ impl AppState {
             limits: ctx.limits.clone(),
             metrics: ctx.metrics.clone(),
             commerce: ctx.commerce.clone(),
+            clock: ctx.clock.clone(),
             media,
             transport,
             registry,

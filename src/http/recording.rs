@@ -13,8 +13,8 @@ use utoipa_axum::routes;
 
 use super::extract::AdminRoom;
 use super::{ApiError, ApiResult, AppState, ErrorBody};
-use crate::protocol::ErrorCode;
 use crate::recording::recorder::{RecordingStarted, RecordingSummary, Recordings, StartError};
+use flashcast_wire::ErrorCode;
 
 /// The media type of a recording: JSON lines.
 pub const NDJSON: &str = "application/x-ndjson";

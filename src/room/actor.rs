@@ -25,15 +25,19 @@ use super::history::History;
 use super::market::MarketWatch;
 use super::{Command, ConnId, JoinRequest, RoomContext, RoomShared};
 use crate::engage::moderation::Moderation;
-use crate::engage::poll::{Poll, PollSpec};
+use crate::engage::poll::Poll;
 use crate::engage::qa::Questions;
 use crate::engage::Rejection;
-use crate::ids::{PollId, Seq, UserId};
-use crate::protocol::{
-    now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
-    ServerMsg, StreamStatus, UserRef,
-};
 use crate::transport::{Published, TopicId};
+use flashcast_wire::client::{
+    Announce, Answer, Ask, Ban, Chat, ClosePoll, DeleteMessage, EndShow, Mute, PinQuestion, React,
+    RoomMsg, SetBannedWords, SlowMode, Unban, Unmute, Upvote, Vote,
+};
+use flashcast_wire::ids::{PollId, Seq, UserId};
+use flashcast_wire::{
+    CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState, ServerMsg,
+    StreamStatus, UserRef,
+};
 
 /// Viewer counts go out at most this often (when they changed).
 pub const VIEWER_COUNT_INTERVAL: Duration = Duration::from_secs(1);
@@ -97,7 +101,7 @@ impl RoomActor {
             epoch: rand::random::<u64>() >> 11, // fits a JSON number exactly
             history: History::new(limits.history_len),
             moderation: Moderation::with_bans(shared.bans.clone()),
-            market: MarketWatch::new(ctx.commerce.shop(&shared.info.id)),
+            market: MarketWatch::new(ctx.commerce.shop(&shared.info.id), ctx.clock.now_ms()),
             stream: shared.stream.get(),
             shared,
             commands,
@@ -378,8 +382,8 @@ impl RoomActor {
             pinned_question: self.questions.pinned(),
             questions: self.questions.top(self.ctx.limits.snapshot_questions),
             pinned_product: self.market.pinned(),
-            sales: self.market.open_sales(now_ms()),
-            coupons: self.market.open_coupons(now_ms()),
+            sales: self.market.open_sales(self.ctx.clock.now_ms()),
+            coupons: self.market.open_coupons(self.ctx.clock.now_ms()),
             stream: self.stream,
         }
     }
@@ -388,7 +392,7 @@ impl RoomActor {
         self.seq += 1;
         let event = Arc::new(Event {
             seq: self.seq,
-            ts: now_ms(),
+            ts: self.ctx.clock.now_ms(),
             body,
         });
         self.history.push(event.clone());
@@ -397,14 +401,14 @@ impl RoomActor {
 
     /// Applies a viewer or moderator action. Roles and sizes were checked by
     /// the connection; room state (bans, mutes, polls...) is checked here.
-    fn act(&mut self, user: &UserRef, msg: ClientMsg) -> Result<Reply, Rejection> {
+    fn act(&mut self, user: &UserRef, msg: RoomMsg) -> Result<Reply, Rejection> {
         if self.ended || self.ending {
             return Err(Rejection::new(ErrorCode::RoomClosed, "the show has ended"));
         }
-        let now = now_ms();
+        let now = self.ctx.clock.now_ms();
         let limits = self.ctx.limits.clone();
         match msg {
-            ClientMsg::Chat { text } => {
+            RoomMsg::Chat(Chat { text }) => {
                 self.moderation.check_post(user, &text, now)?;
                 self.moderation.check_slow_mode(user, now)?;
                 self.moderation.record_chat(user, now);
@@ -414,13 +418,13 @@ impl RoomActor {
                     deleted: false,
                 });
             }
-            ClientMsg::Ask { text } => {
+            RoomMsg::Ask(Ask { text }) => {
                 self.moderation.check_post(user, &text, now)?;
                 let seq = self.seq + 1; // the seq its question_asked event gets
                 let question = self.questions.ask(user, text, seq, limits.max_questions)?;
                 self.push(EventBody::QuestionAsked { question });
             }
-            ClientMsg::Vote { poll_id, option } => {
+            RoomMsg::Vote(Vote { poll_id, option }) => {
                 let poll = self
                     .poll
                     .as_mut()
@@ -428,7 +432,7 @@ impl RoomActor {
                     .ok_or_else(|| Rejection::new(ErrorCode::NotFound, "no such open poll"))?;
                 poll.vote(user, option, limits.max_voters)?;
             }
-            ClientMsg::Upvote { question_id } => {
+            RoomMsg::Upvote(Upvote { question_id }) => {
                 let upvotes = self
                     .questions
                     .upvote(question_id, &user.id, limits.max_voters)?;
@@ -437,24 +441,11 @@ impl RoomActor {
                     upvotes,
                 });
             }
-            ClientMsg::Announce { text } => self.push(EventBody::Announcement {
+            RoomMsg::Announce(Announce { text }) => self.push(EventBody::Announcement {
                 user: user.clone(),
                 text,
             }),
-            ClientMsg::OpenPoll {
-                question,
-                options,
-                correct,
-                winners,
-                duration_secs,
-            } => {
-                let spec = PollSpec {
-                    question,
-                    options,
-                    correct,
-                    winners,
-                    duration_secs,
-                };
+            RoomMsg::OpenPoll(spec) => {
                 let poll = Poll::open(
                     PollId(self.next_poll_id + 1),
                     spec,
@@ -468,14 +459,14 @@ impl RoomActor {
                 self.push(EventBody::PollOpened { poll: poll.view() });
                 self.poll = Some(poll);
             }
-            ClientMsg::ClosePoll { poll_id } => {
+            RoomMsg::ClosePoll(ClosePoll { poll_id }) => {
                 if self.poll.as_ref().map(Poll::id) != Some(poll_id) {
                     return Err(Rejection::new(ErrorCode::NotFound, "no such open poll"));
                 }
                 let poll = self.poll.take().expect("checked above");
                 self.push(poll.close());
             }
-            ClientMsg::Answer { question_id, text } => {
+            RoomMsg::Answer(Answer { question_id, text }) => {
                 self.questions.answer(question_id, text.clone())?;
                 self.push(EventBody::QuestionAnswered {
                     question_id,
@@ -483,25 +474,25 @@ impl RoomActor {
                     by: user.clone(),
                 });
             }
-            ClientMsg::PinQuestion { question_id } => {
+            RoomMsg::PinQuestion(PinQuestion { question_id }) => {
                 self.questions.pin(question_id)?;
                 self.push(EventBody::QuestionPinned { question_id });
             }
-            ClientMsg::DeleteMessage { seq } => {
+            RoomMsg::DeleteMessage(DeleteMessage { seq }) => {
                 self.delete(seq)?;
                 self.push(EventBody::MessageDeleted {
                     target_seq: seq,
                     by: user.clone(),
                 });
             }
-            ClientMsg::Mute { user_id, seconds } => {
+            RoomMsg::Mute(Mute { user_id, seconds }) => {
                 self.protect(&user_id)?;
                 let until =
                     self.moderation
                         .mute(&user_id, seconds, now, limits.max_moderated_users)?;
                 self.push(EventBody::UserMuted { user_id, until });
             }
-            ClientMsg::Unmute { user_id } => {
+            RoomMsg::Unmute(Unmute { user_id }) => {
                 if !self.moderation.unmute(&user_id) {
                     return Err(Rejection::new(
                         ErrorCode::NotFound,
@@ -510,7 +501,7 @@ impl RoomActor {
                 }
                 self.push(EventBody::UserUnmuted { user_id });
             }
-            ClientMsg::Ban { user_id } => {
+            RoomMsg::Ban(Ban { user_id }) => {
                 self.protect(&user_id)?;
                 self.can_persist()?;
                 // In force at once; announced (and the viewer kicked) once
@@ -519,7 +510,7 @@ impl RoomActor {
                 self.moderation.ban(&user_id, limits.max_moderated_users)?;
                 return Ok(Reply::Persist(Durable::Ban { user_id, new }));
             }
-            ClientMsg::Unban { user_id } => {
+            RoomMsg::Unban(Unban { user_id }) => {
                 if !self.moderation.unban(&user_id) {
                     return Err(Rejection::new(
                         ErrorCode::NotFound,
@@ -532,33 +523,22 @@ impl RoomActor {
                 }
                 return Ok(Reply::Persist(Durable::Unban(user_id)));
             }
-            ClientMsg::SlowMode { seconds } => {
+            RoomMsg::SlowMode(SlowMode { seconds }) => {
                 self.moderation.set_slow_mode(seconds)?;
                 self.push(EventBody::SlowMode { seconds });
             }
-            ClientMsg::SetBannedWords { words } => {
+            RoomMsg::SetBannedWords(SetBannedWords { words }) => {
                 self.moderation
                     .banned_words
                     .set(words, limits.max_banned_words)?;
                 return Ok(Reply::Ack);
             }
-            ClientMsg::EndShow => {
+            // Connections count reactions without queueing them (see
+            // `RoomHandle::react`); one that comes this way counts the same.
+            RoomMsg::React(React { kind }) => self.shared.add_reaction(kind),
+            RoomMsg::EndShow(EndShow {}) => {
                 self.can_persist()?;
                 return Ok(Reply::End);
-            }
-            ClientMsg::Join { .. }
-            | ClientMsg::Buy { .. }
-            | ClientMsg::ClaimCoupon { .. }
-            | ClientMsg::PinProduct { .. }
-            | ClientMsg::StartSale { .. }
-            | ClientMsg::EndSale { .. }
-            | ClientMsg::DropCoupon { .. }
-            | ClientMsg::React { .. }
-            | ClientMsg::Ping { .. }
-            | ClientMsg::Leave
-            | ClientMsg::Unknown => {
-                debug_assert!(false, "connection-level message reached the room");
-                return Err(Rejection::new(ErrorCode::Internal, "unexpected message"));
             }
         }
         Ok(Reply::None)
@@ -668,7 +648,7 @@ impl RoomActor {
     /// in use.
     fn flush(&mut self) {
         let started = Instant::now();
-        let now = now_ms();
+        let now = self.ctx.clock.now_ms();
         if self.poll.as_ref().is_some_and(|p| p.due(now)) {
             let poll = self.poll.take().expect("checked above");
             self.push(poll.close());
@@ -762,7 +742,7 @@ impl RoomActor {
     }
 
     fn housekeeping(&mut self) {
-        self.moderation.prune(now_ms());
+        self.moderation.prune(self.ctx.clock.now_ms());
         let gone: Vec<ConnId> = self
             .subscribers
             .iter()

@@ -25,11 +25,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engage::moderation::BanList;
 use crate::engage::Rejection;
-use crate::ids::{RoomId, Seq, UserId};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 use crate::store::{Store, StoreResult};
+use flashcast_wire::client::RoomMsg;
+use flashcast_wire::ids::{RoomId, Seq, UserId};
+use flashcast_wire::{CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 
 pub use crate::transport::ConnId;
 pub use registry::{Registry, RegistryError};
@@ -43,6 +44,8 @@ pub struct RoomContext {
     pub commerce: Arc<crate::commerce::Commerce>,
     /// Where rooms hand their frames (the node's fanout workers).
     pub fanout: Arc<dyn crate::transport::Fanout>,
+    /// What "now" is for mutes, slow mode, polls and event timestamps.
+    pub clock: crate::clock::Clock,
 }
 
 /// The fixed facts of a room.
@@ -102,6 +105,11 @@ impl RoomShared {
         self.bans.contains(user)
     }
 
+    /// Counts one reaction; it goes out aggregated with the next tick.
+    fn add_reaction(&self, kind: ReactionKind) {
+        self.reactions[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Takes this tick's reaction counts, leaving zeros.
     fn take_reactions(&self) -> [u32; ReactionKind::ALL.len()] {
         std::array::from_fn(|i| self.reactions[i].swap(0, Ordering::Relaxed))
@@ -124,7 +132,7 @@ pub(crate) enum Command {
         conn: ConnId,
         user: UserRef,
         reference: Option<u32>,
-        msg: ClientMsg,
+        msg: RoomMsg,
     },
     Leave(ConnId),
     /// Ends the show (admin close or host `end_show` arriving by REST);
@@ -155,7 +163,7 @@ impl RoomHandle {
 
     /// Counts one reaction; it goes out aggregated with the next batch.
     pub fn react(&self, kind: ReactionKind) {
-        self.shared.reactions[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.shared.add_reaction(kind);
     }
 
     /// Joins; once this returns `Ok` the `joined` message is on its way.
@@ -187,7 +195,7 @@ impl RoomHandle {
         conn: ConnId,
         user: UserRef,
         reference: Option<u32>,
-        msg: ClientMsg,
+        msg: RoomMsg,
     ) -> Result<(), Rejection> {
         self.commands
             .try_send(Command::Act {

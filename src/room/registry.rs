@@ -8,8 +8,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::actor::RoomActor;
 use super::{Command, RoomContext, RoomHandle, RoomInfo, RoomShared};
-use crate::ids::{RoomId, UserId};
 use crate::store::{RoomRecord, StoreError, StoreResult, Write};
+use flashcast_wire::ids::{RoomId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {

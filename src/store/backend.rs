@@ -11,8 +11,8 @@
 use async_trait::async_trait;
 
 use super::{OrderFilter, RoomRecord, ShopRecord, StoreResult, Write};
-use crate::commerce::order::OrderView;
-use crate::ids::{IdemKey, OrderId, RoomId, UserId};
+use flashcast_wire::commerce::OrderView;
+use flashcast_wire::ids::{IdemKey, OrderId, RoomId, UserId};
 
 /// Applies batches of writes. Owned by the group-commit writer, so one at a
 /// time: a backend never sees two batches at once.

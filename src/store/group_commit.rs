@@ -178,10 +178,10 @@ fn run_hook(then: AfterCommit) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commerce::order::OrderStatus;
-    use crate::ids::{CouponId, OrderId, RoomId, UserId};
     use crate::store::sqlite;
     use crate::store::ReadBackend;
+    use flashcast_wire::commerce::OrderStatus;
+    use flashcast_wire::ids::{CouponId, OrderId, RoomId, UserId};
     use rusqlite::Connection;
     use std::sync::Arc;
 

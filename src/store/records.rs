@@ -3,10 +3,10 @@
 //! types they carry are the commerce views (`commerce::order`,
 //! `commerce::money`, `commerce::coupon`).
 
-use crate::commerce::coupon::{CouponScope, Discount};
-use crate::commerce::money::Money;
-use crate::commerce::order::{OrderStatus, OrderView};
-use crate::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
+use flashcast_wire::commerce::{CouponScope, Discount};
+use flashcast_wire::commerce::{OrderStatus, OrderView};
+use flashcast_wire::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
+use flashcast_wire::money::Money;
 
 /// A room as kept across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -4,8 +4,8 @@
 //! SQLite today and to PostgreSQL in cluster mode, and tests can look at
 //! them.
 
-use crate::commerce::order::{OrderStatus, OrderView};
-use crate::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, UserId};
+use flashcast_wire::commerce::{OrderStatus, OrderView};
+use flashcast_wire::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, UserId};
 
 use super::{CouponTerms, RoomRecord, SaleTerms};
 

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::protocol::codec::WireFrame;
-use crate::protocol::{CloseCode, Encoding};
+use flashcast_wire::codec::WireFrame;
+use flashcast_wire::{CloseCode, Encoding};
 
 pub use outbox::{Outbox, Push, Wake};
 pub use socket::WsSocket;

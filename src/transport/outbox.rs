@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::protocol::CloseCode;
+use flashcast_wire::CloseCode;
 
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,8 +27,8 @@ use super::outbox::{Outbox, Push};
 use super::uring::{Sends, BATCH};
 use super::{ConnId, Fanout, Frames, Published, TopicId};
 use crate::metrics::Metrics;
-use crate::protocol::codec::WireFrame;
-use crate::protocol::{CloseCode, Encoding};
+use flashcast_wire::codec::WireFrame;
+use flashcast_wire::{CloseCode, Encoding};
 
 /// How the workers are set up.
 #[derive(Debug, Clone, Copy)]
@@ -175,7 +175,7 @@ impl Fanout for Transport {
 
     fn publish(&self, topic: TopicId, frames: Frames) -> Published {
         // Framed once for every viewer: server frames are not masked.
-        let frames = frames.map(|f| f.as_ref().map(WireFrame::to_ws));
+        let frames = frames.map(|f| f.as_ref().map(crate::ws_frame::data));
         let done = Published::new(self.shards.len());
         for shard in 0..self.shards.len() {
             let job = Job::Publish {
@@ -192,7 +192,7 @@ impl Fanout for Transport {
         let Some(outbox) = self.outbox(conn) else {
             return Published::finished_now();
         };
-        let frame = frame.to_ws();
+        let frame = crate::ws_frame::data(&frame);
         let done = Published::new(1);
         let job = Job::Send {
             outbox,

@@ -12,10 +12,10 @@ use tokio::sync::oneshot;
 
 use super::RoomActor;
 use crate::engage::Rejection;
-use crate::ids::UserId;
-use crate::protocol::{CloseCode, ErrorCode, EventBody, ServerMsg};
 use crate::room::{Command, ConnId};
 use crate::store::{StoreError, StoreResult, Write};
+use flashcast_wire::ids::UserId;
+use flashcast_wire::{CloseCode, ErrorCode, EventBody, ServerMsg};
 
 /// Who waits for the end of a show to be durable (the REST close).
 pub(crate) type EndReply = oneshot::Sender<StoreResult<bool>>;
@@ -65,7 +65,7 @@ impl RoomActor {
             },
             Durable::End(_) => Write::CloseRoom {
                 room,
-                at: crate::protocol::now_ms(),
+                at: self.ctx.clock.now_ms(),
             },
         };
         self.persisting += 1;
@@ -189,13 +189,14 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use crate::commerce::Commerce;
-    use crate::ids::{RoomId, UserId};
     use crate::limits::Limits;
     use crate::metrics::Metrics;
-    use crate::protocol::{ClientMsg, ErrorCode, Role, UserRef};
     use crate::room::{Registry, RoomContext, RoomHandle, RoomInfo};
     use crate::store::sqlite::{self, SqliteWriter};
     use crate::store::{Store, StoreError, StoreResult, Write, WriteBackend};
+    use flashcast_wire::client::{Ban, RoomMsg};
+    use flashcast_wire::ids::{RoomId, UserId};
+    use flashcast_wire::{ErrorCode, Role, UserRef};
 
     /// Applies a batch only once a permit is there; fails it while `fail`.
     struct Gated {
@@ -242,9 +243,15 @@ mod tests {
             ..Limits::default()
         });
         let metrics = Arc::new(Metrics::new());
-        let commerce = Commerce::open(store.clone(), limits.clone(), metrics.clone(), Vec::new())
-            .await
-            .unwrap();
+        let commerce = Commerce::open(
+            store.clone(),
+            limits.clone(),
+            metrics.clone(),
+            Vec::new(),
+            crate::clock::Clock::system(),
+        )
+        .await
+        .unwrap();
         let fanout = crate::transport::Transport::new(
             crate::transport::workers::WorkerConfig {
                 threads: 1,
@@ -255,6 +262,7 @@ mod tests {
         );
         let registry = Registry::new(Arc::new(RoomContext {
             fanout,
+            clock: crate::clock::Clock::system(),
             limits,
             metrics: metrics.clone(),
             store: store.clone(),
@@ -288,7 +296,7 @@ mod tests {
             name: "Mod".into(),
             role: Role::Moderator,
         };
-        let msg = ClientMsg::Ban { user_id: user(id) };
+        let msg = RoomMsg::Ban(Ban { user_id: user(id) });
         r.handle.act(1, moderator, Some(1), msg).unwrap();
     }
 

@@ -3,8 +3,8 @@
 use rusqlite::{params, Transaction};
 
 use super::backend;
-use crate::commerce::order::OrderStatus;
 use crate::store::{StoreError, StoreResult, Write};
+use flashcast_wire::commerce::OrderStatus;
 
 /// The order columns, in the order `read::order_row` reads them.
 pub(super) const ORDER_COLUMNS: &str = "id, room, sale_id, product_id, sku, label, user_id, \

@@ -75,8 +75,8 @@ impl WriteBackend for SqliteWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{RoomId, UserId};
     use crate::store::{ReadBackend, RoomRecord};
+    use flashcast_wire::ids::{RoomId, UserId};
 
     #[tokio::test]
     async fn rooms_bans_and_meta_survive_reopen() {

@@ -8,14 +8,14 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::apply::ORDER_COLUMNS;
 use super::backend;
-use crate::commerce::coupon::{CouponScope, Discount};
-use crate::commerce::money::{Currency, Money};
-use crate::commerce::order::{OrderStatus, OrderView};
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
 use crate::store::{
     CouponRecord, CouponTerms, OrderFilter, ReadBackend, RoomRecord, SaleRecord, SaleTerms,
     ShopRecord, StoreError, StoreResult,
 };
+use flashcast_wire::commerce::{CouponScope, Discount};
+use flashcast_wire::commerce::{OrderStatus, OrderView};
+use flashcast_wire::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
+use flashcast_wire::money::{Currency, Money};
 
 /// The reading connection.
 pub struct SqliteReader {
@@ -41,7 +41,10 @@ fn conversion(e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Er
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
 }
 
-fn id<T>(s: String, parse: fn(&str) -> Result<T, crate::ids::InvalidId>) -> rusqlite::Result<T> {
+fn id<T>(
+    s: String,
+    parse: fn(&str) -> Result<T, flashcast_wire::ids::InvalidId>,
+) -> rusqlite::Result<T> {
     parse(&s).map_err(conversion)
 }
 
