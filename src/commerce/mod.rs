@@ -41,14 +41,13 @@ use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::{ShopRecord, Store, StoreError, Write};
 use flashcast_wire::client::{Buy, DropCoupon, StartSale};
-use flashcast_wire::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, Sku};
+use flashcast_wire::ids::{CouponId, OrderId, ProductId, RoomId, SaleId};
 use flashcast_wire::{ErrorCode, UserRef};
 
 use catalog::ProductSpec;
@@ -112,85 +111,6 @@ impl CommerceError {
 pub type CommerceResult<T> = Result<T, CommerceError>;
 
 pub use crate::store::OrderFilter;
-
-/// A flash sale as a host schedules it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SaleSpec {
-    pub sku: Sku,
-    /// Sale price of one unit, in minor units of the product's currency.
-    pub sale_price_minor: u64,
-    /// Units for sale.
-    pub stock: u32,
-    /// Most units one buyer may hold (reserved plus paid).
-    pub per_user_limit: u32,
-    /// Unix ms; absent or past means now.
-    #[serde(default)]
-    pub starts_at: Option<u64>,
-    pub duration_secs: u64,
-    /// Time to pay a reservation; defaults to `payment_window_secs`.
-    #[serde(default)]
-    pub payment_window_secs: Option<u64>,
-}
-
-/// A coupon drop as a host sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CouponSpec {
-    /// Coupons in the drop: the first `count` claimers get one.
-    pub count: u32,
-    pub discount: Discount,
-    #[serde(default = "room_scope")]
-    pub scope: CouponScope,
-    /// Claims and uses are refused after this many seconds.
-    pub expires_in_secs: u64,
-}
-
-fn room_scope() -> CouponScope {
-    CouponScope::Room
-}
-
-// The REST API refuses unknown fields and the WebSocket protocol ignores
-// them (docs/protocol.md), so the two bodies are two serde types.
-impl From<StartSale> for SaleSpec {
-    fn from(m: StartSale) -> SaleSpec {
-        let StartSale {
-            sku,
-            sale_price_minor,
-            stock,
-            per_user_limit,
-            starts_at,
-            duration_secs,
-            payment_window_secs,
-        } = m;
-        SaleSpec {
-            sku,
-            sale_price_minor,
-            stock,
-            per_user_limit,
-            starts_at,
-            duration_secs,
-            payment_window_secs,
-        }
-    }
-}
-
-impl From<DropCoupon> for CouponSpec {
-    fn from(m: DropCoupon) -> CouponSpec {
-        let DropCoupon {
-            count,
-            discount,
-            scope,
-            expires_in_secs,
-        } = m;
-        CouponSpec {
-            count,
-            discount,
-            scope,
-            expires_in_secs,
-        }
-    }
-}
 
 /// The node's commerce engine.
 pub struct Commerce {
@@ -443,7 +363,7 @@ impl Commerce {
 
     // -------------------------------------------------------------- sales
 
-    pub async fn start_sale(&self, room: &RoomId, spec: SaleSpec) -> CommerceResult<SaleView> {
+    pub async fn start_sale(&self, room: &RoomId, spec: StartSale) -> CommerceResult<SaleView> {
         let l = &self.limits;
         let now = self.clock.now_ms();
         let shop = self.shop_to_change(room).await?;
@@ -548,7 +468,7 @@ impl Commerce {
 
     // ------------------------------------------------------------ coupons
 
-    pub async fn drop_coupon(&self, room: &RoomId, spec: CouponSpec) -> CommerceResult<CouponView> {
+    pub async fn drop_coupon(&self, room: &RoomId, spec: DropCoupon) -> CommerceResult<CouponView> {
         let l = &self.limits;
         let shop = self.shop_to_change(room).await?;
         let _admin = shop.admin.lock().await;
@@ -1201,7 +1121,7 @@ mod tests {
 
     use super::*;
     use flashcast_wire::commerce::Variant;
-    use flashcast_wire::ids::IdemKey;
+    use flashcast_wire::ids::{IdemKey, Sku};
     use flashcast_wire::money;
     use flashcast_wire::Role;
 
@@ -1258,7 +1178,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let spec = SaleSpec {
+        let spec = StartSale {
             sku: Sku::new("A").unwrap(),
             sale_price_minor: 100,
             stock,

@@ -552,17 +552,11 @@ impl Connection {
             ShopMsg::PinProduct(PinProduct { product_id }) => {
                 commerce.pin(room, product_id).await.map(|()| Some(ack))
             }
-            ShopMsg::StartSale(spec) => commerce
-                .start_sale(room, spec.into())
-                .await
-                .map(|_| Some(ack)),
+            ShopMsg::StartSale(spec) => commerce.start_sale(room, spec).await.map(|_| Some(ack)),
             ShopMsg::EndSale(EndSale { sale_id }) => {
                 commerce.end_sale(room, sale_id).await.map(|_| Some(ack))
             }
-            ShopMsg::DropCoupon(spec) => commerce
-                .drop_coupon(room, spec.into())
-                .await
-                .map(|_| Some(ack)),
+            ShopMsg::DropCoupon(spec) => commerce.drop_coupon(room, spec).await.map(|_| Some(ack)),
         };
         result.map_err(|e| Rejection::new(e.code, e.message))
     }
