@@ -254,6 +254,12 @@ impl Commerce {
         Ok((!shop.is_empty()).then(|| Arc::new(shop)))
     }
 
+    /// Makes a change durable; a failed write is `internal`, and nothing
+    /// of the change may be applied in memory then.
+    async fn commit(&self, write: Write) -> CommerceResult<()> {
+        self.store.write(write).await.map_err(CommerceError::store)
+    }
+
     /// For a change: the shop in memory, loaded if it is not.
     async fn shop_to_change(&self, room: &RoomId) -> CommerceResult<Arc<Shop>> {
         self.load_shop(room).await.map_err(CommerceError::store)
@@ -277,10 +283,7 @@ impl Commerce {
         }
         self.check_skus_free(&shop, &spec, None)?;
         let product = spec.into_product(ProductId(self.next_id()), room.clone());
-        self.store
-            .write(put_product(&product))
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(put_product(&product)).await?;
         shop.put_product(product.clone());
         Ok(product)
     }
@@ -299,10 +302,7 @@ impl Commerce {
         }
         self.check_skus_free(&shop, &spec, Some(id))?;
         let product = spec.into_product(id, room.clone());
-        self.store
-            .write(put_product(&product))
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(put_product(&product)).await?;
         shop.put_product(product.clone());
         Ok(product)
     }
@@ -350,13 +350,11 @@ impl Commerce {
                 return Err(CommerceError::new(ErrorCode::NotFound, "no such product"));
             }
         }
-        self.store
-            .write(Write::SetPin {
-                room: room.clone(),
-                product,
-            })
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(Write::SetPin {
+            room: room.clone(),
+            product,
+        })
+        .await?;
         shop.set_pinned(product);
         Ok(())
     }
@@ -419,10 +417,7 @@ impl Commerce {
             payment_window_ms: window * 1000,
             created_at: now,
         };
-        self.store
-            .write(Write::PutSale(terms.clone()))
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(Write::PutSale(terms.clone())).await?;
         let sale = Arc::new(Sale::new(terms));
         shop.add_sale(sale.clone());
         Ok(sale.view(self.clock.now_ms()))
@@ -442,10 +437,7 @@ impl Commerce {
                 "the sale has already ended",
             ));
         }
-        self.store
-            .write(Write::EndSale { sale: id, at: now })
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(Write::EndSale { sale: id, at: now }).await?;
         sale.end_early(now);
         shop.changed();
         Ok(sale.view(now))
@@ -518,10 +510,7 @@ impl Commerce {
             expires_at: now + spec.expires_in_secs * 1000,
             created_at: now,
         };
-        self.store
-            .write(Write::PutCoupon(terms.clone()))
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(Write::PutCoupon(terms.clone())).await?;
         let coupon = Arc::new(Coupon::new(terms));
         shop.add_coupon(coupon.clone());
         Ok(coupon.view())
