@@ -532,7 +532,30 @@ impl Commerce {
         id: CouponId,
         answer: Answer<CouponView>,
     ) -> CommerceResult<CouponView> {
-        let result = self.claim_inner(room, user, id, answer).await;
+        let result: CommerceResult<CouponView> = async {
+            let coupon = self
+                .existing_shop(room)
+                .and_then(|s| s.coupon(id))
+                .ok_or_else(|| CommerceError::new(ErrorCode::CouponUnknown, "no such coupon"))?;
+            let now = self.clock.now_ms();
+            let hold = coupon.claim(&user.id, now)?;
+            let claimed = coupon.clone();
+            let then = Box::new(move || {
+                hold.commit();
+                answer(&claimed.view());
+            });
+            let claim = Write::ClaimCoupon {
+                coupon: id,
+                user: user.id.clone(),
+                at: now,
+            };
+            self.store
+                .write_then(claim, then)
+                .await
+                .map_err(CommerceError::store)?;
+            Ok(coupon.view())
+        }
+        .await;
         let outcome = match &result {
             Ok(_) => "claimed",
             Err(e) => e.code.as_str(),
@@ -542,36 +565,6 @@ impl Commerce {
             .with_label_values(&[outcome])
             .inc();
         result
-    }
-
-    async fn claim_inner(
-        &self,
-        room: &RoomId,
-        user: &UserRef,
-        id: CouponId,
-        answer: Answer<CouponView>,
-    ) -> CommerceResult<CouponView> {
-        let coupon = self
-            .existing_shop(room)
-            .and_then(|s| s.coupon(id))
-            .ok_or_else(|| CommerceError::new(ErrorCode::CouponUnknown, "no such coupon"))?;
-        let now = self.clock.now_ms();
-        let hold = coupon.claim(&user.id, now)?;
-        let claimed = coupon.clone();
-        let then = Box::new(move || {
-            hold.commit();
-            answer(&claimed.view());
-        });
-        let claim = Write::ClaimCoupon {
-            coupon: id,
-            user: user.id.clone(),
-            at: now,
-        };
-        self.store
-            .write_then(claim, then)
-            .await
-            .map_err(CommerceError::store)?;
-        Ok(coupon.view())
     }
 
     // -------------------------------------------------------------- buying

@@ -33,8 +33,7 @@ use crate::limits;
 use crate::recording::recorder::ConnRecorder;
 use crate::room::{ConnId, JoinRequest, RoomHandle};
 use crate::transport::socket::SocketConfig;
-use crate::transport::{Outbox, Push, Wake, WsSocket};
-use crate::ws_frame;
+use crate::transport::{self, Outbox, Push, Wake, WsSocket};
 use flashcast_wire::client::{
     ClaimCoupon, ClientFrame, ClientMsg, ConnMsg, EndSale, Join, PinProduct, Ping, React, RoomMsg,
     ShopMsg,
@@ -572,7 +571,7 @@ impl Connection {
             self.app.metrics.reject(ErrorCode::FrameTooLarge);
             return Err(Flow::Close(CloseCode::MessageTooBig));
         }
-        match ws_frame::decode(self.encoding, msg) {
+        match transport::frame::decode(self.encoding, msg) {
             Ok(frame) => Ok(frame),
             Err(e) => Err(self
                 .reject(socket, Rejection::new(e.code, e.message), None)
@@ -630,7 +629,7 @@ impl Connection {
         let encoding = self.encoding;
         Box::new(move |value: &T| match encoding.encode(&reply(value)) {
             Ok(frame) => {
-                outbox.push(ws_frame::data(&frame));
+                outbox.push(transport::frame::data(&frame));
             }
             Err(e) => tracing::error!(error = %e, "encode failed"),
         })
