@@ -26,7 +26,6 @@ pub mod room;
 pub mod server;
 pub mod store;
 pub mod transport;
-pub mod ws_frame;
 
 pub use config::Settings;
 pub use server::{start, start_with_clock, Server};

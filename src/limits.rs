@@ -304,11 +304,7 @@ impl Limits {
             ("max_recording_secs", self.max_recording_secs as usize),
             ("max_recordings", self.max_recordings),
         ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(format!("{name} must be greater than 0"));
-            }
-        }
+        all_positive(&positive)?;
         if self.snapshot_events > self.history_len {
             return Err("snapshot_events must not exceed history_len".into());
         }
@@ -318,11 +314,11 @@ impl Limits {
         if self.payment_window_secs > self.max_payment_window_secs {
             return Err("payment_window_secs must not exceed max_payment_window_secs".into());
         }
-        if self.max_recording_bytes < MIN_RECORDING_BYTES {
-            return Err(format!(
-                "max_recording_bytes must be at least {MIN_RECORDING_BYTES}"
-            ));
-        }
+        at_least(
+            "max_recording_bytes",
+            self.max_recording_bytes,
+            MIN_RECORDING_BYTES,
+        )?;
         if self
             .fanout_threads
             .is_some_and(|n| n == 0 || n > MAX_FANOUT_THREADS)
@@ -336,6 +332,27 @@ impl Limits {
         }
         Ok(())
     }
+}
+
+/// Refuses the first option set to 0, naming it: a queue, rate or size of
+/// 0 would refuse everything. (Shared by every settings group's `validate`.)
+pub(crate) fn all_positive(options: &[(&str, usize)]) -> Result<(), String> {
+    match options.iter().find(|(_, value)| *value == 0) {
+        Some((name, _)) => Err(format!("{name} must be greater than 0")),
+        None => Ok(()),
+    }
+}
+
+/// Refuses an option below its floor, naming both.
+pub(crate) fn at_least<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    min: T,
+) -> Result<(), String> {
+    if value < min {
+        return Err(format!("{name} must be at least {min}"));
+    }
+    Ok(())
 }
 
 impl Default for Limits {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Client, Incoming};
+use common::{json_answer, Client, Incoming};
 use flashcast::auth::TokenKeys;
 use flashcast_wire::ids::{RoomId, UserId};
 use flashcast_wire::{Encoding, ErrorCode, Role, ServerMsg};
@@ -76,6 +76,20 @@ fn admin(method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
     reqwest::Client::new()
         .request(method, url)
         .bearer_auth(ADMIN)
+}
+
+/// An admin GET's JSON answer.
+async fn get(url: String) -> Value {
+    json_answer(admin(reqwest::Method::GET, url)).await
+}
+
+/// A JSON WebSocket client of the server at `base`.
+async fn connect(base: &str) -> Client {
+    Client::connect(
+        &format!("{}/ws", base.replace("http://", "ws://")),
+        Encoding::Json,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,16 +195,9 @@ async fn every_acknowledged_order_survives_kill_9() {
 
     // Restart on the same directory.
     let (mut child, base) = spawn(dir.path()).await;
-    let orders: Vec<Value> = admin(
-        reqwest::Method::GET,
-        format!("{base}/api/v1/orders?sale_id={sale_id}"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let orders: Vec<Value> =
+        serde_json::from_value(get(format!("{base}/api/v1/orders?sale_id={sale_id}")).await)
+            .unwrap();
     let stored: HashMap<u64, &Value> = orders
         .iter()
         .map(|o| (o["id"].as_u64().unwrap(), o))
@@ -211,23 +218,10 @@ async fn every_acknowledged_order_survives_kill_9() {
         .filter(|o| o["status"] == "reserved" || o["status"] == "paid")
         .map(|o| o["qty"].as_u64().unwrap())
         .sum();
-    let sale: Value = admin(
-        reqwest::Method::GET,
-        format!("{base}/api/v1/rooms/demo/sales/{sale_id}"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let sale = get(format!("{base}/api/v1/rooms/demo/sales/{sale_id}")).await;
     assert_eq!(sale["available"].as_u64().unwrap(), STOCK as u64 - live);
     // ...and in what a viewer joining now sees.
-    let mut viewer = Client::connect(
-        &format!("{}/ws", base.replace("http://", "ws://")),
-        Encoding::Json,
-    )
-    .await;
+    let mut viewer = connect(&base).await;
     let ServerMsg::Joined { state, .. } = viewer.join("demo", None, None).await else {
         unreachable!()
     };
@@ -236,11 +230,7 @@ async fn every_acknowledged_order_survives_kill_9() {
     // A retried key after the crash returns its order, not a new one.
     let (id, (user, key, qty)) = acked.iter().next().unwrap();
     let (token, _) = keys.mint(&UserId::new(user).unwrap(), user, Role::Viewer, &room, 3600);
-    let mut again = Client::connect(
-        &format!("{}/ws", base.replace("http://", "ws://")),
-        Encoding::Json,
-    )
-    .await;
+    let mut again = connect(&base).await;
     again.join("demo", Some(&token), None).await;
     let order = again.buy("TEE", *qty as u32, key, None).await.unwrap();
     assert_eq!(order["id"].as_u64(), Some(*id));

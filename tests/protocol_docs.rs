@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flashcast::limits::Limits;
-use flashcast::ws_frame;
+use flashcast::transport::frame;
 use flashcast_wire::client::{
     Announce, Answer, Ask, Ban, Buy, Chat, ClaimCoupon, ClientFrame, ClientMsg, ClosePoll, ConnMsg,
     DeleteMessage, DropCoupon, EndSale, EndShow, Join, Leave, Mute, OpenPoll, PinProduct,
@@ -522,6 +522,33 @@ fn name_of(v: &Value) -> String {
     v.as_str().expect("a string").to_string()
 }
 
+/// Each of `items` as JSON.
+fn to_values<T: serde::Serialize>(items: &[T]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|v| serde_json::to_value(v).unwrap())
+        .collect()
+}
+
+/// The `- **shape**: {...}` line that documents a shape.
+fn shape_line<'a>(text: &'a str, shape: &str) -> Option<&'a str> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("- **{shape}**:")))
+}
+
+/// The `fields` that `line` does not name, each written between two
+/// `quote`s (a backtick in tables, `"` in shape lines).
+fn unnamed<'a>(
+    line: &str,
+    fields: impl IntoIterator<Item = &'a String>,
+    quote: char,
+) -> Vec<&'a String> {
+    fields
+        .into_iter()
+        .filter(|field| !line.contains(&format!("{quote}{field}{quote}")))
+        .collect()
+}
+
 // ------------------------------------------------------------------ tests
 
 #[test]
@@ -580,10 +607,9 @@ fn every_client_message_is_documented_with_its_fields() {
             problems.push(format!("no row for client message `{name}`"));
             continue;
         };
-        for field in obj.keys().filter(|k| *k != "type" && *k != "ref") {
-            if !line.contains(&format!("`{field}`")) {
-                problems.push(format!("`{name}` row does not name field `{field}`"));
-            }
+        let fields = obj.keys().filter(|k| *k != "type" && *k != "ref");
+        for field in unnamed(line, fields, '`') {
+            problems.push(format!("`{name}` row does not name field `{field}`"));
         }
     }
     for kind in ReactionKind::ALL {
@@ -618,13 +644,11 @@ fn every_event_kind_is_documented_with_its_fields() {
             problems.push(format!("no row for event kind `{name}`"));
             continue;
         };
-        for field in obj
+        let fields = obj
             .keys()
-            .filter(|k| !["seq", "ts", "kind"].contains(&k.as_str()))
-        {
-            if !line.contains(&format!("`{field}`")) {
-                problems.push(format!("`{name}` row does not name field `{field}`"));
-            }
+            .filter(|k| !["seq", "ts", "kind"].contains(&k.as_str()));
+        for field in unnamed(line, fields, '`') {
+            problems.push(format!("`{name}` row does not name field `{field}`"));
         }
     }
     for field in ["seq", "ts", "kind"] {
@@ -639,17 +663,12 @@ fn every_event_kind_is_documented_with_its_fields() {
         ("question", object(question_view())),
     ];
     for (shape, obj) in shapes {
-        let Some(line) = text
-            .lines()
-            .find(|l| l.starts_with(&format!("- **{shape}**:")))
-        else {
+        let Some(line) = shape_line(text, shape) else {
             problems.push(format!("no shape line for {shape}"));
             continue;
         };
-        for field in obj.keys() {
-            if !line.contains(&format!("\"{field}\"")) {
-                problems.push(format!("{shape} shape does not name `{field}`"));
-            }
+        for field in unnamed(line, obj.keys(), '"') {
+            problems.push(format!("{shape} shape does not name `{field}`"));
         }
     }
     assert!(problems.is_empty(), "docs/protocol.md: {problems:#?}");
@@ -673,24 +692,18 @@ fn every_commerce_shape_is_documented_with_its_fields() {
         ("coupon", vec![serde_json::to_value(coupon_view()).unwrap()]),
         (
             "discount",
-            [
+            to_values(&[
                 Discount::Percent { percent: 10 },
                 Discount::Fixed { amount: usd(500) },
-            ]
-            .iter()
-            .map(|d| serde_json::to_value(d).unwrap())
-            .collect(),
+            ]),
         ),
         (
             "scope",
-            [
+            to_values(&[
                 CouponScope::Room,
                 CouponScope::Sale { sale_id: SaleId(2) },
                 CouponScope::Sku { sku: sku() },
-            ]
-            .iter()
-            .map(|d| serde_json::to_value(d).unwrap())
-            .collect(),
+            ]),
         ),
         ("order", vec![serde_json::to_value(order_view()).unwrap()]),
     ];
@@ -708,10 +721,7 @@ fn every_commerce_shape_is_documented_with_its_fields() {
         }
     };
     for (shape, samples) in shapes {
-        let Some(line) = text
-            .lines()
-            .find(|l| l.starts_with(&format!("- **{shape}**:")))
-        else {
+        let Some(line) = shape_line(text, shape) else {
             problems.push(format!("no shape line for {shape}"));
             continue;
         };
@@ -719,11 +729,11 @@ fn every_commerce_shape_is_documented_with_its_fields() {
             let Value::Object(obj) = sample else {
                 panic!("{shape} is not an object")
             };
-            for (field, value) in &obj {
-                if !line.contains(&format!("\"{field}\"")) {
-                    problems.push(format!("{shape} shape does not name `{field}`"));
-                }
-                if field == "kind" && !line.contains(&format!("\"{}\"", name_of(value))) {
+            for field in unnamed(line, obj.keys(), '"') {
+                problems.push(format!("{shape} shape does not name `{field}`"));
+            }
+            if let Some(value) = obj.get("kind") {
+                if !line.contains(&format!("\"{}\"", name_of(value))) {
                     problems.push(format!("{shape} shape does not name kind {value}"));
                 }
             }
@@ -733,24 +743,12 @@ fn every_commerce_shape_is_documented_with_its_fields() {
     let values: Vec<(&str, Vec<Value>)> = vec![
         (
             "sale",
-            [SaleStatus::Scheduled, SaleStatus::Live, SaleStatus::Ended]
-                .iter()
-                .map(|s| serde_json::to_value(s).unwrap())
-                .collect(),
+            to_values(&[SaleStatus::Scheduled, SaleStatus::Live, SaleStatus::Ended]),
         ),
-        (
-            "order",
-            OrderStatus::ALL
-                .iter()
-                .map(|s| serde_json::to_value(s).unwrap())
-                .collect(),
-        ),
+        ("order", to_values(&OrderStatus::ALL)),
     ];
     for (shape, names) in values {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("- **{shape}**:")))
-            .unwrap_or("");
+        let line = shape_line(text, shape).unwrap_or("");
         for v in names {
             if !line.contains(&format!("\"{}\"", name_of(&v))) {
                 problems.push(format!("{shape} shape does not name status {v}"));
@@ -791,10 +789,8 @@ fn every_server_message_is_documented_with_its_fields() {
         if let Some(Value::Object(state)) = obj.get("state") {
             fields.extend(state.keys().cloned());
         }
-        for field in fields {
-            if !sub.contains(&format!("`{field}`")) {
-                problems.push(format!("`{name}` section does not name field `{field}`"));
-            }
+        for field in unnamed(sub, &fields, '`') {
+            problems.push(format!("`{name}` section does not name field `{field}`"));
         }
     }
     assert!(problems.is_empty(), "docs/protocol.md: {problems:#?}");
@@ -816,7 +812,7 @@ fn fenced_lines(text: &str) -> Vec<&str> {
 
 /// Decodes a client frame exactly as a connection does.
 fn decode_client(json: &str) -> Result<ClientFrame, ErrorCode> {
-    ws_frame::decode(Encoding::Json, &Message::Text(json.to_string().into())).map_err(|e| e.code)
+    frame::decode(Encoding::Json, &Message::Text(json.to_string().into())).map_err(|e| e.code)
 }
 
 fn is_server_type(v: &Value) -> bool {
@@ -1101,13 +1097,13 @@ fn documented_decoding_rules_hold() {
     );
     // Wrong frame kind for the encoding.
     assert_eq!(
-        ws_frame::decode(Encoding::Json, &Message::Binary(Bytes::from_static(b"{}")))
+        frame::decode(Encoding::Json, &Message::Binary(Bytes::from_static(b"{}")))
             .unwrap_err()
             .code,
         ErrorCode::WrongEncoding
     );
     assert_eq!(
-        ws_frame::decode(Encoding::MsgPack, &Message::Text("{}".into()))
+        frame::decode(Encoding::MsgPack, &Message::Text("{}".into()))
             .unwrap_err()
             .code,
         ErrorCode::WrongEncoding
@@ -1117,7 +1113,7 @@ fn documented_decoding_rules_hold() {
         "type": "vote", "poll_id": 2, "option": 1, "ref": 9
     }))
     .unwrap();
-    let f = ws_frame::decode(Encoding::MsgPack, &Message::Binary(Bytes::from(packed))).unwrap();
+    let f = frame::decode(Encoding::MsgPack, &Message::Binary(Bytes::from(packed))).unwrap();
     assert_eq!(f.reference, Some(9));
     assert!(matches!(
         f.msg,

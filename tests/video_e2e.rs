@@ -110,6 +110,23 @@ async fn refused(resp: reqwest::Response, status: u16, code: &str) -> reqwest::h
     headers
 }
 
+/// POSTs an SDP offer and checks its refusal (`refused`).
+async fn offer_refused(
+    s: &TestServer,
+    path: &str,
+    token: Option<&str>,
+    offer: impl Into<reqwest::Body>,
+    status: u16,
+    code: &str,
+) -> reqwest::header::HeaderMap {
+    refused(
+        post(s, path, token, "application/sdp", offer).await,
+        status,
+        code,
+    )
+    .await
+}
+
 /// The sum of a metric's samples whose labels contain every `label`.
 fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
@@ -161,21 +178,28 @@ fn phantom_offer() -> String {
 const RECV_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
     m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n";
 
-#[tokio::test]
-async fn every_refusal_has_its_documented_status_and_code() {
-    let s = TestServer::start(&[
-        "--media-max-offer-bytes",
-        "4096",
-        "--media-connect-timeout-ms",
-        "1000",
-        "--media-ice-servers",
-        "turn:127.0.0.1:3478?transport=udp username=flash credential=cast",
-    ])
-    .await;
+/// A server with `extra` options and a TURN server to announce, and the
+/// test's room (no guests).
+async fn server_with_room(extra: &[&str]) -> TestServer {
+    let turn = "turn:127.0.0.1:3478?transport=udp username=flash credential=cast";
+    let args: Vec<&str> = [extra, &["--media-ice-servers", turn]].concat();
+    let s = TestServer::start(&args).await;
     let resp = s
         .create_room(json!({"id": ROOM, "title": "Show", "allow_guests": false}))
         .await;
     assert_eq!(resp.status(), 201);
+    s
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_documented_status_and_code() {
+    let s = server_with_room(&[
+        "--media-max-offer-bytes",
+        "4096",
+        "--media-connect-timeout-ms",
+        "1000",
+    ])
+    .await;
     let host = mint(&s, ROOM, "ana", "host").await;
     let viewer = mint(&s, ROOM, "mina", "viewer").await;
     let demo_host = mint(&s, "demo", "bo", "host").await;
@@ -185,27 +209,12 @@ async fn every_refusal_has_its_documented_status_and_code() {
 
     // 401, with WWW-Authenticate: no token, a bad token.
     for token in [None, Some("not-a-token")] {
-        let h = refused(
-            post(&s, &whip, token, sdp, HOLLOW_OFFER).await,
-            401,
-            "unauthorized",
-        )
-        .await;
+        let h = offer_refused(&s, &whip, token, HOLLOW_OFFER, 401, "unauthorized").await;
         assert_eq!(h["www-authenticate"], "Bearer");
     }
     // 403: a viewer publishing; a host token of another room.
-    refused(
-        post(&s, &whip, Some(&viewer), sdp, HOLLOW_OFFER).await,
-        403,
-        "forbidden",
-    )
-    .await;
-    refused(
-        post(&s, &whip, Some(&demo_host), sdp, HOLLOW_OFFER).await,
-        403,
-        "forbidden",
-    )
-    .await;
+    offer_refused(&s, &whip, Some(&viewer), HOLLOW_OFFER, 403, "forbidden").await;
+    offer_refused(&s, &whip, Some(&demo_host), HOLLOW_OFFER, 403, "forbidden").await;
     // 403: a viewer banned from the room's chat gets no video either (once
     // the room's task has applied the ban).
     let troll = mint(&s, ROOM, "troll", "viewer").await;
@@ -223,14 +232,20 @@ async fn every_refusal_has_its_documented_status_and_code() {
     let resp = post_until(&s, &whep, &troll, RECV_OFFER, |status| status != 403).await;
     refused(resp, 409, "stream_offline").await;
     // 404: no such room (an impossible id too).
-    refused(
-        post(&s, "/whip/nope", Some(&host), sdp, HOLLOW_OFFER).await,
+    offer_refused(
+        &s,
+        "/whip/nope",
+        Some(&host),
+        HOLLOW_OFFER,
         404,
         "room_not_found",
     )
     .await;
-    refused(
-        post(&s, "/whip/no%20pe", Some(&host), sdp, HOLLOW_OFFER).await,
+    offer_refused(
+        &s,
+        "/whip/no%20pe",
+        Some(&host),
+        HOLLOW_OFFER,
         404,
         "room_not_found",
     )
@@ -250,12 +265,7 @@ async fn every_refusal_has_its_documented_status_and_code() {
     .await;
     // 413: over media_max_offer_bytes; exactly at it is read.
     let big = format!("v=0\r\n{}", "a=x\r\n".repeat(1000));
-    refused(
-        post(&s, &whip, Some(&host), sdp, big).await,
-        413,
-        "payload_too_large",
-    )
-    .await;
+    offer_refused(&s, &whip, Some(&host), big, 413, "payload_too_large").await;
     let at_limit = format!("{:<4096}", "hello");
     refused(
         post(
@@ -271,24 +281,9 @@ async fn every_refusal_has_its_documented_status_and_code() {
     )
     .await;
     // 400: not SDP; nothing sent; no ICE credentials; no codec it forwards.
-    refused(
-        post(&s, &whip, Some(&host), sdp, "hello").await,
-        400,
-        "bad_sdp",
-    )
-    .await;
-    refused(
-        post(&s, &whip, Some(&host), sdp, RECV_OFFER).await,
-        400,
-        "bad_sdp",
-    )
-    .await;
-    refused(
-        post(&s, &whip, Some(&host), sdp, HOLLOW_OFFER).await,
-        400,
-        "bad_sdp",
-    )
-    .await;
+    offer_refused(&s, &whip, Some(&host), "hello", 400, "bad_sdp").await;
+    offer_refused(&s, &whip, Some(&host), RECV_OFFER, 400, "bad_sdp").await;
+    offer_refused(&s, &whip, Some(&host), HOLLOW_OFFER, 400, "bad_sdp").await;
     let resp = post(&s, &whip, Some(&host), sdp, AV1_OFFER).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
@@ -315,31 +310,11 @@ async fn every_refusal_has_its_documented_status_and_code() {
 
     // WHEP: nothing is live (409); a room without guests needs a token (401);
     // a guest may play where guests are allowed (then: nothing live).
-    refused(
-        post(&s, &whep, Some(&viewer), sdp, RECV_OFFER).await,
-        409,
-        "stream_offline",
-    )
-    .await;
-    let h = refused(
-        post(&s, &whep, None, sdp, RECV_OFFER).await,
-        401,
-        "unauthorized",
-    )
-    .await;
+    offer_refused(&s, &whep, Some(&viewer), RECV_OFFER, 409, "stream_offline").await;
+    let h = offer_refused(&s, &whep, None, RECV_OFFER, 401, "unauthorized").await;
     assert_eq!(h["www-authenticate"], "Bearer");
-    refused(
-        post(&s, "/whep/demo", None, sdp, RECV_OFFER).await,
-        409,
-        "stream_offline",
-    )
-    .await;
-    refused(
-        post(&s, &whep, Some(&viewer), sdp, HOLLOW_OFFER).await,
-        400,
-        "bad_sdp",
-    )
-    .await;
+    offer_refused(&s, "/whep/demo", None, RECV_OFFER, 409, "stream_offline").await;
+    offer_refused(&s, &whep, Some(&viewer), HOLLOW_OFFER, 400, "bad_sdp").await;
     refused(
         post(&s, &whep, Some(&viewer), "application/json", "{}").await,
         415,
@@ -406,12 +381,7 @@ async fn every_refusal_has_its_documented_status_and_code() {
         "non-trickle: candidates in the answer\n{answer}"
     );
     let host2 = mint(&s, ROOM, "bo", "host").await;
-    refused(
-        post(&s, &whip, Some(&host2), sdp, phantom_offer()).await,
-        409,
-        "conflict",
-    )
-    .await;
+    offer_refused(&s, &whip, Some(&host2), phantom_offer(), 409, "conflict").await;
     // The session URL is per protocol: a WHEP DELETE does not end a broadcast.
     let wrong = client
         .delete(s.http(&format!("{whep}/{session}")))
@@ -462,35 +432,23 @@ async fn every_refusal_has_its_documented_status_and_code() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    refused(
-        post(&s, &whip, Some(&host), sdp, HOLLOW_OFFER).await,
-        410,
-        "room_closed",
-    )
-    .await;
-    refused(
-        post(&s, &whep, Some(&viewer), sdp, RECV_OFFER).await,
-        410,
-        "room_closed",
-    )
-    .await;
+    offer_refused(&s, &whip, Some(&host), HOLLOW_OFFER, 410, "room_closed").await;
+    offer_refused(&s, &whep, Some(&viewer), RECV_OFFER, 410, "room_closed").await;
     s.stop().await;
 
     // Video switched off: 404 not_found.
     let off = TestServer::start(&["--media-enabled", "false"]).await;
     let host = mint(&off, "demo", "ana", "host").await;
-    refused(
-        post(&off, "/whip/demo", Some(&host), sdp, HOLLOW_OFFER).await,
+    offer_refused(
+        &off,
+        "/whip/demo",
+        Some(&host),
+        HOLLOW_OFFER,
         404,
         "not_found",
     )
     .await;
-    refused(
-        post(&off, "/whep/demo", None, sdp, RECV_OFFER).await,
-        404,
-        "not_found",
-    )
-    .await;
+    offer_refused(&off, "/whep/demo", None, RECV_OFFER, 404, "not_found").await;
     off.stop().await;
 
     // A one-port range whose port another program holds: 503, Retry-After.
@@ -499,8 +457,11 @@ async fn every_refusal_has_its_documented_status_and_code() {
     let full =
         TestServer::start(&["--media-udp-port-min", &port, "--media-udp-port-max", &port]).await;
     let host = mint(&full, "demo", "ana", "host").await;
-    let h = refused(
-        post(&full, "/whip/demo", Some(&host), sdp, phantom_offer()).await,
+    let h = offer_refused(
+        &full,
+        "/whip/demo",
+        Some(&host),
+        phantom_offer(),
         503,
         "limit_reached",
     )
@@ -535,21 +496,15 @@ fn snapshot_stream(joined: &ServerMsg) -> Option<StreamStatus> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_broadcasts_and_viewers_decode_over_whip_and_whep() {
     let py = python();
-    let s = TestServer::start(&[
+    let s = server_with_room(&[
         "--media-max-viewers-per-room",
         "4",
         "--media-max-sessions-per-token",
         "1",
         "--media-publisher-timeout-ms",
         "3000",
-        "--media-ice-servers",
-        "turn:127.0.0.1:3478?transport=udp username=flash credential=cast",
     ])
     .await;
-    let resp = s
-        .create_room(json!({"id": ROOM, "title": "Show", "allow_guests": false}))
-        .await;
-    assert_eq!(resp.status(), 201);
     let host = mint(&s, ROOM, "ana", "host").await;
     let host2 = mint(&s, ROOM, "bo", "host").await;
     let mut viewers = Vec::new();

@@ -41,14 +41,13 @@ use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::{ShopRecord, Store, StoreError, Write};
 use flashcast_wire::client::{Buy, DropCoupon, StartSale};
-use flashcast_wire::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, Sku};
+use flashcast_wire::ids::{CouponId, OrderId, ProductId, RoomId, SaleId};
 use flashcast_wire::{ErrorCode, UserRef};
 
 use catalog::ProductSpec;
@@ -112,85 +111,6 @@ impl CommerceError {
 pub type CommerceResult<T> = Result<T, CommerceError>;
 
 pub use crate::store::OrderFilter;
-
-/// A flash sale as a host schedules it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SaleSpec {
-    pub sku: Sku,
-    /// Sale price of one unit, in minor units of the product's currency.
-    pub sale_price_minor: u64,
-    /// Units for sale.
-    pub stock: u32,
-    /// Most units one buyer may hold (reserved plus paid).
-    pub per_user_limit: u32,
-    /// Unix ms; absent or past means now.
-    #[serde(default)]
-    pub starts_at: Option<u64>,
-    pub duration_secs: u64,
-    /// Time to pay a reservation; defaults to `payment_window_secs`.
-    #[serde(default)]
-    pub payment_window_secs: Option<u64>,
-}
-
-/// A coupon drop as a host sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CouponSpec {
-    /// Coupons in the drop: the first `count` claimers get one.
-    pub count: u32,
-    pub discount: Discount,
-    #[serde(default = "room_scope")]
-    pub scope: CouponScope,
-    /// Claims and uses are refused after this many seconds.
-    pub expires_in_secs: u64,
-}
-
-fn room_scope() -> CouponScope {
-    CouponScope::Room
-}
-
-// The REST API refuses unknown fields and the WebSocket protocol ignores
-// them (docs/protocol.md), so the two bodies are two serde types.
-impl From<StartSale> for SaleSpec {
-    fn from(m: StartSale) -> SaleSpec {
-        let StartSale {
-            sku,
-            sale_price_minor,
-            stock,
-            per_user_limit,
-            starts_at,
-            duration_secs,
-            payment_window_secs,
-        } = m;
-        SaleSpec {
-            sku,
-            sale_price_minor,
-            stock,
-            per_user_limit,
-            starts_at,
-            duration_secs,
-            payment_window_secs,
-        }
-    }
-}
-
-impl From<DropCoupon> for CouponSpec {
-    fn from(m: DropCoupon) -> CouponSpec {
-        let DropCoupon {
-            count,
-            discount,
-            scope,
-            expires_in_secs,
-        } = m;
-        CouponSpec {
-            count,
-            discount,
-            scope,
-            expires_in_secs,
-        }
-    }
-}
 
 /// The node's commerce engine.
 pub struct Commerce {
@@ -334,6 +254,12 @@ impl Commerce {
         Ok((!shop.is_empty()).then(|| Arc::new(shop)))
     }
 
+    /// Makes a change durable; a failed write is `internal`, and nothing
+    /// of the change may be applied in memory then.
+    async fn commit(&self, write: Write) -> CommerceResult<()> {
+        self.store.write(write).await.map_err(CommerceError::store)
+    }
+
     /// For a change: the shop in memory, loaded if it is not.
     async fn shop_to_change(&self, room: &RoomId) -> CommerceResult<Arc<Shop>> {
         self.load_shop(room).await.map_err(CommerceError::store)
@@ -357,10 +283,7 @@ impl Commerce {
         }
         self.check_skus_free(&shop, &spec, None)?;
         let product = spec.into_product(ProductId(self.next_id()), room.clone());
-        self.store
-            .write(put_product(&product))
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(put_product(&product)).await?;
         shop.put_product(product.clone());
         Ok(product)
     }
@@ -379,10 +302,7 @@ impl Commerce {
         }
         self.check_skus_free(&shop, &spec, Some(id))?;
         let product = spec.into_product(id, room.clone());
-        self.store
-            .write(put_product(&product))
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(put_product(&product)).await?;
         shop.put_product(product.clone());
         Ok(product)
     }
@@ -430,20 +350,18 @@ impl Commerce {
                 return Err(CommerceError::new(ErrorCode::NotFound, "no such product"));
             }
         }
-        self.store
-            .write(Write::SetPin {
-                room: room.clone(),
-                product,
-            })
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(Write::SetPin {
+            room: room.clone(),
+            product,
+        })
+        .await?;
         shop.set_pinned(product);
         Ok(())
     }
 
     // -------------------------------------------------------------- sales
 
-    pub async fn start_sale(&self, room: &RoomId, spec: SaleSpec) -> CommerceResult<SaleView> {
+    pub async fn start_sale(&self, room: &RoomId, spec: StartSale) -> CommerceResult<SaleView> {
         let l = &self.limits;
         let now = self.clock.now_ms();
         let shop = self.shop_to_change(room).await?;
@@ -499,10 +417,7 @@ impl Commerce {
             payment_window_ms: window * 1000,
             created_at: now,
         };
-        self.store
-            .write(Write::PutSale(terms.clone()))
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(Write::PutSale(terms.clone())).await?;
         let sale = Arc::new(Sale::new(terms));
         shop.add_sale(sale.clone());
         Ok(sale.view(self.clock.now_ms()))
@@ -522,10 +437,7 @@ impl Commerce {
                 "the sale has already ended",
             ));
         }
-        self.store
-            .write(Write::EndSale { sale: id, at: now })
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(Write::EndSale { sale: id, at: now }).await?;
         sale.end_early(now);
         shop.changed();
         Ok(sale.view(now))
@@ -548,7 +460,7 @@ impl Commerce {
 
     // ------------------------------------------------------------ coupons
 
-    pub async fn drop_coupon(&self, room: &RoomId, spec: CouponSpec) -> CommerceResult<CouponView> {
+    pub async fn drop_coupon(&self, room: &RoomId, spec: DropCoupon) -> CommerceResult<CouponView> {
         let l = &self.limits;
         let shop = self.shop_to_change(room).await?;
         let _admin = shop.admin.lock().await;
@@ -598,10 +510,7 @@ impl Commerce {
             expires_at: now + spec.expires_in_secs * 1000,
             created_at: now,
         };
-        self.store
-            .write(Write::PutCoupon(terms.clone()))
-            .await
-            .map_err(CommerceError::store)?;
+        self.commit(Write::PutCoupon(terms.clone())).await?;
         let coupon = Arc::new(Coupon::new(terms));
         shop.add_coupon(coupon.clone());
         Ok(coupon.view())
@@ -623,7 +532,30 @@ impl Commerce {
         id: CouponId,
         answer: Answer<CouponView>,
     ) -> CommerceResult<CouponView> {
-        let result = self.claim_inner(room, user, id, answer).await;
+        let result: CommerceResult<CouponView> = async {
+            let coupon = self
+                .existing_shop(room)
+                .and_then(|s| s.coupon(id))
+                .ok_or_else(|| CommerceError::new(ErrorCode::CouponUnknown, "no such coupon"))?;
+            let now = self.clock.now_ms();
+            let hold = coupon.claim(&user.id, now)?;
+            let claimed = coupon.clone();
+            let then = Box::new(move || {
+                hold.commit();
+                answer(&claimed.view());
+            });
+            let claim = Write::ClaimCoupon {
+                coupon: id,
+                user: user.id.clone(),
+                at: now,
+            };
+            self.store
+                .write_then(claim, then)
+                .await
+                .map_err(CommerceError::store)?;
+            Ok(coupon.view())
+        }
+        .await;
         let outcome = match &result {
             Ok(_) => "claimed",
             Err(e) => e.code.as_str(),
@@ -633,36 +565,6 @@ impl Commerce {
             .with_label_values(&[outcome])
             .inc();
         result
-    }
-
-    async fn claim_inner(
-        &self,
-        room: &RoomId,
-        user: &UserRef,
-        id: CouponId,
-        answer: Answer<CouponView>,
-    ) -> CommerceResult<CouponView> {
-        let coupon = self
-            .existing_shop(room)
-            .and_then(|s| s.coupon(id))
-            .ok_or_else(|| CommerceError::new(ErrorCode::CouponUnknown, "no such coupon"))?;
-        let now = self.clock.now_ms();
-        let hold = coupon.claim(&user.id, now)?;
-        let claimed = coupon.clone();
-        let then = Box::new(move || {
-            hold.commit();
-            answer(&claimed.view());
-        });
-        let claim = Write::ClaimCoupon {
-            coupon: id,
-            user: user.id.clone(),
-            at: now,
-        };
-        self.store
-            .write_then(claim, then)
-            .await
-            .map_err(CommerceError::store)?;
-        Ok(coupon.view())
     }
 
     // -------------------------------------------------------------- buying
@@ -1201,7 +1103,7 @@ mod tests {
 
     use super::*;
     use flashcast_wire::commerce::Variant;
-    use flashcast_wire::ids::IdemKey;
+    use flashcast_wire::ids::{IdemKey, Sku};
     use flashcast_wire::money;
     use flashcast_wire::Role;
 
@@ -1258,7 +1160,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let spec = SaleSpec {
+        let spec = StartSale {
             sku: Sku::new("A").unwrap(),
             sale_price_minor: 100,
             stock,

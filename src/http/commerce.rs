@@ -18,8 +18,9 @@ use super::extract::{parse, Admin, AdminRoom, JsonBody, PathId};
 use super::{ApiError, ApiResult, AppState, ErrorBody};
 use crate::commerce::catalog::ProductSpec;
 use crate::commerce::payment::{self, PaymentEvent};
+use crate::commerce::CommerceError;
 use crate::commerce::OrderFilter;
-use crate::commerce::{CommerceError, CouponSpec, SaleSpec};
+use flashcast_wire::client::{DropCoupon, StartSale};
 use flashcast_wire::commerce::{CouponView, OrderStatus, OrderView, Product, SaleView};
 use flashcast_wire::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
 use flashcast_wire::ErrorCode;
@@ -169,7 +170,7 @@ async fn list_sales(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> 
 
 /// Schedules a flash sale on one SKU (now, or at `starts_at`).
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/sales", tag = "sales",
-    params(("room" = String, Path)), request_body = SaleSpec,
+    params(("room" = String, Path)), request_body = StartSale,
     responses((status = 201, body = SaleView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -177,7 +178,7 @@ async fn list_sales(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> 
 async fn create_sale(
     State(app): State<AppState>,
     AdminRoom(room): AdminRoom,
-    JsonBody(spec): JsonBody<SaleSpec>,
+    JsonBody(spec): JsonBody<StartSale>,
 ) -> ApiResult {
     created(app.commerce.start_sale(room.id(), spec).await?)
 }
@@ -223,7 +224,7 @@ async fn list_coupons(State(app): State<AppState>, AdminRoom(room): AdminRoom) -
 
 /// Drops N first-come coupons into the room.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/coupons", tag = "coupons",
-    params(("room" = String, Path)), request_body = CouponSpec,
+    params(("room" = String, Path)), request_body = DropCoupon,
     responses((status = 201, body = CouponView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)),
@@ -231,7 +232,7 @@ async fn list_coupons(State(app): State<AppState>, AdminRoom(room): AdminRoom) -
 async fn drop_coupon(
     State(app): State<AppState>,
     AdminRoom(room): AdminRoom,
-    JsonBody(spec): JsonBody<CouponSpec>,
+    JsonBody(spec): JsonBody<DropCoupon>,
 ) -> ApiResult {
     created(app.commerce.drop_coupon(room.id(), spec).await?)
 }

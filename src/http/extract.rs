@@ -98,7 +98,7 @@ impl FromRequestParts<AppState> for PathId {
 }
 
 /// A JSON request body; else 400 `malformed`, also for an unknown field
-/// (whatever the type says: `SaleSpec` is a WebSocket message too, where
+/// (whatever the type says: `StartSale` is a WebSocket message too, where
 /// unknown fields are ignored). A body over `max_body_bytes` is refused
 /// before (413).
 pub struct JsonBody<T>(pub T);

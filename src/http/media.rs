@@ -227,6 +227,28 @@ async fn read_offer(app: &AppState, headers: &HeaderMap, body: Body) -> Result<S
     })
 }
 
+/// What WHIP and WHEP share once their own checks ran (`checked`): the
+/// refusal counted, or the session started and its answer sent back as
+/// `201` with its URL.
+async fn start(
+    app: &AppState,
+    kind: SessionKind,
+    checked: Result<(RoomHandle, Holder, String), Refusal>,
+) -> MediaResult {
+    let (room, holder, offer) = checked.map_err(|r| refused(app, r))?;
+    let id = room.id().clone();
+    let answer = app.media.start(kind, room, holder, &offer).await?;
+    let path = match kind {
+        SessionKind::Publisher => "whip",
+        SessionKind::Viewer => "whep",
+    };
+    Ok(created(
+        app,
+        format!("/{path}/{id}/{}", answer.session),
+        answer.sdp,
+    ))
+}
+
 /// `201 Created`: the answer, its session URL and the ICE servers.
 fn created(app: &AppState, location: String, sdp: String) -> Response {
     let mut resp = (StatusCode::CREATED, sdp).into_response();
@@ -333,21 +355,14 @@ async fn whip_publish(
             ));
         }
         let offer = read_offer(&app, &headers, body).await?;
-        Ok((room, claims, offer))
+        let holder = Holder::User {
+            room: room.id().clone(),
+            user: claims.sub,
+        };
+        Ok((room, holder, offer))
     }
     .await;
-    let (room, claims, offer) = result.map_err(|r| refused(&app, r))?;
-    let holder = Holder::User {
-        room: room.id().clone(),
-        user: claims.sub.clone(),
-    };
-    let id = room.id().clone();
-    let answer = app.media.publish(room, holder, &offer).await?;
-    Ok(created(
-        &app,
-        format!("/whip/{id}/{}", answer.session),
-        answer.sdp,
-    ))
+    start(&app, SessionKind::Publisher, result).await
 }
 
 /// The ICE servers (`Link` headers) and what the endpoint accepts.
@@ -436,14 +451,7 @@ async fn whep_play(
         Ok((room, holder, offer))
     }
     .await;
-    let (room, holder, offer) = result.map_err(|r| refused(&app, r))?;
-    let id = room.id().clone();
-    let answer = app.media.play(room, holder, &offer).await?;
-    Ok(created(
-        &app,
-        format!("/whep/{id}/{}", answer.session),
-        answer.sdp,
-    ))
+    start(&app, SessionKind::Viewer, result).await
 }
 
 /// A viewer banned from the room's chat does not get its video either (and

@@ -33,8 +33,7 @@ use crate::limits;
 use crate::recording::recorder::ConnRecorder;
 use crate::room::{ConnId, JoinRequest, RoomHandle};
 use crate::transport::socket::SocketConfig;
-use crate::transport::{Outbox, Push, Wake, WsSocket};
-use crate::ws_frame;
+use crate::transport::{self, Outbox, Push, Wake, WsSocket};
 use flashcast_wire::client::{
     ClaimCoupon, ClientFrame, ClientMsg, ConnMsg, EndSale, Join, PinProduct, Ping, React, RoomMsg,
     ShopMsg,
@@ -552,17 +551,11 @@ impl Connection {
             ShopMsg::PinProduct(PinProduct { product_id }) => {
                 commerce.pin(room, product_id).await.map(|()| Some(ack))
             }
-            ShopMsg::StartSale(spec) => commerce
-                .start_sale(room, spec.into())
-                .await
-                .map(|_| Some(ack)),
+            ShopMsg::StartSale(spec) => commerce.start_sale(room, spec).await.map(|_| Some(ack)),
             ShopMsg::EndSale(EndSale { sale_id }) => {
                 commerce.end_sale(room, sale_id).await.map(|_| Some(ack))
             }
-            ShopMsg::DropCoupon(spec) => commerce
-                .drop_coupon(room, spec.into())
-                .await
-                .map(|_| Some(ack)),
+            ShopMsg::DropCoupon(spec) => commerce.drop_coupon(room, spec).await.map(|_| Some(ack)),
         };
         result.map_err(|e| Rejection::new(e.code, e.message))
     }
@@ -578,7 +571,7 @@ impl Connection {
             self.app.metrics.reject(ErrorCode::FrameTooLarge);
             return Err(Flow::Close(CloseCode::MessageTooBig));
         }
-        match ws_frame::decode(self.encoding, msg) {
+        match transport::frame::decode(self.encoding, msg) {
             Ok(frame) => Ok(frame),
             Err(e) => Err(self
                 .reject(socket, Rejection::new(e.code, e.message), None)
@@ -636,7 +629,7 @@ impl Connection {
         let encoding = self.encoding;
         Box::new(move |value: &T| match encoding.encode(&reply(value)) {
             Ok(frame) => {
-                outbox.push(ws_frame::data(&frame));
+                outbox.push(transport::frame::data(&frame));
             }
             Err(e) => tracing::error!(error = %e, "encode failed"),
         })

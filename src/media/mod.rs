@@ -297,11 +297,30 @@ impl MediaHub {
         Duration::from_millis(ms)
     }
 
-    /// An attempt to start a session, its refusal counted by reason.
-    async fn refusing(
-        &self,
-        attempt: impl std::future::Future<Output = Result<Answer, MediaError>>,
+    /// WHIP's publish or WHEP's play: the checks before any work (the node
+    /// is not shutting down, the offer, read by the kind's rule, asks for
+    /// something to do), then the session; a refusal is counted by reason.
+    pub async fn start(
+        self: &Arc<Self>,
+        kind: SessionKind,
+        room: RoomHandle,
+        holder: Holder,
+        offer: &str,
     ) -> Result<Answer, MediaError> {
+        let attempt = async {
+            if self.closing.load(Ordering::Acquire) {
+                return Err(MediaError::ShuttingDown);
+            }
+            let read = match kind {
+                SessionKind::Publisher => sdp::publish_offer,
+                SessionKind::Viewer => sdp::play_offer,
+            };
+            let kinds = read(offer).map_err(|e| MediaError::BadOffer(e.0))?;
+            match kind {
+                SessionKind::Publisher => self.publish(room, holder, kinds, offer).await,
+                SessionKind::Viewer => self.play(room, holder, kinds, offer).await,
+            }
+        };
         attempt.await.inspect_err(|e| {
             self.metrics
                 .media_refused
@@ -310,17 +329,35 @@ impl MediaHub {
         })
     }
 
-    /// The checks before any work: the node is not shutting down, and the
-    /// offer (`read` by WHIP's or WHEP's rule) asks for something to do.
-    fn admit(
+    /// Keeps a session that finished negotiating where DELETE and shutdown
+    /// find it, and counts it; `kept` runs first. Once shutdown has begun
+    /// (its sweep may have passed) the session is closed unregistered
+    /// instead, after `kept` is dropped unrun (with what it holds).
+    async fn register(
         &self,
-        offer: &str,
-        read: fn(&str) -> Result<sdp::Offer, sdp::SdpError>,
-    ) -> Result<sdp::Offer, MediaError> {
+        id: SessionId,
+        session: Session,
+        kept: impl FnOnce(),
+    ) -> Result<(), MediaError> {
         if self.closing.load(Ordering::Acquire) {
+            drop(kept);
+            match &session {
+                Session::Publisher(b) => b.link.close_unregistered().await,
+                Session::Viewer(v) => v.link.close_unregistered().await,
+            }
             return Err(MediaError::ShuttingDown);
         }
-        read(offer).map_err(|e| MediaError::BadOffer(e.0))
+        kept();
+        let gauge = match &session {
+            Session::Publisher(_) => &self.metrics.media_publishers,
+            Session::Viewer(_) => &self.metrics.media_viewers,
+        };
+        self.sessions
+            .lock()
+            .expect("media sessions lock")
+            .insert(id, session);
+        gauge.inc();
+        Ok(())
     }
 
     fn holder_slot(&self, holder: &Holder) -> Result<quota::KeyedSlot<Holder>, MediaError> {
@@ -334,85 +371,65 @@ impl MediaHub {
     }
 
     /// WHIP: starts the room's broadcast from the host's offer.
-    pub async fn publish(
+    async fn publish(
         self: &Arc<Self>,
         room: RoomHandle,
         holder: Holder,
+        kinds: sdp::Offer,
         offer: &str,
     ) -> Result<Answer, MediaError> {
-        self.refusing(async {
-            let kinds = self.admit(offer, sdp::publish_offer)?;
-            let holder_slot = self.holder_slot(&holder)?;
-            let id = SessionId::random();
-            // The room's one publisher slot, held until this attempt succeeds
-            // (it becomes the broadcast) or fails, or the request is dropped
-            // half-way (the guard gives it back).
-            let starting = StartingSlot::take(self, room.id())?;
-            let (broadcast, sdp) =
-                publisher::start(self, id, room.clone(), kinds, offer, holder_slot).await?;
-            if self.closing.load(Ordering::Acquire) {
-                drop(starting);
-                broadcast.link.close_unregistered().await;
-                return Err(MediaError::ShuttingDown);
-            }
-            starting.fill(broadcast.clone());
-            self.sessions
-                .lock()
-                .expect("media sessions lock")
-                .insert(id, Session::Publisher(broadcast.clone()));
-            self.metrics.media_publishers.inc();
-            tokio::spawn(broadcast.supervise(self.clone()));
-            tracing::info!(room = %room.id(), session = %id, "broadcast starting");
-            Ok(Answer { session: id, sdp })
+        let holder_slot = self.holder_slot(&holder)?;
+        let id = SessionId::random();
+        // The room's one publisher slot, held until this attempt succeeds
+        // (it becomes the broadcast) or fails, or the request is dropped
+        // half-way (the guard gives it back).
+        let starting = StartingSlot::take(self, room.id())?;
+        let (broadcast, sdp) =
+            publisher::start(self, id, room.clone(), kinds, offer, holder_slot).await?;
+        let filled = broadcast.clone();
+        self.register(id, Session::Publisher(broadcast.clone()), || {
+            starting.fill(filled)
         })
-        .await
+        .await?;
+        tokio::spawn(broadcast.supervise(self.clone()));
+        tracing::info!(room = %room.id(), session = %id, "broadcast starting");
+        Ok(Answer { session: id, sdp })
     }
 
     /// WHEP: adds a viewer of the room's live broadcast.
-    pub async fn play(
+    async fn play(
         self: &Arc<Self>,
         room: RoomHandle,
         holder: Holder,
+        kinds: sdp::Offer,
         offer: &str,
     ) -> Result<Answer, MediaError> {
-        self.refusing(async {
-            let kinds = self.admit(offer, sdp::play_offer)?;
-            let broadcast = self
-                .live_broadcast(room.id())
-                .ok_or(MediaError::StreamOffline)?;
-            let holder_slot = self.holder_slot(&holder)?;
-            let node_slot = self
-                .node_viewers
-                .take()
-                .ok_or(MediaError::NodeFull(self.node_viewers.max()))?;
-            let room_slot = broadcast.viewer_slot()?;
-            let slots = viewer::ViewerSlots {
-                holder: holder_slot,
-                node: node_slot,
-                room: room_slot,
-            };
-            let id = SessionId::random();
-            let (viewer, sdp) =
-                viewer::start(self, id, broadcast.clone(), kinds, offer, slots).await?;
-            if self.closing.load(Ordering::Acquire) {
-                viewer.link.close_unregistered().await;
-                return Err(MediaError::ShuttingDown);
-            }
-            self.sessions
-                .lock()
-                .expect("media sessions lock")
-                .insert(id, Session::Viewer(viewer.clone()));
-            self.metrics.media_viewers.inc();
-            // The broadcast may have ended while this viewer negotiated.
-            if !broadcast.add_viewer(viewer.clone()) {
-                viewer.end(self, EndReason::BroadcastEnded).await;
-                return Err(MediaError::StreamOffline);
-            }
-            tokio::spawn(viewer.clone().supervise(self.clone()));
-            tracing::debug!(room = %room.id(), session = %id, "viewer starting");
-            Ok(Answer { session: id, sdp })
-        })
-        .await
+        let broadcast = self
+            .live_broadcast(room.id())
+            .ok_or(MediaError::StreamOffline)?;
+        let holder_slot = self.holder_slot(&holder)?;
+        let node_slot = self
+            .node_viewers
+            .take()
+            .ok_or(MediaError::NodeFull(self.node_viewers.max()))?;
+        let room_slot = broadcast.viewer_slot()?;
+        let slots = viewer::ViewerSlots {
+            holder: holder_slot,
+            node: node_slot,
+            room: room_slot,
+        };
+        let id = SessionId::random();
+        let (viewer, sdp) = viewer::start(self, id, broadcast.clone(), kinds, offer, slots).await?;
+        self.register(id, Session::Viewer(viewer.clone()), || {})
+            .await?;
+        // The broadcast may have ended while this viewer negotiated.
+        if !broadcast.add_viewer(viewer.clone()) {
+            viewer.end(self, EndReason::BroadcastEnded).await;
+            return Err(MediaError::StreamOffline);
+        }
+        tokio::spawn(viewer.clone().supervise(self.clone()));
+        tracing::debug!(room = %room.id(), session = %id, "viewer starting");
+        Ok(Answer { session: id, sdp })
     }
 
     /// The room's broadcast if it is live (its publisher connected).

@@ -8,6 +8,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::ice::{IceServer, Nat1to1Ip, NatCandidateType};
+use crate::limits::{all_positive, at_least};
 
 /// Every video option, with its default. Sizes and counts are bounds:
 /// exceeding one is a documented HTTP refusal, never unbounded memory.
@@ -160,16 +161,12 @@ impl MediaSettings {
                 self.media_ice_gather_timeout_ms as usize,
             ),
         ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(format!("{name} must be greater than 0"));
-            }
-        }
-        if self.media_max_offer_bytes < MIN_OFFER_BYTES {
-            return Err(format!(
-                "media_max_offer_bytes must be at least {MIN_OFFER_BYTES}"
-            ));
-        }
+        all_positive(&positive)?;
+        at_least(
+            "media_max_offer_bytes",
+            self.media_max_offer_bytes,
+            MIN_OFFER_BYTES,
+        )?;
         match (self.media_udp_port_min, self.media_udp_port_max) {
             (0, 0) => {}
             (0, _) | (_, 0) => {

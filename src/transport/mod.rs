@@ -1,13 +1,15 @@
-//! The sockets' write side, in one place: WebSocket framing on the raw
-//! socket (`socket`), each connection's bounded outbox (`outbox`), io_uring
-//! sends (`uring`), write timeouts, and the persistent fanout workers that
-//! own the connections in shards (`workers`).
+//! The sockets' write side, in one place: WebSocket framing of encoded
+//! frames (`frame`, framed once per batch), the raw socket (`socket`), each
+//! connection's bounded outbox (`outbox`), io_uring sends (`uring`), write
+//! timeouts, and the persistent fanout workers that own the connections in
+//! shards (`workers`).
 //!
 //! A room sees none of it: it hands finished frames to a [`Fanout`] and
 //! names connections by [`ConnId`]. `workers::Transport` is the fanout over
 //! this node's sockets; tests use an in-memory one, and cluster mode's edge
 //! nodes will drive the same seam for a room owned elsewhere.
 
+pub mod frame;
 pub mod outbox;
 pub mod socket;
 pub mod uring;

@@ -20,7 +20,6 @@ use tungstenite::Message;
 
 use super::outbox::{Outbox, Push};
 use super::{ConnId, Transport};
-use crate::ws_frame;
 use flashcast_wire::codec::WireFrame;
 
 pub struct WsSocket {
@@ -137,13 +136,13 @@ impl WsSocket {
 
     /// Queues one data frame behind everything pushed before it.
     pub fn send(&self, frame: &WireFrame) -> Push {
-        self.outbox.push(ws_frame::data(frame))
+        self.outbox.push(super::frame::data(frame))
     }
 
     /// Queues a data frame that must go out even past the backlog limit:
     /// the error that explains a close.
     pub fn send_final(&self, frame: &WireFrame) -> Push {
-        self.outbox.push_final(ws_frame::data(frame))
+        self.outbox.push_final(super::frame::data(frame))
     }
 
     /// Starts the closing handshake with `code`.

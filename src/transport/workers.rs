@@ -175,7 +175,7 @@ impl Fanout for Transport {
 
     fn publish(&self, topic: TopicId, frames: Frames) -> Published {
         // Framed once for every viewer: server frames are not masked.
-        let frames = frames.map(|f| f.as_ref().map(crate::ws_frame::data));
+        let frames = frames.map(|f| f.as_ref().map(super::frame::data));
         let done = Published::new(self.shards.len());
         for shard in 0..self.shards.len() {
             let job = Job::Publish {
@@ -192,7 +192,7 @@ impl Fanout for Transport {
         let Some(outbox) = self.outbox(conn) else {
             return Published::finished_now();
         };
-        let frame = crate::ws_frame::data(&frame);
+        let frame = super::frame::data(&frame);
         let done = Published::new(1);
         let job = Job::Send {
             outbox,

@@ -49,3 +49,26 @@ export async function eventually(check, timeout = 5000) {
 }
 
 export const byId = (page, id) => page.getByTestId(id);
+
+/** Opens the page of `room` as one user (`tok`, or a guest with null) in a
+ * browser context of its own, and waits until it is live. Collects the
+ * page's errors and every JSON frame it sends; `prepare(context, page)` runs
+ * before the page loads (permissions, more listeners). */
+export async function openPage(browser, tok, room, {
+  viewport = { width: 1280, height: 900 }, locale, base = BASE, prepare,
+} = {}) {
+  const context = await browser.newContext(locale ? { viewport, locale } : { viewport });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  // Every frame the page sends, to check what it puts on the wire.
+  const sent = [];
+  page.on('websocket', (ws) => ws.on('framesent', (f) => {
+    try { sent.push(JSON.parse(f.payload)); } catch { /* not JSON */ }
+  }));
+  if (prepare) await prepare(context, page);
+  const hash = tok ? `#token=${encodeURIComponent(tok)}` : '';
+  await page.goto(`${base}/?room=${encodeURIComponent(room)}${hash}`);
+  await eventually(async () => assert.equal(await byId(page, 'status').getAttribute('data-state'), 'live'));
+  return { context, page, errors, sent };
+}

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-import { BASE, CHROMIUM, SHOTS, api, byId, eventually, tokens } from './helpers.mjs';
+import { BASE, CHROMIUM, SHOTS, api, byId, eventually, openPage, tokens } from './helpers.mjs';
 
 // The server binary, for the test that restarts a server of its own.
 const BIN = process.env.FLASHCAST_BIN;
@@ -35,20 +35,8 @@ let viewer;
 const token = tokens(ROOM);
 
 /** Opens the page as one user in its own browser context. */
-async function openAs(tok, viewport = { width: 1280, height: 800 }, base = BASE, room = ROOM) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  // Every frame the page sends, to check what it puts on the wire.
-  const sent = [];
-  page.on('websocket', (ws) => ws.on('framesent', (f) => {
-    try { sent.push(JSON.parse(f.payload)); } catch { /* not JSON */ }
-  }));
-  const hash = tok ? `#token=${encodeURIComponent(tok)}` : '';
-  await page.goto(`${base}/?room=${encodeURIComponent(room)}${hash}`);
-  await eventually(async () => assert.equal(await status(page), 'live'));
-  return { context, page, errors, sent };
+function openAs(tok, viewport = { width: 1280, height: 800 }, base = BASE, room = ROOM) {
+  return openPage(browser, tok, room, { viewport, base });
 }
 
 async function freePort() {

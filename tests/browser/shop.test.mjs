@@ -14,7 +14,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-import { BASE, CHROMIUM, SHOTS, api, byId, eventually, tokens } from './helpers.mjs';
+import { CHROMIUM, SHOTS, api, byId, eventually, openPage, tokens } from './helpers.mjs';
 
 // A room of our own: SKUs are unique per room, so every run starts clean.
 const ROOM = `shop-${Date.now().toString(36)}`;
@@ -36,19 +36,8 @@ const pin = (productId) => api('PUT', `${R}/pin`, { product_id: productId }, 204
 const startSale = (spec) => api('POST', `${R}/sales`, spec, 201);
 
 /** Opens the page as one user in its own browser context (en-US money). */
-async function openAs(tok, viewport = { width: 1280, height: 900 }) {
-  const context = await browser.newContext({ viewport, locale: 'en-US' });
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  const sent = [];
-  page.on('websocket', (ws) => ws.on('framesent', (f) => {
-    try { sent.push(JSON.parse(f.payload)); } catch { /* not JSON */ }
-  }));
-  const hash = tok ? `#token=${encodeURIComponent(tok)}` : '';
-  await page.goto(`${BASE}/?room=${encodeURIComponent(ROOM)}${hash}`);
-  await eventually(async () => assert.equal(await byId(page, 'status').getAttribute('data-state'), 'live'));
-  return { context, page, errors, sent };
+function openAs(tok, viewport = { width: 1280, height: 900 }) {
+  return openPage(browser, tok, ROOM, { viewport, locale: 'en-US' });
 }
 
 const text = (locator) => locator.textContent();

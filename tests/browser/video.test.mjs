@@ -17,7 +17,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-import { BASE, CHROMIUM, SHOTS, api, byId, eventually, tokens } from './helpers.mjs';
+import { BASE, CHROMIUM, SHOTS, api, byId, eventually, openPage, tokens } from './helpers.mjs';
 
 const ROOM = `video-${Date.now().toString(36)}`;
 
@@ -37,25 +37,22 @@ const badgeState = (page) => attr(page, 'live-badge', 'data-state');
 
 /** Opens the page as one user; records its WHIP/WHEP requests and answers. */
 async function openAs(tok) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  await context.grantPermissions(['camera', 'microphone'], { origin: BASE });
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(e.message));
   const http = []; // {method, path, headers, body, status, location}, status once answered
-  page.on('request', async (req) => {
-    const path = new URL(req.url()).pathname;
-    if (!/^\/(whip|whep)\//.test(path)) return;
-    const entry = { method: req.method(), path, body: req.postData() };
-    http.push(entry);
-    entry.headers = await req.allHeaders();
-    const res = await req.response().catch(() => null);
-    entry.status = res ? res.status() : 'failed';
-    entry.location = res ? await res.headerValue('location') : null;
+  const { context, page, errors } = await openPage(browser, tok, ROOM, {
+    prepare: async (context, page) => {
+      await context.grantPermissions(['camera', 'microphone'], { origin: BASE });
+      page.on('request', async (req) => {
+        const path = new URL(req.url()).pathname;
+        if (!/^\/(whip|whep)\//.test(path)) return;
+        const entry = { method: req.method(), path, body: req.postData() };
+        http.push(entry);
+        entry.headers = await req.allHeaders();
+        const res = await req.response().catch(() => null);
+        entry.status = res ? res.status() : 'failed';
+        entry.location = res ? await res.headerValue('location') : null;
+      });
+    },
   });
-  const hash = tok ? `#token=${encodeURIComponent(tok)}` : '';
-  await page.goto(`${BASE}/?room=${encodeURIComponent(ROOM)}${hash}`);
-  await eventually(async () => assert.equal(await attr(page, 'status', 'data-state'), 'live'));
   // Counts the video frames the page presents (requestVideoFrameCallback
   // fires once per frame shown, whatever the source).
   await page.evaluate(() => {

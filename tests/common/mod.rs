@@ -141,13 +141,7 @@ impl TestServer {
 
     /// GETs an admin API path and decodes its JSON body.
     pub async fn admin_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        self.admin(reqwest::Method::GET, path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        json_answer(self.admin(reqwest::Method::GET, path)).await
     }
 
     /// Creates a room through the admin API; returns the response.
@@ -541,4 +535,9 @@ impl Client {
             other => panic!("expected ack or error, got {other:?}"),
         }
     }
+}
+
+/// Sends a request and decodes its JSON answer (panics on any failure).
+pub async fn json_answer<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> T {
+    req.send().await.unwrap().json().await.unwrap()
 }

@@ -274,17 +274,25 @@ pub struct PinProduct {
     pub product_id: Option<ProductId>,
 }
 
-/// Schedules (or starts now) a flash sale on one SKU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// `start_sale`, and the body of `POST /api/v1/rooms/{room}/sales` (where
+// an unknown field is refused: `JsonBody` in the server). The doc comments
+// are the OpenAPI document's descriptions.
+/// A flash sale as a host schedules it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SaleSpec)]
 pub struct StartSale {
     pub sku: Sku,
+    /// Sale price of one unit, in minor units of the product's currency.
     pub sale_price_minor: u64,
+    /// Units for sale.
     pub stock: u32,
+    /// Most units one buyer may hold (reserved plus paid).
     pub per_user_limit: u32,
-    /// Unix ms; absent starts now.
+    /// Unix ms; absent or past means now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts_at: Option<u64>,
     pub duration_secs: u64,
+    /// Time to pay a reservation; defaults to `payment_window_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_window_secs: Option<u64>,
 }
@@ -294,13 +302,17 @@ pub struct EndSale {
     pub sale_id: SaleId,
 }
 
-/// Drops `count` first-come coupons.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// `drop_coupon`, and the body of `POST /api/v1/rooms/{room}/coupons`.
+/// A coupon drop as a host sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CouponSpec)]
 pub struct DropCoupon {
+    /// Coupons in the drop: the first `count` claimers get one.
     pub count: u32,
     pub discount: Discount,
     #[serde(default = "room_scope")]
     pub scope: CouponScope,
+    /// Claims and uses are refused after this many seconds.
     pub expires_in_secs: u64,
 }
 
