@@ -400,7 +400,8 @@ impl Scenario {
     pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
         let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
             file: file.into(),
-            message: e.to_string().trim_end().to_string(),
+            message: locate_phase_error(text)
+                .unwrap_or_else(|| e.to_string().trim_end().to_string()),
         })?;
         s.validate().map_err(|message| ScenarioError::Invalid {
             file: file.into(),
@@ -617,6 +618,81 @@ impl Scenario {
     }
 }
 
+/// The error of the first `[[phase]]` that does not deserialize on its own,
+/// at the line at fault. Phases are a tagged enum, which serde reads from a
+/// buffer without positions, so the whole-file error points at the first
+/// phase's header whatever phase is wrong; reading them one by one names the
+/// phase, and the key is found again in the file by its name or its value.
+fn locate_phase_error(text: &str) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let (_, phases) = root
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == "phase")?;
+    let DeValue::Array(items) = phases.get_ref() else {
+        return None;
+    };
+    let plain: toml::Table = toml::from_str(text).ok()?;
+    let plain = plain.get("phase")?.as_array()?;
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    for (i, item) in items.iter().enumerate() {
+        let DeValue::Table(table) = item.get_ref() else {
+            continue;
+        };
+        let Some(owned) = plain.get(i) else {
+            continue;
+        };
+        let Err(e) = owned.clone().try_into::<Phase>() else {
+            continue;
+        };
+        let message = e.to_string().trim_end().to_string();
+        let kind = table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == "type")
+            .and_then(|(_, v)| match v.get_ref() {
+                DeValue::String(s) => Some(s.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "no type".into());
+        // The key at fault: named in the message (unknown field), or whose
+        // value the message shows (wrong type); else the phase's first line.
+        let at_fault = table.iter().find(|(k, v)| {
+            let name = k.get_ref().as_ref();
+            message.contains(&format!("unknown field `{name}`"))
+                || (message.starts_with("invalid") && message.contains(&unexpected(v.get_ref())))
+        });
+        let line = match at_fault {
+            Some((k, _)) => line_of(k.span().start),
+            None => {
+                let first = table.iter().map(|(k, _)| k.span().start).min();
+                let start = first.unwrap_or(item.span().start);
+                // The `[[phase]]` header above the phase's first key.
+                text[..start]
+                    .rfind("[[phase]]")
+                    .map(line_of)
+                    .unwrap_or_else(|| line_of(start))
+            }
+        };
+        return Some(format!("line {line}: phase {} ({kind}): {message}", i + 1));
+    }
+    None
+}
+
+/// A TOML value as serde's "invalid type" message shows it.
+fn unexpected(v: &toml::de::DeValue) -> String {
+    use toml::de::DeValue;
+    match v {
+        DeValue::String(s) => format!("string {:?}", s.as_ref()),
+        DeValue::Integer(i) => format!("integer `{}`", i.as_str()),
+        DeValue::Float(f) => format!("floating point `{}`", f.as_str()),
+        DeValue::Boolean(b) => format!("boolean `{b}`"),
+        DeValue::Datetime(_) => "datetime".into(),
+        DeValue::Array(_) => "sequence".into(),
+        DeValue::Table(_) => "map".into(),
+    }
+}
+
 fn secs(name: &str, v: f64, zero_ok: bool) -> Result<(), String> {
     let ok = v.is_finite() && (if zero_ok { v >= 0.0 } else { v > 0.0 }) && v <= MAX_SCENARIO_SECS;
     if ok {
@@ -700,6 +776,22 @@ within = 1
         assert!(e.contains("dance") && e.contains("line"), "{e}");
         let e = err(&GOOD.replace("within = 1", "within = 1\nwhoops = 2"));
         assert!(e.contains("whoops"), "{e}");
+        // Inside a later phase: the line at fault, not the first phase's.
+        let e = err(&GOOD.replace("within = 1", "within = 1\nwhoops = 2"));
+        assert!(
+            e.contains("line 17: phase 2 (flash_sale): unknown field `whoops`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("stock = 10", "stock = \"ten\""));
+        assert!(
+            e.contains("line 14: phase 2 (flash_sale): invalid type"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("buyers = 100\n", ""));
+        assert!(
+            e.contains("line 11: phase 2 (flash_sale): missing field `buyers`"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("auth = \"token\"", "auth = \"guest\""));
         assert!(e.contains("phase 2 (flash_sale): guests cannot buy"), "{e}");
         let e = err(&GOOD.replace("viewers = 100", "viewers = 90"));
