@@ -229,7 +229,8 @@ impl Verdict {
             closes: tally.closes,
             unexpected_errors: tally.errors,
             server_cpu_us_per_event: server
-                .cpu_secs
+                .cpu_trustworthy()
+                .ok()
                 .filter(|_| events > 0)
                 .map(|c| (c * 1e6 / events as f64 * 100.0).round() / 100.0),
             server,
@@ -318,9 +319,13 @@ impl Verdict {
                     "server CPU {us:.2} us per delivered event > {max} us"
                 )),
                 Some(_) => {}
-                None => {
-                    f.push("max_server_cpu_us_per_event: the server's CPU was not sampled".into())
-                }
+                None => f.push(format!(
+                    "max_server_cpu_us_per_event: {}",
+                    match self.server.cpu_trustworthy() {
+                        Err(why) => why,
+                        Ok(_) => "no events were delivered".into(),
+                    }
+                )),
             }
         }
         let acked_units = c.units_accepted;
