@@ -242,8 +242,31 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
 /// One recorded connection of a replay phase.
 #[derive(Debug, Clone)]
 struct RecordedConn {
-    role_guest: bool,
+    role: flashcast::protocol::Role,
     lines: Vec<TraceLine>,
+}
+
+impl RecordedConn {
+    /// A host's or moderator's connection is not replayed: the scenario
+    /// plays the host's part itself (polls, sales, coupon drops), and a
+    /// viewer cannot do what a host did.
+    fn is_staff(&self) -> bool {
+        use flashcast::protocol::Role;
+        matches!(self.role, Role::Host | Role::Moderator)
+    }
+
+    /// Recorded actions a replayed copy of this connection cannot send:
+    /// all of a staff connection's, and every `host` line.
+    fn skipped(&self) -> u64 {
+        self.lines
+            .iter()
+            .filter(|l| match &l.action {
+                TraceAction::Join { .. } | TraceAction::Leave => false,
+                TraceAction::Host { .. } => true,
+                _ => self.is_staff(),
+            })
+            .count() as u64
+    }
 }
 
 /// A replay phase's file, grouped by connection.
@@ -269,8 +292,16 @@ fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
         else {
             continue;
         };
-        let f = std::fs::File::open(file)
-            .with_context(|| format!("phase {} (replay): {}", p + 1, file.display()))?;
+        let f = std::fs::File::open(file).with_context(|| {
+            format!(
+                "scenario {:?}, phase {} (replay): cannot open the recording {}",
+                s.name,
+                p + 1,
+                std::path::absolute(file)
+                    .unwrap_or_else(|_| file.clone())
+                    .display()
+            )
+        })?;
         let (_, lines) = read_trace(std::io::BufReader::new(f), MAX_TRACE_LINES)
             .map_err(|e| anyhow::anyhow!("phase {} (replay): {}: {e}", p + 1, file.display()))?;
         let mut by_conn: BTreeMap<u32, RecordedConn> = BTreeMap::new();
@@ -278,11 +309,11 @@ fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
         for line in lines {
             length_ms = length_ms.max(line.t_ms);
             let c = by_conn.entry(line.conn).or_insert(RecordedConn {
-                role_guest: true,
+                role: flashcast::protocol::Role::Guest,
                 lines: Vec::new(),
             });
             if let TraceAction::Join { role } = &line.action {
-                c.role_guest = *role == flashcast::protocol::Role::Guest;
+                c.role = *role;
             }
             c.lines.push(line);
         }
@@ -316,6 +347,20 @@ pub fn source_ip_count(s: &Scenario, replayed: u64) -> u32 {
 pub struct ReplaySummary {
     pub lengths: Vec<f64>,
     pub viewers: u64,
+    /// Recorded actions not replayed (`host` lines and everything a host
+    /// or moderator connection did), once per copy: `replay_skipped`.
+    pub skipped: u64,
+    /// Recorded connections not replayed because they were a host's or a
+    /// moderator's.
+    pub staff_conns: u64,
+    /// Units replayed buyers ask of the scenario's first flash sale while
+    /// it is on sale (each copy capped at `per_user_limit`): added to that
+    /// sale's demand for `exact_sale`.
+    pub sale_demand: u64,
+    /// Per replay phase: (phase index, speed, chat messages and reactions
+    /// of one copy that the server's default per-user limits would refuse
+    /// at that speed).
+    pub rate_limited: Vec<(usize, f64, u64, u64)>,
 }
 
 impl ReplaySummary {
@@ -329,13 +374,102 @@ impl ReplaySummary {
         for r in replays {
             lengths[r.phase] = r.length_secs;
         }
-        ReplaySummary {
+        let sale = s.phases.iter().find_map(|p| match p {
+            Phase::FlashSale {
+                at,
+                per_user_limit,
+                duration_secs,
+                ..
+            } => Some((*at, *at + *duration_secs as f64, *per_user_limit as u64)),
+            _ => None,
+        });
+        let mut sum = ReplaySummary {
             lengths,
-            viewers: replays
-                .iter()
-                .map(|r| r.conns.len() as u64 * r.scale as u64)
-                .sum(),
+            ..ReplaySummary::default()
+        };
+        for r in replays {
+            let mut limited = (0u64, 0u64);
+            for c in &r.conns {
+                let copies = r.scale as u64;
+                sum.skipped += c.skipped() * copies;
+                if c.is_staff() {
+                    sum.staff_conns += 1;
+                    continue;
+                }
+                sum.viewers += copies;
+                let buys =
+                    c.role != flashcast::protocol::Role::Guest && s.viewers.auth == Auth::Token;
+                if let (Some((from, to, limit)), true) = (sale, buys) {
+                    let units: u64 = c
+                        .lines
+                        .iter()
+                        .filter_map(|l| match &l.action {
+                            TraceAction::Buy { qty, .. } => {
+                                let t = r.at + l.t_ms as f64 / 1_000.0 / r.speed;
+                                (t >= from && t < to).then_some(*qty as u64)
+                            }
+                            _ => None,
+                        })
+                        .sum();
+                    sum.sale_demand += units.min(limit) * copies;
+                }
+                let refused = |f: fn(&TraceAction) -> bool, (rate, burst): (f64, f64)| {
+                    let times = c.lines.iter().filter(|l| f(&l.action));
+                    refused_by_bucket(
+                        times.map(|l| l.t_ms as f64 / 1_000.0 / r.speed),
+                        rate,
+                        burst,
+                    )
+                };
+                limited.0 += refused(|a| matches!(a, TraceAction::Chat { .. }), CHAT_LIMIT);
+                limited.1 += refused(|a| matches!(a, TraceAction::React { .. }), REACTION_LIMIT);
+            }
+            sum.rate_limited
+                .push((r.phase, r.speed, limited.0, limited.1));
         }
+        sum
+    }
+}
+
+/// The server's default per-user limits (sustained per second, burst).
+const CHAT_LIMIT: (f64, f64) = (2.0, 5.0);
+const REACTION_LIMIT: (f64, f64) = (10.0, 30.0);
+
+/// How many sends at `times` (seconds, in order) a token bucket of `rate`
+/// per second holding at most `burst` refuses, as the server's limiter does.
+fn refused_by_bucket(times: impl Iterator<Item = f64>, rate: f64, burst: f64) -> u64 {
+    let (mut tokens, mut last, mut refused) = (burst, 0.0f64, 0u64);
+    for t in times {
+        tokens = (tokens + (t - last).max(0.0) * rate).min(burst);
+        last = t;
+        if tokens >= 1.0 {
+            tokens -= 1.0;
+        } else {
+            refused += 1;
+        }
+    }
+    refused
+}
+
+impl ReplaySummary {
+    /// Refuses a replay that the server's default per-user rate limits
+    /// would cut: at its speed, a recorded viewer sends faster than one
+    /// user may.
+    pub fn check_rates(&self) -> Result<(), String> {
+        for &(p, speed, chat, reactions) in &self.rate_limited {
+            for (n, what, (rate, burst), limit) in [
+                (chat, "chat messages", CHAT_LIMIT, "chat_per_sec"),
+                (reactions, "reactions", REACTION_LIMIT, "reactions_per_sec"),
+            ] {
+                if n > 0 {
+                    return Err(format!(
+                        "phase {} (replay): at speed {speed}, {n} recorded {what} would be refused by the server's default {limit} ({rate}/s per user, burst {burst}): lower speed",
+                        p + 1
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -358,7 +492,7 @@ fn replay_scripts(
         .map(|p| phase_sku(run_id, p));
     let mut out = Vec::new();
     let mut r = 0u32;
-    for conn in &replay.conns {
+    for conn in replay.conns.iter().filter(|c| !c.is_staff()) {
         for _copy in 0..replay.scale {
             let id = first_id + r;
             r += 1;
@@ -400,7 +534,8 @@ fn replay_scripts(
             }
             // A recorded signed-in viewer needs a token to buy; a guest
             // stays a guest.
-            let wants_token = !conn.role_guest && s.viewers.auth == Auth::Token;
+            let wants_token =
+                conn.role != flashcast::protocol::Role::Guest && s.viewers.auth == Auth::Token;
             out.push((script, wants_token));
         }
     }
@@ -468,7 +603,7 @@ pub async fn run_worker(plan: &WorkerPlan, live: Arc<Live>, go: Go) -> anyhow::R
     let end = s.end(&ReplaySummary::of_loaded(s, &replays).lengths) + s.load.drain;
     let mut first_id = s.viewers.count;
     for replay in &replays {
-        let n = replay.conns.len() as u32 * replay.scale;
+        let n = replay.conns.iter().filter(|c| !c.is_staff()).count() as u32 * replay.scale;
         scripts.extend(replay_scripts(
             s,
             &plan.run_id,
@@ -534,6 +669,7 @@ pub async fn run_worker(plan: &WorkerPlan, live: Arc<Live>, go: Go) -> anyhow::R
 
 /// Runs a whole scenario and judges it.
 pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
+    reachable(&s.target.url).await?;
     let run_id = new_run_id();
     let started_ms = now_ms();
     let key = opts
@@ -542,6 +678,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         .or_else(|| s.target.admin_key.clone());
     let admin = Admin::new(&s.target.url, key.clone());
     let replays = ReplaySummary::of(s)?;
+    replays.check_rates().map_err(anyhow::Error::msg)?;
     let end = s.end(&replays.lengths);
     let seconds = (end + s.load.drain).ceil() as u32 + 2;
 
@@ -617,7 +754,18 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
                 .create_sale(&room, spec)
                 .await
                 .context("scheduling the flash sale")?;
-            sales.push(SaleCheck::new(p, id, *stock, *buyers as u64 * *qty as u64));
+            // Replayed buys go to the first sale (see replay_scripts).
+            let replayed = if sales.is_empty() {
+                replays.sale_demand
+            } else {
+                0
+            };
+            sales.push(SaleCheck::new(
+                p,
+                id,
+                *stock,
+                *buyers as u64 * *qty as u64 + replayed,
+            ));
         }
     }
     workers.go(t0_ms);
@@ -671,6 +819,32 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         sales,
         host_result.err().map(|e| format!("{e:#}")),
     ))
+}
+
+/// Fails when nothing accepts a TCP connection at the server's address, so
+/// that a wrong URL or a stopped server is "the run could not be carried
+/// out" (exit 2), not a timeline of failed joins (exit 1).
+async fn reachable(url: &str) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or(rest);
+    let addr = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => anyhow::bail!("the server at {url} is unreachable: {e}"),
+        Err(_) => anyhow::bail!("the server at {url} is unreachable: no answer within 5 s"),
+    }
 }
 
 /// Writes what the viewers sent as one recording, in time order.
@@ -748,8 +922,11 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(url) = &args.url {
-        s.target.url = url.clone();
+    if let Some(w) = args.workers {
+        s.load.workers = w;
+    }
+    if args.url.is_some() || args.workers.is_some() {
+        s.target.url = args.url.clone().unwrap_or(s.target.url);
         if let Err(e) = s.validate() {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -799,6 +976,9 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
             _ => {}
         }
     }
+    if let Some(p) = &args.record {
+        println!("  recording written to {}", p.display());
+    }
     if verdict.passed {
         ExitCode::SUCCESS
     } else {
@@ -815,7 +995,10 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let replays = match ReplaySummary::of(&s) {
+    let replays = match ReplaySummary::of(&s).and_then(|r| {
+        r.check_rates().map_err(anyhow::Error::msg)?;
+        Ok(r)
+    }) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -824,10 +1007,13 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
     };
     let (lengths, replayed) = (&replays.lengths, replays.viewers);
     println!(
-        "{}: {} viewers ({:?}) + {replayed} replayed, {} phases, {} worker(s), {} source addresses",
+        "{}: {} viewers (auth = \"{}\") + {replayed} replayed, {} phases, {} worker(s), {} source addresses",
         s.name,
         s.viewers.count,
-        s.viewers.auth,
+        match s.viewers.auth {
+            Auth::Guest => "guest",
+            Auth::Token => "token",
+        },
         s.phases.len(),
         s.load.workers,
         source_ip_count(&s, replayed)
@@ -839,6 +1025,12 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
             p.kind(),
             p.at(),
             p.end(lengths[i])
+        );
+    }
+    if replays.staff_conns > 0 || replays.skipped > 0 {
+        println!(
+            "  replay: {} host/moderator connection(s) not replayed, {} recorded action(s) skipped",
+            replays.staff_conns, replays.skipped
         );
     }
     println!(
@@ -946,5 +1138,24 @@ over = 2
         let a = script_for(&s, "r", 123, ip);
         let b = script_for(&s, "r", 123, ip);
         assert_eq!(format!("{:?}", a.timed), format!("{:?}", b.timed));
+    }
+
+    #[test]
+    fn a_replay_faster_than_the_chat_limit_is_refused() {
+        // Two chats a second are fine at 1x; five a second for 3 s is not.
+        let steady = (0..10).map(|k| k as f64 * 0.5);
+        assert_eq!(refused_by_bucket(steady, 2.0, 5.0), 0);
+        let fast = (0..15).map(|k| k as f64 * 0.2);
+        assert!(refused_by_bucket(fast, 2.0, 5.0) > 0);
+        let sum = ReplaySummary {
+            rate_limited: vec![(1, 4.0, 3, 0)],
+            ..ReplaySummary::default()
+        };
+        let e = sum.check_rates().unwrap_err();
+        assert!(
+            e.contains("phase 2 (replay): at speed 4, 3 recorded chat messages"),
+            "{e}"
+        );
+        assert!(ReplaySummary::default().check_rates().is_ok());
     }
 }

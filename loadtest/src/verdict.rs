@@ -197,6 +197,8 @@ impl Verdict {
             // reported once, on the first sale.
             first.acknowledged_missing = missing;
         }
+        let mut tally = tally;
+        tally.counts.replay_skipped += replays.skipped;
         let events = tally.counts.events;
         let mut v = Verdict {
             scenario: s.name.clone(),

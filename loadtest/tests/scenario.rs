@@ -364,7 +364,7 @@ scale = 3
 }
 
 #[test]
-fn an_unreachable_server_is_a_failed_join_not_a_hang() {
+fn an_unreachable_server_or_zero_workers_cannot_be_run_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nobody.toml");
     // Port 9 (discard) on loopback: nothing listens there.
@@ -395,9 +395,86 @@ over = 0.2
         .arg("--quiet")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("0 of 20 viewers joined"), "{stdout}");
-    assert!(stdout.contains("connect: connection refused"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A guest scenario (no admin API call before the joins) too: exit 2.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("http://127.0.0.1:9 is unreachable") && stderr.contains("refused"),
+        "{stderr}"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // `--workers 0` is refused, not taken as 1.
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&file)
+        .args(["--workers", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("load.workers must be 1-64"), "{stderr}");
+}
+
+/// A recording with a host and a signed-in buyer, replayed over a sale:
+/// the host is not replayed (its action counts as skipped), and the
+/// replayed buys count in the sale's demand, so a healthy run passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_with_buys_and_a_host_passes_the_exact_sale_check() {
+    let srv = start_server().await;
+    let url = format!("http://{}", srv.server.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("buys.jsonl");
+    std::fs::write(
+        &rec,
+        r#"{"flashcast_recording":1,"room":"demo","started_unix_ms":1795431166967}
+{"t_ms":0,"conn":1,"action":"join","role":"viewer"}
+{"t_ms":50,"conn":2,"action":"join","role":"host"}
+{"t_ms":300,"conn":2,"action":"host","kind":"open_poll"}
+{"t_ms":600,"conn":1,"action":"buy","sku":"MUG-1","qty":1}
+{"t_ms":900,"conn":1,"action":"leave"}
+{"t_ms":950,"conn":2,"action":"leave"}
+"#,
+    )
+    .unwrap();
+    let text = format!(
+        r#"
+name = "replay-buys"
+[target]
+url = "{url}"
+room = "rbuys"
+create_room = true
+[viewers]
+count = 4
+auth = "token"
+[load]
+drain = 1
+[[phase]]
+type = "join"
+at = 0
+viewers = 4
+over = 0.2
+[[phase]]
+type = "flash_sale"
+at = 1
+stock = 100
+buyers = 2
+within = 0.3
+[[phase]]
+type = "replay"
+at = 1
+file = "{}"
+scale = 5
+"#,
+        rec.display()
+    );
+    let s = Scenario::parse(&text, "replay-buys.toml").unwrap();
+    let v = run(&s, &opts()).await.expect("the run is carried out");
+    let table = v.table();
+    srv.server.shutdown().await;
+
+    assert!(v.passed, "{:?}\n{table}", v.failures);
+    assert_eq!(v.viewers_target, 4 + 5, "the host is not replayed\n{table}");
+    assert_eq!(v.counts.replay_skipped, 5, "{table}");
+    assert_eq!(v.sales[0].demand, 2 + 5, "{table}");
+    assert_eq!(v.counts.units_accepted, 7, "{table}");
 }
