@@ -52,8 +52,16 @@ counters! {
     disconnected,
     /// Tick frames received.
     frames,
-    /// Sequenced events received, all viewers together (event x viewer).
+    /// Sequenced events received in tick batches, all viewers together
+    /// (event x viewer). Events handed back in a resume's `joined` are not
+    /// in it: they are `resume_events`.
     events,
+    /// Missed events a resume's `joined` carried (checked for gaps, not
+    /// timed: their latency would be the outage, not the delivery).
+    resume_events,
+    /// Reactions in the batches' per-tick counts, all viewers together
+    /// (reaction x viewer).
+    reactions_received,
     /// WebSocket payload bytes received.
     bytes,
     /// Times a viewer's sequence jumped forward, and events skipped so.

@@ -427,12 +427,27 @@ impl Verdict {
             (
                 "events delivered".into(),
                 format!(
-                    "{} ({:.0}/s over {} s, {} frames, {:.1} MB/s)",
+                    "{} ({:.0}/s over {} s, {} frames, {:.1} MB/s){}",
                     c.events,
                     self.events_per_sec,
                     self.delivery_secs,
                     c.frames,
-                    self.bytes_per_sec / 1e6
+                    self.bytes_per_sec / 1e6,
+                    if c.resume_events > 0 {
+                        format!(
+                            "; not counted: {} handed back to resuming viewers (checked, not timed)",
+                            c.resume_events
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+            (
+                "reactions received".into(),
+                format!(
+                    "{} (the batches' per-tick counts, reaction x viewer)",
+                    c.reactions_received
                 ),
             ),
             ("delivery latency".into(), lat(l)),

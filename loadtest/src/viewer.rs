@@ -316,6 +316,7 @@ fn on_frame(
     }
     let now = now_ms();
     if scan_buf.is_batch {
+        Live::add(&live.c.reactions_received, scan_buf.reactions);
         latencies.clear();
         for &(seq, ts) in &scan_buf.events {
             match conn.seq.observe(seq) {
@@ -564,6 +565,7 @@ async fn join_once(
                         } else {
                             Live::add(&live.c.resumed, 1);
                             // The missed events must be exactly last+1..=seq.
+                            Live::add(&live.c.resume_events, events.len() as u64);
                             let mut replayed = SeqCheck::starting_at(last);
                             for ev in &events {
                                 replayed.observe(ev.seq);

@@ -144,6 +144,9 @@ async fn a_small_show_runs_every_phase_and_passes() {
     // Every chat message reached every viewer joined at the time: each of
     // the 300 viewers saw the 80 chats (plus other events).
     assert!(c.events >= 300 * 80, "{table}");
+    // The 400 reactions reach the viewers as per-tick counts, not events.
+    assert!(c.reactions_received >= 200 * 400, "{table}");
+    assert!(table.contains("reactions received"), "{table}");
     assert!(
         v.latency_ms.count > 0 && v.latency_ms.p99 < 5_000,
         "{table}"
