@@ -23,6 +23,9 @@ pub enum Command {
     Check {
         /// The scenario file (TOML).
         file: PathBuf,
+        /// Check it scaled, as `run --scale` would run it.
+        #[arg(long)]
+        scale: Option<f64>,
     },
     /// Internal: one worker process of `run`.
     #[command(hide = true)]
@@ -63,9 +66,14 @@ pub struct RunArgs {
     /// /proc every second.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Worker processes, overriding the file's `load.workers`.
+    /// Worker processes, overriding the file's `load.workers` (1-64).
     #[arg(long)]
     pub workers: Option<u32>,
+    /// Runs the scenario with this many times the people (0.01 = a
+    /// hundredth: viewers, senders and their rates, voters, buyers, stock,
+    /// coupons, replay copies); times and pass criteria stay.
+    #[arg(long)]
+    pub scale: Option<f64>,
     /// Write the JSON report here.
     #[arg(long)]
     pub out: Option<PathBuf>,

@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => flashcast_storm::storm::main(args).await,
-        Command::Check { file } => flashcast_storm::storm::check_main(&file),
+        Command::Check { file, scale } => flashcast_storm::storm::check_main(&file, scale),
         Command::ScenarioWorker { plan } => worker_main::<WorkerPlan>(&plan).await,
         Command::Nchan(args) => flashcast_storm::nchan::main(args).await,
         Command::Video(args) => flashcast_storm::video::main(args).await,

@@ -598,6 +598,65 @@ impl Scenario {
         }
     }
 
+    /// The same show with `factor` times the people: viewers, senders (their
+    /// rates with them, so each sender keeps its pace), voters, buyers,
+    /// claimers, stock, coupons and replay copies, each rounded and at least
+    /// 1; times, fractions and the pass criteria stay. Joins are split so
+    /// that they still add up to `viewers.count`. Checked like a file.
+    pub fn scaled(&self, factor: f64) -> Result<Scenario, String> {
+        if !(factor.is_finite() && factor > 0.0 && factor <= 100.0) {
+            return Err(format!(
+                "--scale must be more than 0 and at most 100, got {factor}"
+            ));
+        }
+        let mut s = self.clone();
+        let count = ((self.viewers.count as f64 * factor).round() as u32).max(1);
+        let f = count as f64 / self.viewers.count as f64;
+        let people = |n: u32| ((n as f64 * f).round() as u32).clamp(1, count);
+        let things = |n: u32| ((n as f64 * factor).round() as u32).max(1);
+        s.viewers.count = count;
+        s.load.workers = s.load.workers.min(count);
+        let (mut before, mut placed) = (0u64, 0u32);
+        for (i, p) in s.phases.iter_mut().enumerate() {
+            match p {
+                Phase::Join { viewers, .. } => {
+                    before += *viewers as u64;
+                    let upto = (before as f64 * f).round() as u32;
+                    *viewers = upto.min(count) - placed;
+                    placed += *viewers;
+                    if *viewers == 0 {
+                        return Err(format!(
+                            "--scale {factor}: phase {} (join) would join no viewer; scale less",
+                            i + 1
+                        ));
+                    }
+                }
+                Phase::Chat { rate, senders, .. } | Phase::Reactions { rate, senders, .. } => {
+                    let n = people(*senders);
+                    *rate *= n as f64 / *senders as f64;
+                    *senders = n;
+                }
+                Phase::Poll { voters, .. } => *voters = people(*voters),
+                Phase::FlashSale { stock, buyers, .. } => {
+                    *stock = things(*stock);
+                    *buyers = people(*buyers);
+                }
+                Phase::CouponDrop {
+                    count: coupons,
+                    claimers,
+                    ..
+                } => {
+                    *coupons = things(*coupons);
+                    *claimers = people(*claimers);
+                }
+                Phase::Reconnect { .. } => {}
+                Phase::Replay { scale, .. } => *scale = things(*scale),
+            }
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
     /// When the last phase is over (seconds after go), not counting the drain.
     pub fn end(&self, replay_secs: &[f64]) -> f64 {
         self.phases
@@ -812,6 +871,61 @@ within = 1
             "name = \"sale\"\n[target]\nurl = \"ws://x\"",
         ));
         assert!(e.contains("target.url must be an http:// URL"), "{e}");
+    }
+
+    #[test]
+    fn a_scaled_scenario_keeps_its_shape_and_adds_up() {
+        let s = Scenario::parse(GOOD, "good.toml").unwrap();
+        let small = s.scaled(0.1).unwrap();
+        assert_eq!(small.viewers.count, 10);
+        let Phase::Join { viewers, .. } = small.phases[0] else {
+            panic!()
+        };
+        assert_eq!(viewers, 10);
+        let Phase::FlashSale { stock, buyers, .. } = small.phases[1] else {
+            panic!()
+        };
+        assert_eq!((stock, buyers), (1, 10));
+        // Every shipped scenario scales down to 1% and stays valid; joins
+        // still add up to the count, senders keep their pace.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        for name in ["chat-10k", "flash-sale-10k", "reconnect-storm", "full-show"] {
+            let s = Scenario::load(&dir.join(format!("{name}.toml"))).unwrap();
+            let small = s.scaled(0.01).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                small.viewers.count,
+                (s.viewers.count as f64 * 0.01).round() as u32
+            );
+            for (a, b) in s.phases.iter().zip(&small.phases) {
+                if let (
+                    Phase::Chat {
+                        rate: r0,
+                        senders: n0,
+                        ..
+                    },
+                    Phase::Chat {
+                        rate: r1,
+                        senders: n1,
+                        ..
+                    },
+                ) = (a, b)
+                {
+                    assert!((r0 / *n0 as f64 - r1 / *n1 as f64).abs() < 1e-9);
+                }
+            }
+        }
+        let e = s.scaled(0.0).unwrap_err();
+        assert!(e.contains("--scale must be more than 0"), "{e}");
+        // Two joins of 50 scaled to 1 viewer: the second joins nobody.
+        let two = GOOD.replace(
+            "viewers = 100\nover = 2",
+            "viewers = 50\nover = 2\n[[phase]]\ntype = \"join\"\nat = 1\nviewers = 50\nover = 1",
+        );
+        let e = Scenario::parse(&two, "t")
+            .unwrap()
+            .scaled(0.01)
+            .unwrap_err();
+        assert!(e.contains("phase 2 (join) would join no viewer"), "{e}");
     }
 
     #[test]

@@ -669,7 +669,6 @@ pub async fn run_worker(plan: &WorkerPlan, live: Arc<Live>, go: Go) -> anyhow::R
 
 /// Runs a whole scenario and judges it.
 pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
-    reachable(&s.target.url).await?;
     let run_id = new_run_id();
     let started_ms = now_ms();
     let key = opts
@@ -679,6 +678,8 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
     let admin = Admin::new(&s.target.url, key.clone());
     let replays = ReplaySummary::of(s)?;
     replays.check_rates().map_err(anyhow::Error::msg)?;
+    // The file first, then the server: a bad file is reported as such.
+    reachable(&s.target.url).await?;
     let end = s.end(&replays.lengths);
     let seconds = (end + s.load.drain).ceil() as u32 + 2;
 
@@ -922,6 +923,15 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(f) = args.scale {
+        s = match s.scaled(f) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {}: {e}", args.file.display());
+                return ExitCode::from(2);
+            }
+        };
+    }
     if let Some(w) = args.workers {
         s.load.workers = w;
     }
@@ -949,9 +959,12 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
         }
     };
     println!(
-        "\nflashcast-storm run {} ({}), run {}",
+        "\nflashcast-storm run {} ({}{}), run {}",
         args.file.display(),
         s.name,
+        args.scale
+            .map(|f| format!(", scaled x{f}"))
+            .unwrap_or_default(),
         verdict.run_id
     );
     print!("{}", verdict.table());
@@ -987,11 +1000,18 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
 }
 
 /// `flashcast-storm check`: validates a file and prints its timeline.
-pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
+pub fn check_main(file: &std::path::Path, scale: Option<f64>) -> std::process::ExitCode {
     let s = match Scenario::load(file) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let s = match scale.map(|f| s.scaled(f)).unwrap_or(Ok(s)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
             return std::process::ExitCode::from(2);
         }
     };

@@ -281,6 +281,36 @@ fn bad_scenario_files_are_refused_with_the_reason_and_exit_2() {
         stdout.contains("flash_sale") && stdout.contains("reconnect"),
         "{stdout}"
     );
+    // Scaled down, printed as the file says it.
+    let chat = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/chat-10k.toml");
+    let out = Command::new(BIN)
+        .args(["check", chat, "--scale", "0.01"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(": 100 viewers (auth = \"guest\")"),
+        "{stdout}"
+    );
+    // A replay whose recording is missing: the scenario and the resolved path.
+    let file = dir.path().join("replay.toml");
+    std::fs::write(
+        &file,
+        "name = \"lost\"\n[viewers]\ncount = 1\n[[phase]]\ntype = \"join\"\nat = 0\nviewers = 1\nover = 0\n[[phase]]\ntype = \"replay\"\nat = 1\nfile = \"rec/none.jsonl\"\n",
+    )
+    .unwrap();
+    for cmd in ["run", "check"] {
+        let out = Command::new(BIN).arg(cmd).arg(&file).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        let path = dir.path().join("rec/none.jsonl");
+        assert!(
+            err.contains("scenario \"lost\", phase 2 (replay)")
+                && err.contains(&path.display().to_string()),
+            "{cmd}: {err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
