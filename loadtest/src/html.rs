@@ -1265,6 +1265,7 @@ mod tests {
                 claims_answered: if sale { 50 } else { 0 },
                 server_cpu_pct: (t % 97 != 5).then_some(40.0 + 110.0 * x + rnd() * 20.0),
                 server_rss_mib: Some(80.0 + 300.0 * x),
+                ..SecondSample::default()
             });
         }
         (seconds, phases)

@@ -14,6 +14,7 @@
 //! - [`probe`]: the server's CPU and memory (/proc) and counters (/metrics);
 //! - [`admin`]: the admin API (room, tokens, sales, coupons, orders);
 //! - [`host`]: the host's WebSocket (polls);
+//! - [`threshold`]: thresholds per phase and per kind, judged per second;
 //! - [`verdict`]: the report of a scenario run, its pass criteria, table and HTML;
 //! - [`html`]: the HTML report with charts;
 //! - [`video`]: the WebRTC benchmark: a WHIP publisher and WHEP viewers;
@@ -31,6 +32,7 @@ pub mod scenario;
 pub mod stats;
 pub mod storm;
 pub mod tally;
+pub mod threshold;
 pub mod timeline;
 pub mod verdict;
 pub mod video;

@@ -36,6 +36,9 @@ pub struct Scenario {
     pub phases: Vec<Phase>,
     #[serde(default)]
     pub pass: Pass,
+    /// Bounds per phase and per kind (`[[threshold]]`).
+    #[serde(default, rename = "threshold", skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<crate::threshold::Threshold>,
 }
 
 /// Where the server is and which room to storm.
@@ -479,6 +482,13 @@ impl Scenario {
         let p = &self.pass;
         if !(0.0..=100.0).contains(&p.min_joined_pct) {
             return Err("pass.min_joined_pct must be 0-100".into());
+        }
+        if self.thresholds.len() > MAX_PHASES * 4 {
+            return Err(format!("at most {} thresholds", MAX_PHASES * 4));
+        }
+        for (i, t) in self.thresholds.iter().enumerate() {
+            t.validate(self.phases.len())
+                .map_err(|m| format!("threshold {}: {m}", i + 1))?;
         }
         Ok(())
     }

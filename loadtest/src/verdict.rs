@@ -88,6 +88,51 @@ impl SaleCheck {
     }
 }
 
+/// Judges every `[[threshold]]` on its phase's seconds (or the run's).
+fn judge_thresholds(
+    s: &Scenario,
+    lengths: &[f64],
+    v: &Verdict,
+    per_second: &[Vec<HistData>; 3],
+) -> Vec<crate::threshold::ThresholdResult> {
+    let series = crate::threshold::Series {
+        seconds: &v.seconds,
+        delivery: &per_second[0],
+        buy: &per_second[1],
+        claim: &per_second[2],
+        cpu_resolution_secs: v.server.cpu_resolution_secs,
+    };
+    s.thresholds
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let kind = serde_json::to_value(t.kind)
+                .ok()
+                .and_then(|k| k.as_str().map(String::from))
+                .unwrap_or_default();
+            let (name, from, to) = match t.phase {
+                Some(p) => {
+                    let phase = &s.phases[p - 1];
+                    let end = phase.end(lengths.get(p - 1).copied().unwrap_or(0.0));
+                    let from = phase.at().floor() as u32;
+                    let to = (end.ceil() as u32).max(from + 1);
+                    (
+                        format!("threshold {} ({kind}, phase {p} {})", i + 1, phase.kind()),
+                        from,
+                        to,
+                    )
+                }
+                None => (
+                    format!("threshold {} ({kind}, whole run)", i + 1),
+                    0,
+                    u32::MAX,
+                ),
+            };
+            crate::threshold::judge(t, name, from, to, &series)
+        })
+        .collect()
+}
+
 /// The report of one run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
@@ -138,6 +183,11 @@ pub struct Verdict {
     pub seconds: Vec<SecondSample>,
     /// Failures of the host's part (opening polls, dropping coupons).
     pub host_error: Option<String>,
+
+    /// The `[[threshold]]`s applied, each with its window, the values
+    /// found and its failures.
+    #[serde(default)]
+    pub thresholds: Vec<crate::threshold::ThresholdResult>,
 
     pub passed: bool,
     pub failures: Vec<String>,
@@ -199,6 +249,11 @@ impl Verdict {
         }
         let mut tally = tally;
         tally.counts.replay_skipped += replays.skipped;
+        let per_second = [
+            std::mem::take(&mut tally.second_latency),
+            std::mem::take(&mut tally.second_buy_ms),
+            std::mem::take(&mut tally.second_claim_ms),
+        ];
         let events = tally.counts.events;
         let mut v = Verdict {
             scenario: s.name.clone(),
@@ -237,14 +292,25 @@ impl Verdict {
                 .map(|c| (c * 1e6 / events as f64 * 100.0).round() / 100.0),
             server,
             phases: phase_spans(s, &replays.lengths),
+            thresholds: Vec::new(),
             seconds,
             host_error,
             passed: false,
             failures: Vec::new(),
         };
+        v.thresholds = judge_thresholds(s, &replays.lengths, &v, &per_second);
         v.failures = v.check(s);
+        for t in &v.thresholds {
+            v.failures.extend(t.failures.iter().cloned());
+        }
         v.passed = v.failures.is_empty();
         v
+    }
+
+    /// Whether the run was cut short by `--abort-on-fail`.
+    pub fn aborted(&mut self, why: String) {
+        self.failures.insert(0, format!("ABORTED: {why}"));
+        self.passed = false;
     }
 
     /// The scenario's pass criteria; each failure is one sentence.
@@ -524,6 +590,31 @@ impl Verdict {
         }
         if c.replay_skipped > 0 {
             rows.push(("replay skipped".into(), c.replay_skipped.to_string()));
+        }
+        for t in &self.thresholds {
+            let ms = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("-".into());
+            rows.push((
+                t.name
+                    .split_once(' ')
+                    .map(|(_, rest)| format!("threshold {rest}"))
+                    .unwrap_or_else(|| t.name.clone()),
+                format!(
+                    "{}  p95 {}  p99 {}  max {} ms (n={}), error rate {}, cpu {} us/event, s {}-{}",
+                    if t.passed { "pass" } else { "FAIL" },
+                    ms(t.p95_ms),
+                    ms(t.p99_ms),
+                    ms(t.max_ms),
+                    t.count,
+                    t.error_rate
+                        .map(|r| format!("{r:.4}"))
+                        .unwrap_or("-".into()),
+                    t.server_cpu_us_per_event
+                        .map(|c| format!("{c:.2}"))
+                        .unwrap_or("-".into()),
+                    t.from_s,
+                    t.to_s.min(self.seconds.len() as u32)
+                ),
+            ));
         }
         rows.push(("server closes".into(), fmt_map(&self.closes)));
         rows.push(("unexpected errors".into(), fmt_map(&self.unexpected_errors)));

@@ -468,6 +468,7 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
                 return true;
             };
             Live::add(&live.c.claims_sent, 1);
+            live.per_second(now, PerSecond::ClaimsSent);
             (
                 ClientMsg::ClaimCoupon { coupon_id },
                 Pending::Claim { at: Instant::now() },
@@ -475,6 +476,7 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
         }
         Act::Reconnect | Act::Leave => unreachable!("handled by the viewer loop"),
     };
+    live.per_second(now, PerSecond::Sent);
     conn.next_ref = conn.next_ref.wrapping_add(1).max(1);
     let reference = conn.next_ref;
     if conn.pending.len() >= MAX_PENDING {

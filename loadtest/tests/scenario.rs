@@ -103,6 +103,14 @@ fraction = 0.2
 over = 0.5
 [pass]
 max_buy_p99_ms = 5000
+[[threshold]]
+phase = 6
+kind = "buy"
+max_p99_ms = 5000
+max_error_rate = 0
+[[threshold]]
+kind = "delivery"
+max_p95_ms = 5000
 "#
     )
 }
@@ -144,6 +152,17 @@ async fn a_small_show_runs_every_phase_and_passes() {
     // Every chat message reached every viewer joined at the time: each of
     // the 300 viewers saw the 80 chats (plus other events).
     assert!(c.events >= 300 * 80, "{table}");
+    // Thresholds: the sale's buys judged on the sale's seconds.
+    assert_eq!(v.thresholds.len(), 2, "{table}");
+    let buy = &v.thresholds[0];
+    assert!(
+        buy.passed && buy.name.contains("phase 6 flash_sale"),
+        "{buy:?}"
+    );
+    assert_eq!(buy.from_s, 3);
+    assert!(buy.count > 0 && buy.count <= 300, "{buy:?}");
+    assert_eq!(buy.error_rate, Some(0.0));
+    assert!(v.thresholds[1].count >= 300 * 80, "{:?}", v.thresholds[1]);
     // The 400 reactions reach the viewers as per-tick counts, not events.
     assert!(c.reactions_received >= 200 * 400, "{table}");
     assert!(table.contains("reactions received"), "{table}");
@@ -207,6 +226,10 @@ rate = 10
 senders = 10
 [pass]
 max_p99_ms = 0
+[[threshold]]
+phase = 2
+kind = "delivery"
+max_p95_ms = 0
 "#
     );
     std::fs::write(&file, text).unwrap();
@@ -231,8 +254,19 @@ max_p99_ms = 0
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("FAIL: p99 delivery latency"), "{stdout}");
+    assert!(
+        stdout.contains("threshold 1 (delivery, phase 2 chat): p95 delivery"),
+        "{stdout}"
+    );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    // The threshold applied, its bound and the value found, in the report;
+    // the chat's delivery came from three processes, merged per second.
+    let t = &json["thresholds"][0];
+    assert_eq!(t["threshold"]["max_p95_ms"], 0, "{t}");
+    assert_eq!(t["passed"], false, "{t}");
+    assert!(t["p95_ms"].as_u64().unwrap() > 0, "{t}");
+    assert!(t["count"].as_u64().unwrap() >= 20 * 100, "{t}");
     // Three processes' results merged into one.
     assert_eq!(json["workers"], 3);
     // No --server-pid: the server's CPU and memory came from its /metrics.
