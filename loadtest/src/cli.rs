@@ -84,6 +84,12 @@ pub struct RunArgs {
     /// with a `replay` phase.
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Ends the run as soon as a criterion that the live counters can
+    /// judge fails (gaps, duplicates, unexpected errors, resume gaps, failed
+    /// reconnects, undecodable frames; max_p99_ms with one worker); the
+    /// report says ABORTED and the exit code is 1.
+    #[arg(long)]
+    pub abort_on_fail: bool,
     /// No progress lines (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,

@@ -63,6 +63,9 @@ pub struct RunOptions {
     pub worker_exe: Option<PathBuf>,
     /// Writes the actions the tool sent as a recording (JSON lines).
     pub record: Option<PathBuf>,
+    /// Ends the run as soon as a criterion judged on the live counters
+    /// fails (`--abort-on-fail`).
+    pub abort_on_fail: bool,
     pub quiet: bool,
 }
 
@@ -632,7 +635,7 @@ pub async fn run_worker(plan: &WorkerPlan, live: Arc<Live>, go: Go) -> anyhow::R
         }
     }
 
-    let t0_ms = go.ready().await?;
+    let (t0_ms, mut stop) = go.ready_with_stop().await?;
     live.set_t0(t0_ms);
     let t0 = Instant::now() + Duration::from_millis(t0_ms.saturating_sub(now_ms()));
     let shared = Arc::new(Shared {
@@ -658,7 +661,10 @@ pub async fn run_worker(plan: &WorkerPlan, live: Arc<Live>, go: Go) -> anyhow::R
             }
         })
     };
-    tokio::time::sleep_until(t0 + secs(end)).await;
+    tokio::select! {
+        _ = tokio::time::sleep_until(t0 + secs(end)) => {}
+        _ = stop.stopped() => {}
+    }
     let _ = stop_tx.send(true);
     for t in tasks {
         t.await.context("viewer task panicked")?;
@@ -782,16 +788,31 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
 
     // Progress until every worker has reported its result.
     let mut line = crate::verdict::ProgressLine::new(t0_ms);
+    let stopper = workers.stopper();
+    let mut abort: Option<String> = None;
     let results = workers
         .finish(async |sum| {
             probe.sample().await;
             if !opts.quiet && now_ms() >= t0_ms {
                 line.print(sum, probe.last());
             }
+            if opts.abort_on_fail && abort.is_none() {
+                if let Some(why) = crate::verdict::live_failure(&s.pass, sum, k) {
+                    let t = now_ms().saturating_sub(t0_ms) as f64 / 1_000.0;
+                    eprintln!("aborting at {t:.1} s: {why}");
+                    abort = Some(format!("at {t:.1} s: {why}"));
+                    stopper.stop();
+                }
+            }
         })
         .await?;
     probe.sample().await;
-    let host_result = host.await.context("host task")?;
+    let host_result = if abort.is_some() {
+        host.abort();
+        Ok(())
+    } else {
+        host.await.context("host task")?
+    };
     let mut tally = Tally::default();
     for r in &results {
         tally.merge(r);
@@ -807,7 +828,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
     if s.target.create_room {
         let _ = admin.close_room(&room).await;
     }
-    Ok(Verdict::build(
+    let mut verdict = Verdict::build(
         s,
         &run_id,
         &room,
@@ -819,7 +840,11 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         server,
         sales,
         host_result.err().map(|e| format!("{e:#}")),
-    ))
+    );
+    if let Some(why) = abort {
+        verdict.aborted(why);
+    }
+    Ok(verdict)
 }
 
 /// Fails when nothing accepts a TCP connection at the server's address, so
@@ -949,6 +974,7 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
         workers: args.workers,
         worker_exe: std::env::current_exe().ok(),
         record: args.record.clone(),
+        abort_on_fail: args.abort_on_fail,
         quiet: args.quiet,
     };
     let verdict = match run(&s, &opts).await {

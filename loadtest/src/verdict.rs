@@ -88,6 +88,44 @@ impl SaleCheck {
     }
 }
 
+/// The first pass criterion the live progress (all workers' counters
+/// added up) already fails, for `--abort-on-fail`. Counters only grow, so
+/// such a failure is final. The progress p99 is each worker's own, so it
+/// is judged only with one worker (the worst of several is not the p99 of
+/// all).
+pub fn live_failure(p: &crate::scenario::Pass, sum: &Progress, workers: u32) -> Option<String> {
+    let c = &sum.counts;
+    for (what, got, max) in [
+        ("sequence gaps", c.gaps, p.max_gaps),
+        ("duplicate events", c.duplicates, p.max_duplicates),
+        (
+            "unexpected error frames",
+            c.unexpected_errors,
+            p.max_unexpected_errors,
+        ),
+        (
+            "resumes answered with gap: true",
+            c.resume_gaps,
+            p.max_resume_gaps,
+        ),
+        ("failed reconnects", c.reconnect_failed, 0),
+        ("undecodable frames", c.decode_errors, 0),
+    ] {
+        if got > max {
+            return Some(format!("{got} {what}, at most {max} allowed"));
+        }
+    }
+    if workers == 1 {
+        if let (Some(max), Some(p99)) = (p.max_p99_ms, sum.p99_ms) {
+            // The first events of a run are few; wait for a meaningful p99.
+            if p99 > max && c.events >= 1_000 {
+                return Some(format!("p99 delivery latency {p99} ms > {max} ms"));
+            }
+        }
+    }
+    None
+}
+
 /// Judges every `[[threshold]]` on its phase's seconds (or the run's).
 fn judge_thresholds(
     s: &Scenario,
@@ -772,5 +810,34 @@ impl ProgressLine {
         );
         self.last = *p;
         self.last_ms = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_failures_are_the_counters_already_past_their_bound() {
+        let pass = crate::scenario::Pass::default();
+        let mut sum = Progress::default();
+        assert_eq!(live_failure(&pass, &sum, 1), None);
+        sum.counts.unexpected_errors = 1;
+        let why = live_failure(&pass, &sum, 3).unwrap();
+        assert!(why.contains("1 unexpected error frames"), "{why}");
+        // p99: only with one worker, and once there are enough events.
+        let strict = crate::scenario::Pass {
+            max_p99_ms: Some(10),
+            ..crate::scenario::Pass::default()
+        };
+        let mut sum = Progress {
+            p99_ms: Some(50),
+            ..Progress::default()
+        };
+        sum.counts.events = 10;
+        assert_eq!(live_failure(&strict, &sum, 1), None);
+        sum.counts.events = 5_000;
+        assert!(live_failure(&strict, &sum, 1).is_some());
+        assert_eq!(live_failure(&strict, &sum, 2), None);
     }
 }

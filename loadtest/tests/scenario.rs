@@ -545,3 +545,54 @@ scale = 5
     assert_eq!(v.sales[0].demand, 2 + 5, "{table}");
     assert_eq!(v.counts.units_accepted, 7, "{table}");
 }
+
+/// `--abort-on-fail`: a run of 30 s whose p99 bound no run meets ends
+/// within seconds, its report saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_on_fail_ends_the_run_at_the_first_failure() {
+    let srv = start_server().await;
+    let url = format!("http://{}", srv.server.addr);
+    let text = format!(
+        r#"
+name = "abort"
+[target]
+url = "{url}"
+[viewers]
+count = 100
+[load]
+drain = 1
+[[phase]]
+type = "join"
+at = 0
+viewers = 100
+over = 0.5
+[[phase]]
+type = "chat"
+at = 0.5
+duration = 30
+rate = 40
+senders = 40
+[pass]
+max_p99_ms = 0
+"#
+    );
+    let s = Scenario::parse(&text, "abort.toml").unwrap();
+    let o = RunOptions {
+        abort_on_fail: true,
+        ..opts()
+    };
+    let started = std::time::Instant::now();
+    let v = run(&s, &o).await.expect("the run is carried out");
+    let took = started.elapsed();
+    srv.server.shutdown().await;
+
+    assert!(!v.passed);
+    assert!(
+        v.failures[0].starts_with("ABORTED: at ") && v.failures[0].contains("p99 delivery"),
+        "{:?}",
+        v.failures
+    );
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    // What was measured before the stop is in the report.
+    assert!(v.counts.chat_sent > 0 && v.counts.chat_sent < 40 * 30);
+}
