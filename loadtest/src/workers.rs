@@ -269,8 +269,7 @@ impl<O: Serialize + DeserializeOwned + Send + 'static> Workers<O> {
                     i,
                     serde_json::to_string(plan)?,
                     ready_tx.clone(),
-                    go_rx.clone(),
-                    stop_rx.clone(),
+                    (go_rx.clone(), stop_rx.clone()),
                     progress_tx.clone(),
                 )?);
             }
@@ -355,8 +354,8 @@ fn spawn_child<O: DeserializeOwned + Send + 'static>(
     i: usize,
     plan_json: String,
     ready_tx: mpsc::UnboundedSender<usize>,
-    mut go_rx: watch::Receiver<u64>,
-    mut stop_rx: watch::Receiver<bool>,
+    // The go signal and the later stop signal.
+    (mut go_rx, mut stop_rx): (watch::Receiver<u64>, watch::Receiver<bool>),
     progress_tx: mpsc::UnboundedSender<(usize, Progress)>,
 ) -> anyhow::Result<Task<O>> {
     let mut child = tokio::process::Command::new(exe)
