@@ -19,6 +19,9 @@ pub const MAX_SCENARIO_SECS: f64 = 3_600.0;
 pub const MAX_VIEWERS: u32 = 200_000;
 /// Most phases in one file.
 pub const MAX_PHASES: usize = 64;
+/// Questions a room keeps by the server's default (`max_questions`): more
+/// asks in one run would be refused.
+pub const MAX_QUESTIONS: u64 = 1_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,6 +221,18 @@ pub enum Phase {
         #[serde(default = "ten_percent")]
         percent_off: u8,
     },
+    /// `senders` viewers ask questions, `rate` questions per second in all
+    /// (questions share the server's per-user chat limit).
+    Questions {
+        at: f64,
+        duration: f64,
+        rate: f64,
+        senders: u32,
+    },
+    /// `voters` viewers each upvote, at a moment within `within` seconds of
+    /// `at`, the newest question they have seen (the most upvoted one of
+    /// their snapshot if none was asked since they joined).
+    Upvotes { at: f64, voters: u32, within: f64 },
     /// `fraction` of the joined viewers drop their connection at moments
     /// spread over `over` seconds and resume at once with their last seq.
     Reconnect { at: f64, fraction: f64, over: f64 },
@@ -259,6 +274,8 @@ impl Phase {
             Phase::Join { .. } => "join",
             Phase::Chat { .. } => "chat",
             Phase::Reactions { .. } => "reactions",
+            Phase::Questions { .. } => "questions",
+            Phase::Upvotes { .. } => "upvotes",
             Phase::Poll { .. } => "poll",
             Phase::FlashSale { .. } => "flash_sale",
             Phase::CouponDrop { .. } => "coupon_drop",
@@ -272,6 +289,8 @@ impl Phase {
             Phase::Join { at, .. }
             | Phase::Chat { at, .. }
             | Phase::Reactions { at, .. }
+            | Phase::Questions { at, .. }
+            | Phase::Upvotes { at, .. }
             | Phase::Poll { at, .. }
             | Phase::FlashSale { at, .. }
             | Phase::CouponDrop { at, .. }
@@ -285,9 +304,10 @@ impl Phase {
     pub fn end(&self, replay_secs: f64) -> f64 {
         match self {
             Phase::Join { at, over, .. } => at + over,
-            Phase::Chat { at, duration, .. } | Phase::Reactions { at, duration, .. } => {
-                at + duration
-            }
+            Phase::Chat { at, duration, .. }
+            | Phase::Reactions { at, duration, .. }
+            | Phase::Questions { at, duration, .. } => at + duration,
+            Phase::Upvotes { at, within, .. } => at + within + 1.0,
             Phase::Poll { at, over, .. } => at + over + 2.0,
             Phase::FlashSale { at, within, .. } | Phase::CouponDrop { at, within, .. } => {
                 at + within + 1.0
@@ -461,7 +481,17 @@ impl Scenario {
             return Err(format!("at most {MAX_PHASES} phases"));
         }
         let mut joining = 0u64;
+        let mut questions = 0u64;
         for (i, p) in self.phases.iter().enumerate() {
+            if let Phase::Questions { duration, rate, .. } = p {
+                questions += (rate * duration).round() as u64;
+                if questions > MAX_QUESTIONS {
+                    return Err(format!(
+                        "phase {} (questions): the questions phases ask {questions} questions, more than the {MAX_QUESTIONS} a room keeps by the server's default max_questions",
+                        i + 1
+                    ));
+                }
+            }
             let here = |m: String| format!("phase {} ({}): {m}", i + 1, p.kind());
             secs("at", p.at(), true).map_err(here)?;
             self.check_phase(p).map_err(here)?;
@@ -539,6 +569,20 @@ impl Scenario {
                     return Err("kinds must list at least one reaction".into());
                 }
                 rate_ok(*rate, *senders, 10.0, "reactions_per_sec")
+            }
+            Phase::Questions {
+                duration,
+                rate,
+                senders,
+                ..
+            } => {
+                within_viewers("senders", *senders)?;
+                secs("duration", *duration, false)?;
+                rate_ok(*rate, *senders, 2.0, "chat_per_sec (shared by questions)")
+            }
+            Phase::Upvotes { voters, within, .. } => {
+                within_viewers("voters", *voters)?;
+                secs("within", *within, true)
             }
             Phase::Poll {
                 voters,
@@ -641,12 +685,16 @@ impl Scenario {
                         ));
                     }
                 }
-                Phase::Chat { rate, senders, .. } | Phase::Reactions { rate, senders, .. } => {
+                Phase::Chat { rate, senders, .. }
+                | Phase::Reactions { rate, senders, .. }
+                | Phase::Questions { rate, senders, .. } => {
                     let n = people(*senders);
                     *rate *= n as f64 / *senders as f64;
                     *senders = n;
                 }
-                Phase::Poll { voters, .. } => *voters = people(*voters),
+                Phase::Poll { voters, .. } | Phase::Upvotes { voters, .. } => {
+                    *voters = people(*voters)
+                }
                 Phase::FlashSale { stock, buyers, .. } => {
                     *stock = things(*stock);
                     *buyers = people(*buyers);

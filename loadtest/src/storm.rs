@@ -195,6 +195,22 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                     Act::React(kind)
                 }));
             }
+            Phase::Questions {
+                at,
+                duration,
+                rate,
+                senders,
+            } => {
+                let pace = Pace::new(i, total, *at, *duration, *rate, *senders);
+                script.timed.extend(
+                    pace.acts(|k, _| Act::Ask(format!("storm {run_id} viewer {i} question {k}?"))),
+                );
+            }
+            Phase::Upvotes { at, voters, within } => {
+                if participants(i, *voters, total).is_some() {
+                    script.timed.push((secs(at + u * within), Act::UpvoteSeen));
+                }
+            }
             Phase::Poll {
                 voters,
                 over,
@@ -1184,6 +1200,41 @@ over = 2
         let a = script_for(&s, "r", 123, ip);
         let b = script_for(&s, "r", 123, ip);
         assert_eq!(format!("{:?}", a.timed), format!("{:?}", b.timed));
+    }
+
+    #[test]
+    fn questions_and_upvotes_phases_script_their_acts() {
+        let s = scenario(&S.replace(
+            "[[phase]]\ntype = \"reconnect\"",
+            "[[phase]]\ntype = \"questions\"\nat = 5\nduration = 4\nrate = 10\nsenders = 20\n[[phase]]\ntype = \"upvotes\"\nat = 9\nvoters = 300\nwithin = 2\n[[phase]]\ntype = \"reconnect\"",
+        ));
+        let ip = std::net::Ipv4Addr::LOCALHOST;
+        let acts: Vec<(Duration, Act)> = (0..1000)
+            .flat_map(|i| script_for(&s, "r", i, ip).timed)
+            .collect();
+        let asks: Vec<_> = acts
+            .iter()
+            .filter(|(_, a)| matches!(a, Act::Ask(_)))
+            .collect();
+        assert_eq!(asks.len(), 40);
+        assert!(asks.iter().all(|(t, _)| *t >= secs(5.0) && *t < secs(9.0)));
+        let ups: Vec<_> = acts
+            .iter()
+            .filter(|(_, a)| matches!(a, Act::UpvoteSeen))
+            .collect();
+        assert_eq!(ups.len(), 300);
+        assert!(ups.iter().all(|(t, _)| *t >= secs(9.0) && *t < secs(11.0)));
+        // More questions than a room keeps are refused.
+        let e = Scenario::parse(
+            &S.replace(
+                "[[phase]]\ntype = \"reconnect\"",
+                "[[phase]]\ntype = \"questions\"\nat = 5\nduration = 100\nrate = 20\nsenders = 20\n[[phase]]\ntype = \"reconnect\"",
+            ),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("more than the 1000 a room keeps"), "{e}");
     }
 
     #[test]

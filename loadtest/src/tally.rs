@@ -75,6 +75,9 @@ counters! {
     votes_sent,
     asks_sent,
     upvotes_sent,
+    /// Upvotes of an `upvotes` phase not sent: the viewer had seen no
+    /// question.
+    upvotes_skipped,
     buys_sent,
     /// Buys answered with an order, and the units in those orders.
     buys_accepted,

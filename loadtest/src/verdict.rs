@@ -524,8 +524,17 @@ impl Verdict {
             (
                 "sent".into(),
                 format!(
-                    "chat {}, reactions {}, votes {}, questions {}, upvotes {}",
-                    c.chat_sent, c.reactions_sent, c.votes_sent, c.asks_sent, c.upvotes_sent
+                    "chat {}, reactions {}, votes {}, questions {}, upvotes {}{}",
+                    c.chat_sent,
+                    c.reactions_sent,
+                    c.votes_sent,
+                    c.asks_sent,
+                    c.upvotes_sent,
+                    if c.upvotes_skipped > 0 {
+                        format!(" ({} upvotes skipped: no question seen)", c.upvotes_skipped)
+                    } else {
+                        String::new()
+                    }
                 ),
             ),
             (
@@ -745,6 +754,8 @@ fn phase_spans(s: &Scenario, lengths: &[f64]) -> Vec<PhaseSpan> {
                 Phase::Join { viewers, .. } => format!("join {viewers}"),
                 Phase::Chat { rate, .. } => format!("chat {rate}/s"),
                 Phase::Reactions { rate, .. } => format!("reactions {rate}/s"),
+                Phase::Questions { rate, .. } => format!("questions {rate}/s"),
+                Phase::Upvotes { voters, .. } => format!("upvotes {voters}"),
                 Phase::Poll { .. } => "poll".into(),
                 Phase::FlashSale { stock, .. } => format!("flash sale {stock}"),
                 Phase::CouponDrop { count, .. } => format!("coupons {count}"),

@@ -41,6 +41,8 @@ pub enum Act {
     Vote(u8),
     Ask(String),
     Upvote(QuestionId),
+    /// Upvotes the newest question this viewer has seen (`upvotes` phase).
+    UpvoteSeen,
     Buy {
         sku: Sku,
         qty: u32,
@@ -115,6 +117,8 @@ struct Conn {
     epoch: u64,
     poll: Option<PollId>,
     coupon: Option<CouponId>,
+    /// The newest question seen, for `upvotes` phases.
+    question: Option<QuestionId>,
     pending: HashMap<u32, Pending>,
     next_ref: u32,
 }
@@ -267,6 +271,7 @@ fn fire_from_state(
     let now = Instant::now();
     conn.poll = state.poll.as_ref().map(|p| p.id);
     conn.coupon = state.coupons.last().map(|c| c.id);
+    conn.question = state.questions.first().map(|q| q.id);
     for sale in &state.sales {
         if sale.status == flashcast::commerce::sale::SaleStatus::Live {
             fire_buy(triggers, &sale.sku, now, soon);
@@ -353,6 +358,7 @@ fn on_frame(
                         conn.poll = None;
                     }
                     EventBody::SaleStarted { sale } => fire_buy(triggers, &sale.sku, at, soon),
+                    EventBody::QuestionAsked { question } => conn.question = Some(question.id),
                     EventBody::CouponDropped { coupon } => {
                         conn.coupon = Some(coupon.id);
                         if let Some(delay) = triggers.claims.pop_front() {
@@ -441,6 +447,14 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
         Act::Ask(text) => {
             Live::add(&live.c.asks_sent, 1);
             (ClientMsg::Ask { text }, Pending::Other("ask"))
+        }
+        Act::UpvoteSeen => {
+            let Some(question_id) = conn.question else {
+                Live::add(&live.c.upvotes_skipped, 1);
+                return true;
+            };
+            Live::add(&live.c.upvotes_sent, 1);
+            (ClientMsg::Upvote { question_id }, Pending::Other("upvote"))
         }
         Act::Upvote(question_id) => {
             Live::add(&live.c.upvotes_sent, 1);
@@ -588,6 +602,7 @@ async fn join_once(
                         epoch,
                         poll: None,
                         coupon: None,
+                        question: None,
                         pending: HashMap::new(),
                         next_ref: 0,
                     };

@@ -15,7 +15,8 @@ pub struct Scan {
     pub is_batch: bool,
     /// (seq, ts) of each sequenced event, in order.
     pub events: Vec<(u64, u64)>,
-    /// A `poll_opened`, `sale_started` or `coupon_dropped` is among them.
+    /// A `poll_opened`, `sale_started`, `coupon_dropped` or `question_asked`
+    /// is among them.
     pub needs_full_decode: bool,
     /// Reactions the batch carries (its `reactions` counts per kind, summed):
     /// the server aggregates them per tick instead of sending events.
@@ -23,7 +24,13 @@ pub struct Scan {
 }
 
 /// Event kinds a viewer acts on.
-const TRIGGERS: [&[u8]; 3] = [b"poll_opened", b"sale_started", b"coupon_dropped"];
+const TRIGGERS: [&[u8]; 4] = [
+    b"poll_opened",
+    b"sale_started",
+    b"coupon_dropped",
+    // The newest question is what an `upvotes` phase upvotes.
+    b"question_asked",
+];
 
 /// Scans a frame; `None` if it is not well-formed MessagePack of the
 /// expected shape (counted as a decode error by the caller).

@@ -416,13 +416,18 @@ fn spawn_child<O: DeserializeOwned + Send + 'static>(
 /// Entry point of a worker process (`flashcast-storm <J::SUBCOMMAND> --plan
 /// JSON`): exit 0 with a result line, 2 on an error.
 pub async fn worker_main<J: Job>(plan_json: &str) -> ExitCode {
-    match run_child::<J>(plan_json).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match run_child::<J>(plan_json).await {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("{} error: {e:#}", J::SUBCOMMAND);
-            ExitCode::from(2)
+            2
         }
-    }
+    };
+    // Exits here rather than by returning: the stop signal's read of stdin
+    // may still be in flight on a blocking thread, which the runtime's
+    // shutdown would wait for until the coordinator closes stdin. Every
+    // line was written and flushed by `emit`.
+    std::process::exit(code)
 }
 
 async fn run_child<J: Job>(plan_json: &str) -> anyhow::Result<()> {

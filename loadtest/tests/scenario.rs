@@ -101,6 +101,17 @@ type = "reconnect"
 at = 5
 fraction = 0.2
 over = 0.5
+[[phase]]
+type = "questions"
+at = 2.5
+duration = 2
+rate = 10
+senders = 20
+[[phase]]
+type = "upvotes"
+at = 5
+voters = 150
+within = 0.5
 [pass]
 max_buy_p99_ms = 5000
 [[threshold]]
@@ -135,6 +146,10 @@ async fn a_small_show_runs_every_phase_and_passes() {
     assert_eq!(c.chat_sent, 80, "{table}");
     assert_eq!(c.reactions_sent, 400, "{table}");
     assert_eq!(c.votes_sent, 100, "{table}");
+    // Questions and upvotes: 20 asked, 150 upvotes of the newest, none
+    // refused (the unexpected-error criterion held).
+    assert_eq!(c.asks_sent, 20, "{table}");
+    assert_eq!((c.upvotes_sent, c.upvotes_skipped), (150, 0), "{table}");
     // The flash sale: exactly the stock, nobody twice, in the durable store.
     assert_eq!(c.buys_sent, 300, "{table}");
     assert_eq!(c.buys_accepted, 50, "{table}");
