@@ -80,6 +80,13 @@ pub struct RunArgs {
     /// Write the HTML report (charts) here.
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// Write the per-second series (the report's `seconds`) as CSV here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Serve the tool's own metrics (Prometheus text) on this address while
+    /// the run goes on, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Write what the tool sent as a recording (JSON lines), replayable
     /// with a `replay` phase.
     #[arg(long)]

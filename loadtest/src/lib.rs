@@ -12,6 +12,7 @@
 //! - [`wire`]: the lean reader of tick frames;
 //! - [`tally`]: what a scenario run counts, per process and merged;
 //! - [`probe`]: the server's CPU and memory (/proc) and counters (/metrics);
+//! - [`live_metrics`]: the tool's own /metrics while it runs;
 //! - [`admin`]: the admin API (room, tokens, sales, coupons, orders);
 //! - [`host`]: the host's WebSocket (polls);
 //! - [`threshold`]: thresholds per phase and per kind, judged per second;
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod host;
 pub mod html;
+pub mod live_metrics;
 pub mod nchan;
 pub mod probe;
 pub mod scenario;

@@ -66,6 +66,8 @@ pub struct RunOptions {
     /// Ends the run as soon as a criterion judged on the live counters
     /// fails (`--abort-on-fail`).
     pub abort_on_fail: bool,
+    /// Serves the tool's own /metrics here during the run.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub quiet: bool,
 }
 
@@ -745,6 +747,15 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         p.record = opts.record.is_some();
     }
     let probe = ServerProbe::new(opts.server_pid, admin.clone());
+    let live_metrics = std::sync::Arc::new(crate::live_metrics::LiveMetrics::default());
+    let metrics_server = match opts.metrics_listen {
+        Some(addr) => {
+            let (bound, task) = crate::live_metrics::serve(addr, live_metrics.clone()).await?;
+            eprintln!("flashcast-storm metrics on http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
 
     let mut workers = Workers::start(&plans, opts.worker_exe.clone())?;
     workers.ready(async |_| {}).await?;
@@ -812,6 +823,8 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
             if !opts.quiet && now_ms() >= t0_ms {
                 line.print(sum, probe.last());
             }
+            let elapsed = (now_ms() as i64 - t0_ms as i64) / 1_000;
+            live_metrics.update(sum, elapsed);
             if opts.abort_on_fail && abort.is_none() {
                 if let Some(why) = crate::verdict::live_failure(&s.pass, sum, k) {
                     let t = now_ms().saturating_sub(t0_ms) as f64 / 1_000.0;
@@ -823,6 +836,9 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         })
         .await?;
     probe.sample().await;
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
     let host_result = if abort.is_some() {
         host.abort();
         Ok(())
@@ -991,6 +1007,7 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
         worker_exe: std::env::current_exe().ok(),
         record: args.record.clone(),
         abort_on_fail: args.abort_on_fail,
+        metrics_listen: args.metrics_listen,
         quiet: args.quiet,
     };
     let verdict = match run(&s, &opts).await {
@@ -1020,6 +1037,11 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
             &args.html,
             "HTML report",
             args.html.as_ref().map(|p| verdict.write_html(p)),
+        ),
+        (
+            &args.csv,
+            "per-second CSV",
+            args.csv.as_ref().map(|p| verdict.write_csv(p)),
         ),
     ] {
         match (path, result) {

@@ -483,6 +483,47 @@ impl Verdict {
         f
     }
 
+    /// The per-second series as CSV: one row per second since go, the
+    /// columns of [`SecondSample`]; empty cells where nothing was measured.
+    pub fn csv(&self) -> String {
+        let mut out = String::from(
+            "t,viewers,events,bytes,p50_ms,p99_ms,max_ms,chat_sent,reactions_sent,buys_sent,buys_accepted,buys_refused,claims_sent,claims_answered,sent,errors,buy_errors,claim_errors,server_cpu_pct,server_rss_mib\n",
+        );
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let optf = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_default();
+        for s in &self.seconds {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                s.t,
+                s.viewers,
+                s.events,
+                s.bytes,
+                opt(s.p50_ms),
+                opt(s.p99_ms),
+                opt(s.max_ms),
+                s.chat_sent,
+                s.reactions_sent,
+                s.buys_sent,
+                s.buys_accepted,
+                s.buys_refused,
+                s.claims_sent,
+                s.claims_answered,
+                s.sent,
+                s.errors,
+                s.buy_errors,
+                s.claim_errors,
+                optf(s.server_cpu_pct),
+                optf(s.server_rss_mib),
+            );
+        }
+        out
+    }
+
+    pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, self.csv()).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// The human summary.
     pub fn table(&self) -> String {
         let mut out = String::new();

@@ -256,6 +256,10 @@ max_p95_ms = 0
         "--quiet".into(),
         "--out".into(),
         out_json.to_str().unwrap().into(),
+        "--csv".into(),
+        dir.path().join("s.csv").to_str().unwrap().into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
     ];
     let out = tokio::task::spawn_blocking(move || Command::new(bin).args(args).output().unwrap())
         .await
@@ -269,6 +273,20 @@ max_p95_ms = 0
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("FAIL: p99 delivery latency"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("flashcast-storm metrics on http://127.0.0.1:"),
+        "{stderr}"
+    );
+    // The per-second CSV: a header and a row per second of the report.
+    let csv = std::fs::read_to_string(dir.path().join("s.csv")).unwrap();
+    assert!(csv.starts_with("t,viewers,events,"), "{csv}");
+    let events: u64 = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(events >= 20 * 100, "{csv}");
     assert!(
         stdout.contains("threshold 1 (delivery, phase 2 chat): p95 delivery"),
         "{stdout}"
