@@ -27,6 +27,9 @@ pub enum Command {
         #[arg(long)]
         scale: Option<f64>,
     },
+    /// Compares two JSON reports of `run` (percentiles, CPU per event, RSS,
+    /// errors); exit code 1 when B is worse than A beyond the tolerance.
+    Diff(crate::diff::DiffArgs),
     /// Internal: one worker process of `run`.
     #[command(hide = true)]
     ScenarioWorker {

@@ -12,6 +12,7 @@
 //! - [`wire`]: the lean reader of tick frames;
 //! - [`tally`]: what a scenario run counts, per process and merged;
 //! - [`probe`]: the server's CPU and memory (/proc) and counters (/metrics);
+//! - [`diff`]: what changed between two reports (`diff A.json B.json`);
 //! - [`live_metrics`]: the tool's own /metrics while it runs;
 //! - [`admin`]: the admin API (room, tokens, sales, coupons, orders);
 //! - [`host`]: the host's WebSocket (polls);
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod diff;
 pub mod host;
 pub mod html;
 pub mod live_metrics;

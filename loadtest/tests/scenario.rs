@@ -293,6 +293,47 @@ max_p95_ms = 0
     );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    // `diff`: a report against itself is no regression; against a copy
+    // with twice the p99 it is (exit 1, HTML written); junk is exit 2.
+    let same = Command::new(BIN)
+        .arg("diff")
+        .args([&out_json, &out_json])
+        .output()
+        .unwrap();
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    let mut worse = json.clone();
+    worse["latency_ms"]["p99"] =
+        serde_json::json!(json["latency_ms"]["p99"].as_u64().unwrap() * 2 + 10);
+    let worse_path = dir.path().join("worse.json");
+    std::fs::write(&worse_path, serde_json::to_vec(&worse).unwrap()).unwrap();
+    let page = dir.path().join("diff.html");
+    let diff = Command::new(BIN)
+        .arg("diff")
+        .args([&out_json, &worse_path])
+        .arg("--html")
+        .arg(&page)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&diff.stdout);
+    assert_eq!(diff.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("delivery p99 ms") && text.contains("REGRESSION"),
+        "{text}"
+    );
+    assert!(std::fs::read_to_string(&page)
+        .unwrap()
+        .contains("regression(s)"));
+    let junk = Command::new(BIN)
+        .arg("diff")
+        .args([&out_json, &dir.path().join("s.csv")])
+        .output()
+        .unwrap();
+    assert_eq!(junk.status.code(), Some(2));
     // The threshold applied, its bound and the value found, in the report;
     // the chat's delivery came from three processes, merged per second.
     let t = &json["thresholds"][0];
