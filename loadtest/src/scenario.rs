@@ -162,6 +162,35 @@ fn seed() -> u64 {
     0x5eed
 }
 
+/// How the participants of a triggered phase (flash sale, coupon drop)
+/// spread their actions over its `within` seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// Evenly (a seeded uniform draw).
+    #[default]
+    Uniform,
+    /// "The host says BUY NOW": most act at once, the rest trail off (a
+    /// truncated exponential: about 63% in the first fifth of `within`,
+    /// 86% in the first two fifths).
+    Spike,
+}
+
+impl Arrival {
+    /// The moment, as a fraction of `within`, of a participant whose
+    /// seeded draw is `u` in [0, 1).
+    pub fn fraction(self, u: f64) -> f64 {
+        match self {
+            Arrival::Uniform => u,
+            Arrival::Spike => {
+                // Inverse of the exponential CDF with rate 5, truncated to [0, 1).
+                let k: f64 = 5.0;
+                -(1.0 - u * (1.0 - (-k).exp())).ln() / k
+            }
+        }
+    }
+}
+
 /// One step of the timeline.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -210,6 +239,8 @@ pub enum Phase {
         price_minor: u64,
         #[serde(default = "sale_secs")]
         duration_secs: u64,
+        #[serde(default)]
+        arrival: Arrival,
     },
     /// A host drops `count` coupons at `at`; `claimers` viewers claim within
     /// `within` seconds of seeing the drop.
@@ -220,6 +251,8 @@ pub enum Phase {
         within: f64,
         #[serde(default = "ten_percent")]
         percent_off: u8,
+        #[serde(default)]
+        arrival: Arrival,
     },
     /// `senders` viewers ask questions, `rate` questions per second in all
     /// (questions share the server's per-user chat limit).

@@ -228,6 +228,7 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                 buyers,
                 within,
                 qty,
+                arrival,
                 ..
             } => {
                 if participants(i, *buyers, total).is_some() {
@@ -235,16 +236,22 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                         sku: phase_sku(run_id, p),
                         qty: *qty,
                         key: IdemKey::new(&format!("storm-{run_id}-{i}-{p}")).expect("valid key"),
-                        delay: secs(u * within),
+                        delay: secs(arrival.fraction(u) * within),
                         fired: false,
                     });
                 }
             }
             Phase::CouponDrop {
-                claimers, within, ..
+                claimers,
+                within,
+                arrival,
+                ..
             } => {
                 if participants(i, *claimers, total).is_some() {
-                    script.triggers.claims.push_back(secs(u * within));
+                    script
+                        .triggers
+                        .claims
+                        .push_back(secs(arrival.fraction(u) * within));
                 }
             }
             Phase::Reconnect { at, fraction, over } => {
@@ -1222,6 +1229,26 @@ over = 2
         let a = script_for(&s, "r", 123, ip);
         let b = script_for(&s, "r", 123, ip);
         assert_eq!(format!("{:?}", a.timed), format!("{:?}", b.timed));
+    }
+
+    #[test]
+    fn a_spike_sale_has_most_buyers_at_once() {
+        let delays = |text: &str| -> Vec<f64> {
+            let s = scenario(text);
+            let ip = std::net::Ipv4Addr::LOCALHOST;
+            (0..1000)
+                .flat_map(|i| script_for(&s, "r", i, ip).triggers.buys)
+                .map(|b| b.delay.as_secs_f64())
+                .collect()
+        };
+        let early = |d: &[f64]| d.iter().filter(|&&t| t < 0.2).count();
+        let uniform = delays(S);
+        let spike = delays(&S.replace("within = 1\n", "within = 1\narrival = \"spike\"\n"));
+        assert_eq!((uniform.len(), spike.len()), (250, 250));
+        // Uniform: about a fifth in the first fifth; spike: about 63%.
+        assert!((35..=65).contains(&early(&uniform)), "{}", early(&uniform));
+        assert!((140..=175).contains(&early(&spike)), "{}", early(&spike));
+        assert!(spike.iter().all(|&t| (0.0..1.0).contains(&t)));
     }
 
     #[test]
