@@ -197,7 +197,19 @@ impl Arrival {
 pub enum Phase {
     /// `viewers` viewers (the next ones not yet assigned to a join phase)
     /// connect and join, evenly spread over `over` seconds.
-    Join { at: f64, viewers: u32, over: f64 },
+    ///
+    /// With `stages` (`[[secs, to_rate], ...]`, from rate 0), the joins
+    /// follow that shape instead of an even spread: the rate ramps linearly
+    /// to each stage's `to_rate` over its seconds (a stage with the same
+    /// rate holds it), scaled so that exactly `viewers` join; `over` must
+    /// be the stages' total.
+    Join {
+        at: f64,
+        viewers: u32,
+        over: f64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stages: Vec<(f64, f64)>,
+    },
     /// `senders` viewers chat, `rate` messages per second in all, for
     /// `duration` seconds.
     Chat {
@@ -575,9 +587,37 @@ impl Scenario {
             }
         };
         match p {
-            Phase::Join { viewers, over, .. } => {
+            Phase::Join {
+                viewers,
+                over,
+                stages,
+                ..
+            } => {
                 within_viewers("viewers", *viewers)?;
-                secs("over", *over, true)
+                secs("over", *over, true)?;
+                if stages.is_empty() {
+                    return Ok(());
+                }
+                if stages.len() > 32 {
+                    return Err("stages: at most 32".into());
+                }
+                let mut total = 0.0;
+                for (k, &(d, r)) in stages.iter().enumerate() {
+                    secs(&format!("stages[{k}] seconds"), d, false)?;
+                    if !(r.is_finite() && r >= 0.0) {
+                        return Err(format!("stages[{k}] rate must be >= 0, got {r}"));
+                    }
+                    total += d;
+                }
+                if (total - over).abs() > 1e-9 {
+                    return Err(format!(
+                        "the stages last {total} s but over is {over}: make over the stages' total"
+                    ));
+                }
+                if ramp_area(stages) <= 0.0 {
+                    return Err("stages: every rate is 0, nobody would join".into());
+                }
+                Ok(())
             }
             Phase::Chat {
                 duration,
@@ -843,6 +883,44 @@ fn unexpected(v: &toml::de::DeValue) -> String {
     }
 }
 
+/// Joins (in rate x seconds) under piecewise-linear `stages` from rate 0.
+fn ramp_area(stages: &[(f64, f64)]) -> f64 {
+    let mut from = 0.0;
+    stages
+        .iter()
+        .map(|&(d, to)| {
+            let a = (from + to) / 2.0 * d;
+            from = to;
+            a
+        })
+        .sum()
+}
+
+/// When (seconds into the phase) the joiner at `share` in [0, 1) of a
+/// phase with `stages` joins: where the cumulative arrivals of the
+/// piecewise-linear rate reach that share of them all.
+pub fn ramp_time(stages: &[(f64, f64)], share: f64) -> f64 {
+    let mut want = share * ramp_area(stages);
+    let (mut from, mut t0) = (0.0f64, 0.0f64);
+    for &(d, to) in stages {
+        let area = (from + to) / 2.0 * d;
+        if want <= area && area > 0.0 {
+            // from*t + (to-from)/(2d)*t^2 = want
+            let a = (to - from) / (2.0 * d);
+            let t = if a.abs() < 1e-12 {
+                want / from
+            } else {
+                (-from + (from * from + 4.0 * a * want).max(0.0).sqrt()) / (2.0 * a)
+            };
+            return t0 + t.clamp(0.0, d);
+        }
+        want -= area;
+        from = to;
+        t0 += d;
+    }
+    t0
+}
+
 fn secs(name: &str, v: f64, zero_ok: bool) -> Result<(), String> {
     let ok = v.is_finite() && (if zero_ok { v >= 0.0 } else { v > 0.0 }) && v <= MAX_SCENARIO_SECS;
     if ok {
@@ -1017,6 +1095,29 @@ within = 1
             .scaled(0.01)
             .unwrap_err();
         assert!(e.contains("phase 2 (join) would join no viewer"), "{e}");
+    }
+
+    #[test]
+    fn staged_joins_ramp_hold_and_drop() {
+        // 0 -> 100/s over 10 s, hold 10 s, drop to 0 over 5 s: 500 + 1000
+        // + 250 joins.
+        let stages = [(10.0, 100.0), (10.0, 100.0), (5.0, 0.0)];
+        let at = |k: f64| ramp_time(&stages, k / 1750.0);
+        assert!((at(125.0) - 5.0).abs() < 1e-9, "{}", at(125.0));
+        assert!((at(500.0) - 10.0).abs() < 1e-9);
+        assert!((at(1000.0) - 15.0).abs() < 1e-9);
+        assert!((at(1500.0) - 20.0).abs() < 1e-9);
+        assert!(at(1749.0) < 25.0 && at(1749.0) > 22.0);
+        let text = GOOD.replace(
+            "viewers = 100\nover = 2",
+            "viewers = 100\nover = 25\nstages = [[10, 100], [10, 100], [5, 0]]",
+        );
+        let s = Scenario::parse(&text, "t").unwrap();
+        assert_eq!(s.end(&[]), 25.0);
+        let e = err(&text.replace("over = 25", "over = 20"));
+        assert!(e.contains("the stages last 25 s but over is 20"), "{e}");
+        let e = err(&text.replace("[5, 0]]", "[5, -1]]"));
+        assert!(e.contains("stages[2] rate must be >= 0"), "{e}");
     }
 
     #[test]

@@ -166,10 +166,19 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
     for (p, phase) in s.phases.iter().enumerate() {
         let u = unit(seed, i, p);
         match phase {
-            Phase::Join { at, viewers, over } => {
+            Phase::Join {
+                at,
+                viewers,
+                over,
+                stages,
+            } => {
                 if (first_unjoined..first_unjoined + viewers).contains(&i) {
-                    let k = i - first_unjoined;
-                    script.join_at = secs(at + over * k as f64 / *viewers as f64);
+                    let share = (i - first_unjoined) as f64 / *viewers as f64;
+                    script.join_at = if stages.is_empty() {
+                        secs(at + over * share)
+                    } else {
+                        secs(at + crate::scenario::ramp_time(stages, share))
+                    };
                 }
                 first_unjoined += viewers;
             }
@@ -1229,6 +1238,20 @@ over = 2
         let a = script_for(&s, "r", 123, ip);
         let b = script_for(&s, "r", 123, ip);
         assert_eq!(format!("{:?}", a.timed), format!("{:?}", b.timed));
+    }
+
+    #[test]
+    fn staged_joins_follow_the_ramp() {
+        // The first wave of 600 ramps 0 -> 100/s over 6 s: half of the
+        // area is reached at 6/sqrt(2) s, not at 3 s as evenly.
+        let s = scenario(&S.replace(
+            "viewers = 600\nover = 6",
+            "viewers = 600\nover = 6\nstages = [[6, 100]]",
+        ));
+        let ip = std::net::Ipv4Addr::LOCALHOST;
+        let t = script_for(&s, "r", 300, ip).join_at.as_secs_f64();
+        assert!((t - 6.0 / 2f64.sqrt()).abs() < 0.01, "{t}");
+        assert!(script_for(&s, "r", 0, ip).join_at.is_zero());
     }
 
     #[test]
