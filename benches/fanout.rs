@@ -8,9 +8,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use flashcast::ids::UserId;
-use flashcast::protocol::{Encoding, Event, EventBody, ReactionKind, Role, ServerMsg, UserRef};
 use flashcast::room::history::History;
+use flashcast_wire::ids::UserId;
+use flashcast_wire::{Encoding, Event, EventBody, ReactionKind, Role, ServerMsg, UserRef};
 
 const SUBSCRIBERS: usize = 10_000;
 

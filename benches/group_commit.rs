@@ -3,38 +3,34 @@
 //! (one transaction and fsync per write). Same SQLite settings for both:
 //! WAL, synchronous=FULL. `cargo bench --bench group_commit`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use flashcast::store::group_commit::{GroupCommit, GroupCommitConfig, WriteOp};
+use flashcast::store::{sqlite, GroupCommit, GroupCommitConfig, Write};
+use flashcast_wire::ids::{RoomId, UserId};
 
-/// Concurrent buyers waiting on their own order's commit.
+/// Concurrent buyers waiting on their own write's commit.
 const WRITERS: usize = 256;
 
-fn order_insert(id: u64) -> WriteOp {
-    Box::new(move |tx| {
-        tx.execute(
-            "INSERT INTO orders (id, sku, user_id, qty, total_minor) VALUES (?1, 'sku-1', ?2, 1, 4900)",
-            rusqlite::params![id as i64, format!("user-{id}")],
-        )
-        .map(|_| ())
-    })
+/// A small durable write (one row), like an order or a claim.
+fn write(id: u64) -> Write {
+    Write::Ban {
+        room: RoomId::new("bench").unwrap(),
+        user: UserId::new(&format!("user-{id}")).unwrap(),
+    }
 }
 
 fn run(max_batch: usize, iters: u64, rt: &tokio::runtime::Runtime) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let (writer, thread) = GroupCommit::open(
-        &dir.path().join("bench.db"),
-        GroupCommitConfig { queue: 8_192, max_batch },
-        |c| {
-            c.execute_batch(
-                "CREATE TABLE orders (id INTEGER PRIMARY KEY, sku TEXT, user_id TEXT, qty INTEGER, total_minor INTEGER)",
-            )
+    let (backend, _) = sqlite::open(dir.path()).unwrap();
+    let (writer, thread) = GroupCommit::start(
+        Box::new(backend),
+        GroupCommitConfig {
+            queue: 8_192,
+            max_batch,
         },
     )
     .unwrap();
-    let writer = Arc::new(writer);
     let start = Instant::now();
     rt.block_on(async {
         let per = iters.div_ceil(WRITERS as u64);
@@ -43,7 +39,7 @@ fn run(max_batch: usize, iters: u64, rt: &tokio::runtime::Runtime) -> Duration {
                 let writer = writer.clone();
                 tokio::spawn(async move {
                     for i in 0..per {
-                        writer.write(order_insert(w * per + i)).await.unwrap();
+                        writer.write(write(w * per + i)).await.unwrap();
                     }
                 })
             })

@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{RoomId, UserId};
-use crate::protocol::{now_ms, Role, UserRef};
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{Role, UserRef};
+
+use crate::clock::Clock;
 
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -38,6 +40,8 @@ pub struct TokenKeys {
     encoding: Arc<EncodingKey>,
     decoding: Arc<DecodingKey>,
     validation: Arc<Validation>,
+    /// Expiry is checked against this clock, not jsonwebtoken's own.
+    clock: Clock,
 }
 
 impl TokenKeys {
@@ -45,11 +49,20 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // `verify` checks `exp` itself, on `clock`.
+        validation.validate_exp = false;
         Self {
             encoding: Arc::new(EncodingKey::from_secret(secret)),
             decoding: Arc::new(DecodingKey::from_secret(secret)),
             validation: Arc::new(validation),
+            clock: Clock::system(),
         }
+    }
+
+    /// Mints and checks expiry on `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Mints a token valid for `ttl_secs` from now.
@@ -61,7 +74,7 @@ impl TokenKeys {
         room: &RoomId,
         ttl_secs: u64,
     ) -> (String, Claims) {
-        let now = now_ms() / 1_000;
+        let now = self.clock.now_secs();
         let claims = Claims {
             sub: user.clone(),
             name: name.to_string(),
@@ -81,9 +94,12 @@ impl TokenKeys {
                 if data.claims.name.chars().count() > MAX_NAME_CHARS {
                     return Err(TokenError::Invalid);
                 }
+                // As jsonwebtoken with no leeway: valid through its `exp` second.
+                if data.claims.exp < self.clock.now_secs() {
+                    return Err(TokenError::Expired);
+                }
                 Ok(data.claims)
             }
-            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
             Err(_) => Err(TokenError::Invalid),
         }
     }
@@ -132,9 +148,17 @@ mod tests {
         assert_eq!(other.verify(&token).unwrap_err(), TokenError::Invalid);
         assert_eq!(keys.verify("not.a.jwt").unwrap_err(), TokenError::Invalid);
 
-        let (expired, _) = keys.mint(&user, "Alice", Role::Host, &room, 0);
-        std::thread::sleep(std::time::Duration::from_millis(1_100));
-        assert_eq!(keys.verify(&expired).unwrap_err(), TokenError::Expired);
+        let manual = crate::clock::ManualClock::frozen(1_000_000_000_000);
+        let keys = keys.with_clock(manual.clock());
+        let (expiring, _) = keys.mint(&user, "Alice", Role::Host, &room, 1);
+        assert!(keys.verify(&expiring).is_ok());
+        manual.advance(std::time::Duration::from_millis(1_999));
+        assert!(
+            keys.verify(&expiring).is_ok(),
+            "valid through its exp second"
+        );
+        manual.advance(std::time::Duration::from_millis(1_000));
+        assert_eq!(keys.verify(&expiring).unwrap_err(), TokenError::Expired);
     }
 
     #[test]

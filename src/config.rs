@@ -1,7 +1,8 @@
 //! Configuration: flags, FLASHCAST_* environment variables and an optional
 //! TOML file, in that order of precedence, over built-in defaults.
 //!
-//! Every bound of the system lives in `crate::limits::Limits`.
+//! Every bound of the system lives in `crate::limits::Limits`; the settings
+//! build it (flattened below), `limits` knows nothing of them.
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use crate::limits::Limits;
+use crate::limits::Limits;
 
 /// Flashcast: a live-commerce streaming engine.
 #[derive(Debug, Clone, Parser, Serialize, Deserialize)]

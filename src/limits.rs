@@ -7,18 +7,17 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::{Args, FromArgMatches};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Settings;
-use crate::ids::UserId;
+use flashcast_wire::ids::UserId;
 
 /// The smallest `max_recording_bytes`: room for the header and some lines.
 pub const MIN_RECORDING_BYTES: u64 = 1_024;
 
-/// Most threads one tick's fanout is split over.
+/// Most fanout worker threads.
 pub const MAX_FANOUT_THREADS: usize = 64;
 
 /// Every bound in the system. Exceeding one is a documented error path.
@@ -42,37 +41,23 @@ pub struct Limits {
     /// Open questions listed in a snapshot.
     #[arg(long, env = "FLASHCAST_SNAPSHOT_QUESTIONS", default_value_t = 20)]
     pub snapshot_questions: usize,
-    /// Tick length: events of one tick go out as one frame per viewer, at
-    /// most one per tick. A room that sent nothing for a whole tick sends
-    /// its next event at once, so the tick adds latency only when there is
-    /// something to batch.
+    /// Upper bound of batching. A room hands its next batch to the fanout
+    /// as soon as the previous one is written and something is pending, so
+    /// events share a batch only while the fanout is busy; aggregates
+    /// (reactions, tallies, stock, deadlines) are collected at least this
+    /// often.
     #[arg(long, env = "FLASHCAST_TICK_MS", default_value_t = 50)]
     pub tick_ms: u64,
-    /// Frames per second one room may write (viewers x ticks per second).
-    /// A room with more viewers lengthens its tick, so the fanout cost stays
-    /// flat and more events share each frame.
-    #[arg(long, env = "FLASHCAST_ROOM_FRAMES_PER_SEC", default_value_t = 100_000)]
-    pub room_frames_per_sec: u64,
-    /// Longest tick a large room stretches to (the latency it may add).
-    #[arg(long, env = "FLASHCAST_MAX_TICK_MS", default_value_t = 100)]
-    pub max_tick_ms: u64,
-    /// A tick's fanout to at least this many viewers hands its runtime
-    /// worker's other tasks to another thread first (tokio's
-    /// `block_in_place`): writing to 10,000 sockets takes the thread for
-    /// tens of milliseconds, and the connections queued on it (a flash
-    /// sale's buys) must not wait for that.
-    #[arg(
-        long,
-        env = "FLASHCAST_FANOUT_OFFLOAD_VIEWERS",
-        default_value_t = 1_000
-    )]
-    pub fanout_offload_viewers: usize,
-    /// Threads one such fanout is split over, the room's own included: a
-    /// slice of `fanout_offload_viewers` viewers or more per thread, at
-    /// most this many threads. Unset: one per CPU. 1: the room's thread
-    /// writes alone.
+    /// Fanout workers: persistent threads, each owning a shard of the
+    /// connections and its own io_uring ring. Unset: one per CPU.
     #[arg(long, env = "FLASHCAST_FANOUT_THREADS")]
     pub fanout_threads: Option<usize>,
+    /// Jobs (a room's batch, a reply, a join or leave) one fanout worker's
+    /// queue holds. A room that finds it full waits for room (counted in
+    /// `fanout_queue_full_total`); its own queue then fills and new actions
+    /// get `room_busy`.
+    #[arg(long, env = "FLASHCAST_FANOUT_QUEUE", default_value_t = 8_192)]
+    pub fanout_queue: usize,
     /// Sends a fanout's frames with io_uring, one submission (one system
     /// call) per 256 viewers, where the kernel allows it (else it warns
     /// once and sends one by one): a third less CPU per frame than one
@@ -153,9 +138,16 @@ pub struct Limits {
     /// Longest lifetime of a minted token, in seconds.
     #[arg(long, env = "FLASHCAST_MAX_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub max_token_ttl_secs: u64,
-    /// Time given to connections to receive their close frame on shutdown.
+    /// Time given to connections to receive their close frame on shutdown
+    /// (and to HTTP requests in flight when the listener closes).
     #[arg(long, env = "FLASHCAST_SHUTDOWN_GRACE_MS", default_value_t = 3_000)]
     pub shutdown_grace_ms: u64,
+    /// Time the node keeps accepting after shutdown begins, answering
+    /// `/readyz` and new `GET /ws` with 503, so that a load balancer sees it
+    /// go not-ready before it stops listening. A second Ctrl-C or SIGTERM
+    /// ends it early.
+    #[arg(long, env = "FLASHCAST_SHUTDOWN_DRAIN_MS", default_value_t = 5_000)]
+    pub shutdown_drain_ms: u64,
     /// Largest REST request body, in bytes.
     #[arg(long, env = "FLASHCAST_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
@@ -210,6 +202,22 @@ pub struct Limits {
     /// Most writes committed in one transaction.
     #[arg(long, env = "FLASHCAST_COMMIT_BATCH", default_value_t = 1_024)]
     pub commit_batch: usize,
+    /// Idempotency keys of committed buys kept in memory on this node; beyond,
+    /// the oldest leave first (a retry with one is answered from the store).
+    #[arg(
+        long,
+        env = "FLASHCAST_MAX_IDEMPOTENCY_KEYS",
+        default_value_t = 500_000
+    )]
+    pub max_idempotency_keys: usize,
+    /// How long a committed buy's idempotency key stays in memory, in
+    /// seconds; after that a retry with it is answered from the store.
+    #[arg(
+        long,
+        env = "FLASHCAST_IDEMPOTENCY_KEY_RETENTION_SECS",
+        default_value_t = 24 * 3600
+    )]
+    pub idempotency_key_retention_secs: u64,
     /// Accepted clock difference of a payment webhook's signature timestamp, in seconds.
     #[arg(long, env = "FLASHCAST_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
     pub webhook_tolerance_secs: u64,
@@ -243,22 +251,11 @@ impl Limits {
         Duration::from_millis(self.tick_ms)
     }
 
-    /// The tick of a room with `viewers` viewers: `tick_ms`, lengthened so
-    /// the room writes at most `room_frames_per_sec` frames, at most
-    /// `max_tick_ms`.
-    pub fn tick_for(&self, viewers: usize) -> Duration {
-        let needed = (viewers as u64 * 1_000).div_ceil(self.room_frames_per_sec.max(1));
-        Duration::from_millis(needed.clamp(self.tick_ms, self.max_tick_ms.max(self.tick_ms)))
-    }
-
-    /// Threads a tick's fanout to `viewers` viewers is written by (1: the
-    /// room's own, in place).
-    pub fn fanout_threads_for(&self, viewers: usize) -> usize {
-        if viewers < self.fanout_offload_viewers {
-            return 1;
-        }
-        let max = self.fanout_threads.unwrap_or_else(cpus);
-        (viewers / self.fanout_offload_viewers).clamp(1, max.clamp(1, MAX_FANOUT_THREADS))
+    /// Fanout worker threads: `fanout_threads`, or one per CPU.
+    pub fn fanout_workers(&self) -> usize {
+        self.fanout_threads
+            .unwrap_or_else(cpus)
+            .clamp(1, MAX_FANOUT_THREADS)
     }
 
     /// Refuses settings that would break an invariant (a zero-sized queue,
@@ -277,8 +274,7 @@ impl Limits {
             ("max_text_chars", self.max_text_chars),
             ("max_poll_options", self.max_poll_options),
             ("tick_ms", self.tick_ms as usize),
-            ("room_frames_per_sec", self.room_frames_per_sec as usize),
-            ("fanout_offload_viewers", self.fanout_offload_viewers),
+            ("fanout_queue", self.fanout_queue),
             ("chat_per_sec", self.chat_per_sec as usize),
             ("chat_burst", self.chat_burst as usize),
             ("reactions_per_sec", self.reactions_per_sec as usize),
@@ -298,6 +294,11 @@ impl Limits {
             ("buys_burst", self.buys_burst as usize),
             ("commit_queue", self.commit_queue),
             ("commit_batch", self.commit_batch),
+            ("max_idempotency_keys", self.max_idempotency_keys),
+            (
+                "idempotency_key_retention_secs",
+                self.idempotency_key_retention_secs as usize,
+            ),
             ("max_orders_page", self.max_orders_page),
             ("recording_queue", self.recording_queue),
             ("max_recording_secs", self.max_recording_secs as usize),
@@ -333,21 +334,27 @@ impl Limits {
         if self.tick_ms > 1_000 {
             return Err("tick_ms must be at most 1000".into());
         }
-        if self.max_tick_ms < self.tick_ms || self.max_tick_ms > 1_000 {
-            return Err("max_tick_ms must be between tick_ms and 1000".into());
-        }
         Ok(())
     }
 }
 
 impl Default for Limits {
+    /// The built-in defaults, from the `#[arg]` attributes above (one place
+    /// for each number) but without reading the command line or any
+    /// `FLASHCAST_*` variable: the same values wherever it runs. The
+    /// settings (`crate::config`) build the configured `Limits`.
     fn default() -> Self {
-        Settings::parse_from(["flashcast"]).limits
+        let command = Limits::augment_args(clap::Command::new("limits"))
+            .no_binary_name(true)
+            .mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(std::iter::empty::<String>())
+            .expect("every limit has a default");
+        Limits::from_arg_matches(&matches).expect("every limit has a default")
     }
 }
 
-/// CPUs this process may use, read once: on Linux the standard library
-/// reads cgroup files for it, which a room's every tick must not do.
+/// CPUs this process may use.
 fn cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -424,34 +431,32 @@ mod tick_tests {
     }
 
     #[test]
-    fn large_rooms_tick_less_often_within_the_bounds() {
-        let l = Args::parse_from(["x"]).limits;
-        assert_eq!(l.tick_for(0), Duration::from_millis(50));
-        assert_eq!(l.tick_for(2_500), Duration::from_millis(50));
-        assert_eq!(l.tick_for(5_000), Duration::from_millis(50));
-        assert_eq!(l.tick_for(7_500), Duration::from_millis(75));
-        assert_eq!(l.tick_for(10_000), Duration::from_millis(100));
-        assert_eq!(l.tick_for(1_000_000), Duration::from_millis(100));
-        let mut bad = l.clone();
-        bad.max_tick_ms = 10;
-        assert!(bad.validate().is_err());
+    fn defaults_are_pure_and_the_settings_read_the_environment() {
+        // Only the orders API reads this limit, so no other test running
+        // meanwhile depends on it.
+        std::env::set_var("FLASHCAST_MAX_ORDERS_PAGE", "7");
+        let pure = Limits::default();
+        let configured = crate::Settings::load_from(["flashcast"]).map(|s| s.limits);
+        std::env::remove_var("FLASHCAST_MAX_ORDERS_PAGE");
+        assert_eq!(pure.max_orders_page, 10_000, "a default reads no variable");
+        assert_eq!(configured.unwrap().max_orders_page, 7);
+        assert_eq!(pure.history_len, 2_000);
+        assert!(pure.validate().is_ok());
     }
 
     #[test]
-    fn a_fanout_is_split_into_slices_of_at_least_the_offload_size() {
+    fn fanout_workers_are_one_per_cpu_unless_set() {
         let mut l = Args::parse_from(["x", "--fanout-threads", "4"]).limits;
-        assert_eq!(l.fanout_threads_for(999), 1, "small rooms write in place");
-        assert_eq!(l.fanout_threads_for(1_000), 1);
-        assert_eq!(l.fanout_threads_for(2_500), 2);
-        assert_eq!(l.fanout_threads_for(10_000), 4);
-        l.fanout_threads = Some(1);
-        assert_eq!(l.fanout_threads_for(10_000), 1);
+        assert_eq!(l.fanout_workers(), 4);
         l.fanout_threads = None;
-        assert!(l.fanout_threads_for(1_000_000) >= 1);
+        assert_eq!(l.fanout_workers(), cpus());
         for bad in [0, MAX_FANOUT_THREADS + 1] {
             l.fanout_threads = Some(bad);
             let err = l.validate().unwrap_err();
             assert!(err.contains("fanout_threads"), "{err}");
         }
+        l.fanout_threads = None;
+        l.fanout_queue = 0;
+        assert!(l.validate().unwrap_err().contains("fanout_queue"));
     }
 }

@@ -1,11 +1,12 @@
 //! The `flashcast` binary: read settings, start the server, print where to
-//! open it, and shut down gracefully on Ctrl-C or SIGTERM.
+//! open it, and shut down gracefully on Ctrl-C or SIGTERM (a second one
+//! cuts the drain short).
 
 use flashcast::config::{LogFormat, Settings};
-use flashcast::ids::{RoomId, UserId};
-use flashcast::protocol::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
-use flashcast::protocol::Role;
 use flashcast::server::DEMO_ROOM;
+use flashcast_wire::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::Role;
 
 #[tokio::main]
 async fn main() {
@@ -18,7 +19,7 @@ async fn main() {
     };
     init_tracing(settings.log_format);
     // Install the handlers before anything can be told to stop us.
-    let stop = wait_for_signal();
+    let mut signals = Signals::install();
     let demo = settings.demo_room;
     let server = match flashcast::start(settings).await {
         Ok(s) => s,
@@ -28,8 +29,12 @@ async fn main() {
         }
     };
     print_banner(&server, demo);
-    stop.await;
-    server.shutdown().await;
+    signals.next().await;
+    eprintln!(
+        "flashcast: stopping; draining for {} ms (Ctrl-C again to stop now)",
+        server.app.limits.shutdown_drain_ms
+    );
+    server.shutdown_or(signals.next()).await;
 }
 
 fn init_tracing(format: LogFormat) {
@@ -122,19 +127,36 @@ fn print_banner(server: &flashcast::Server, demo: bool) {
     let _ = stdout.flush();
 }
 
-/// Registers Ctrl-C and SIGTERM handlers now; the future resolves on either.
-fn wait_for_signal() -> impl std::future::Future<Output = ()> {
+/// Ctrl-C and SIGTERM, listened to from `install` on (before anything can
+/// be told to stop us); `next` resolves on the next one of either.
+struct Signals {
     #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    let ctrl_c = tokio::spawn(tokio::signal::ctrl_c());
-    async move {
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Self {
         #[cfg(unix)]
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                interrupt: signal(SignalKind::interrupt()).expect("installing a SIGINT handler"),
+                terminate: signal(SignalKind::terminate()).expect("installing a SIGTERM handler"),
+            }
         }
         #[cfg(not(unix))]
-        let _ = ctrl_c.await;
+        Self {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -23,13 +23,13 @@ pub struct Metrics {
     pub queue_overflows: IntCounter,
     /// Rejected client frames or joins, by error code.
     pub rejected: IntCounterVec,
-    /// Time to build, encode and publish one tick.
+    /// Time to build, encode and hand out one batch.
     pub tick_seconds: Histogram,
-    /// Tick fanouts written off the runtime worker (`fanout_offload_viewers`).
-    pub fanouts_offloaded: IntCounter,
-    /// Tick fanouts split over more than one thread (`fanout_threads`).
-    pub fanouts_split: IntCounter,
-    /// Batches sent at once because the room had been quiet for a tick.
+    /// Times a room found a fanout worker's queue full and waited
+    /// (`fanout_queue`).
+    pub fanout_queue_full: IntCounter,
+    /// Batches handed out as soon as their first event arrived (the fanout
+    /// was idle).
     pub batches_leading: IntCounter,
     /// io_uring submissions of fanout sends (`fanout_io_uring`).
     pub fanout_uring_submissions: IntCounter,
@@ -41,6 +41,10 @@ pub struct Metrics {
     pub order_changes: IntCounterVec,
     /// Coupon claims answered, by outcome.
     pub coupon_claims: IntCounterVec,
+    /// Idempotency keys of committed buys held in memory.
+    pub idempotency_keys: IntGauge,
+    /// Buys whose key was not in memory and was looked up in the store.
+    pub idempotency_store_lookups: IntCounter,
     /// Client actions written to recordings.
     pub recording_lines: IntCounter,
     /// Client actions not recorded because a recording queue was full.
@@ -119,14 +123,9 @@ impl Metrics {
                     .buckets(exponential_buckets(0.000_01, 2.0, 16).unwrap()),
             )
             .unwrap(),
-            fanouts_offloaded: IntCounter::new(
-                "fanouts_offloaded_total",
-                "Tick fanouts large enough to hand the worker's other tasks to another thread",
-            )
-            .unwrap(),
-            fanouts_split: IntCounter::new(
-                "fanouts_split_total",
-                "Tick fanouts written by more than one thread at once",
+            fanout_queue_full: IntCounter::new(
+                "fanout_queue_full_total",
+                "Times a room found a fanout worker's queue full and waited for room",
             )
             .unwrap(),
             fanout_uring_submissions: IntCounter::new(
@@ -136,7 +135,7 @@ impl Metrics {
             .unwrap(),
             batches_leading: IntCounter::new(
                 "batches_leading_total",
-                "Batches sent as soon as their first event arrived, the room having been quiet for a tick",
+                "Batches handed to the fanout as soon as their first event arrived (the fanout was idle)",
             )
             .unwrap(),
             buys: IntCounterVec::new(
@@ -157,6 +156,16 @@ impl Metrics {
             coupon_claims: IntCounterVec::new(
                 Opts::new("coupon_claims_total", "Coupon claims answered, by outcome"),
                 &["outcome"],
+            )
+            .unwrap(),
+            idempotency_keys: IntGauge::new(
+                "idempotency_keys",
+                "Idempotency keys of committed buys held in memory",
+            )
+            .unwrap(),
+            idempotency_store_lookups: IntCounter::new(
+                "idempotency_store_lookups_total",
+                "Buys whose idempotency key was looked up in the store (not in memory)",
             )
             .unwrap(),
             recording_lines: IntCounter::new(
@@ -246,8 +255,7 @@ impl Metrics {
         r.register(Box::new(m.queue_overflows.clone())).unwrap();
         r.register(Box::new(m.rejected.clone())).unwrap();
         r.register(Box::new(m.tick_seconds.clone())).unwrap();
-        r.register(Box::new(m.fanouts_offloaded.clone())).unwrap();
-        r.register(Box::new(m.fanouts_split.clone())).unwrap();
+        r.register(Box::new(m.fanout_queue_full.clone())).unwrap();
         r.register(Box::new(m.batches_leading.clone())).unwrap();
         r.register(Box::new(m.fanout_uring_submissions.clone()))
             .unwrap();
@@ -255,6 +263,9 @@ impl Metrics {
         r.register(Box::new(m.buy_seconds.clone())).unwrap();
         r.register(Box::new(m.order_changes.clone())).unwrap();
         r.register(Box::new(m.coupon_claims.clone())).unwrap();
+        r.register(Box::new(m.idempotency_keys.clone())).unwrap();
+        r.register(Box::new(m.idempotency_store_lookups.clone()))
+            .unwrap();
         // CPU seconds, resident memory and open files of this process, so a
         // load tester on another machine can see what a storm costs.
         #[cfg(target_os = "linux")]
@@ -280,7 +291,7 @@ impl Metrics {
         m
     }
 
-    pub fn reject(&self, reason: crate::protocol::ErrorCode) {
+    pub fn reject(&self, reason: flashcast_wire::ErrorCode) {
         self.rejected.with_label_values(&[reason.as_str()]).inc();
     }
 

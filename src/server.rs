@@ -7,17 +7,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{random_secret, TokenKeys};
+use crate::clock::Clock;
 use crate::commerce::Commerce;
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::ids::RoomId;
 use crate::metrics::Metrics;
-use crate::protocol::now_ms;
 use crate::room::{Registry, RoomContext, RoomInfo};
-use crate::store::{RoomRecord, SqliteStore, Store};
+use crate::store::{GroupCommitConfig, RoomRecord, Store, Write};
+use crate::transport::workers::WorkerConfig;
+use crate::transport::Transport;
+use flashcast_wire::ids::RoomId;
 
 /// The id of the room seeded for `cargo run`.
 pub const DEMO_ROOM: &str = "demo";
@@ -27,82 +30,113 @@ pub struct Server {
     pub addr: SocketAddr,
     pub app: AppState,
     serve: JoinHandle<std::io::Result<()>>,
+    /// Turns true when the drain ends: the listener closes.
+    stop_serving: watch::Sender<bool>,
 }
 
 /// Starts a server and returns once it is listening.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+    start_with_clock(settings, Clock::system()).await
+}
+
+/// [`start`] on a given clock: tests pass a `clock::ManualClock`'s, so time
+/// passes when they say (sale windows, reservation deadlines, token expiry).
+pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Server> {
     settings.limits.validate().map_err(anyhow::Error::msg)?;
     settings.media.validate().map_err(anyhow::Error::msg)?;
     let data_dir = settings.data_dir.clone();
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
-            .await?
-            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
-    );
+    let commit = GroupCommitConfig {
+        queue: settings.limits.commit_queue,
+        max_batch: settings.limits.commit_batch,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open_sqlite(&data_dir, commit))
+        .await?
+        .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
     let secret = match &settings.token_secret {
         Some(s) => s.clone(),
-        None => store.get_or_init_meta("token_secret", &random_secret)?,
+        None => {
+            store
+                .get_or_init_meta("token_secret", &random_secret)
+                .await?
+        }
     };
     let admin_key = match &settings.admin_key {
         Some(k) if !k.is_empty() => k.clone(),
-        _ => store.get_or_init_meta("admin_key", &random_secret)?,
+        _ => store.get_or_init_meta("admin_key", &random_secret).await?,
     };
 
     let webhook_secret = match &settings.webhook_secret {
         Some(s) if !s.is_empty() => s.clone(),
-        _ => store.get_or_init_meta("webhook_secret", &random_secret)?,
+        _ => {
+            store
+                .get_or_init_meta("webhook_secret", &random_secret)
+                .await?
+        }
     };
 
     let limits = Arc::new(settings.limits.clone());
     let metrics = Arc::new(Metrics::new());
-    let commerce = {
-        let (dir, limits, metrics) = (settings.data_dir.clone(), limits.clone(), metrics.clone());
-        Arc::new(
-            tokio::task::spawn_blocking(move || {
-                Commerce::open(&dir, limits, metrics, webhook_secret.into_bytes())
-            })
-            .await?
-            .context("loading orders, sales and the catalog")?,
+    let commerce = Arc::new(
+        Commerce::open(
+            store.clone(),
+            limits.clone(),
+            metrics.clone(),
+            webhook_secret.into_bytes(),
+            clock.clone(),
         )
-    };
+        .await
+        .context("loading the open reservations")?,
+    );
     let media =
         crate::media::MediaHub::new(settings.media.clone(), settings.listen, metrics.clone());
+    let transport = Transport::new(
+        WorkerConfig {
+            threads: limits.fanout_workers(),
+            queue: limits.fanout_queue,
+            io_uring: limits.fanout_io_uring,
+        },
+        metrics.clone(),
+    );
     let registry = Arc::new(Registry::new(Arc::new(RoomContext {
+        fanout: transport.clone(),
         limits,
         metrics,
         store: store.clone(),
         commerce: commerce.clone(),
+        clock: clock.clone(),
     })));
     let app = AppState::new(
         registry.clone(),
-        TokenKeys::new(secret.as_bytes()),
+        TokenKeys::new(secret.as_bytes()).with_clock(clock.clone()),
         admin_key,
         store.clone(),
         settings.data_dir.join("recordings"),
         media,
+        transport,
     );
 
     let mut demo_seen = false;
-    for record in store.rooms()? {
+    for record in store.read().rooms().await? {
         let demo = record.id.as_str() == DEMO_ROOM && settings.demo_room;
         demo_seen |= demo;
-        let info = RoomInfo {
-            id: record.id.clone(),
-            title: record.title.clone(),
-            allow_guests: record.allow_guests,
-            created_at: record.created_at,
-        };
+        let info = RoomInfo::from(&record);
         if record.closed_at.is_some() && !demo {
             registry.remember_closed(info);
         } else {
             if record.closed_at.is_some() {
                 // The demo show starts afresh on every run.
-                store.put_room(&RoomRecord {
-                    closed_at: None,
-                    ..record.clone()
-                })?;
+                store
+                    .write(Write::PutRoom(RoomRecord {
+                        closed_at: None,
+                        ..record.clone()
+                    }))
+                    .await?;
             }
-            let bans = store.bans(&record.id)?;
+            let bans = store.read().bans(&record.id).await?;
+            commerce
+                .load_shop(&record.id)
+                .await
+                .context("loading a room's catalog, sales and coupons")?;
             registry.open(info, bans)?;
         }
     }
@@ -111,12 +145,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             id: RoomId::new(DEMO_ROOM).expect("valid id"),
             title: "Flashcast demo show".into(),
             allow_guests: true,
-            created_at: now_ms(),
+            created_at: clock.now_ms(),
             closed_at: None,
         };
-        http::admin::open_room(&app, record)
+        registry
+            .create(record)
             .await
-            .map_err(|e| anyhow::anyhow!("could not create the demo room: {}", e.message))?;
+            .context("could not create the demo room")?;
     }
 
     let listener = TcpListener::bind(settings.listen)
@@ -124,14 +159,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let send_buffer = settings.limits.socket_send_buffer;
+    let stop_serving = watch::channel(false).0;
     let serve = tokio::spawn(http::serve::serve(
         listener,
         http::router(app.clone()),
-        app.shutdown.subscribe(),
+        stop_serving.subscribe(),
+        Duration::from_millis(settings.limits.shutdown_grace_ms),
         move |tcp| tune_socket(tcp, send_buffer),
     ));
 
-    tokio::spawn(commerce.run_expiry(app.shutdown.subscribe()));
+    // Payments may still arrive during the drain; reservations still expire.
+    tokio::spawn(commerce.run_expiry(stop_serving.subscribe()));
 
     let janitor_app = app.clone();
     tokio::spawn(async move {
@@ -146,7 +184,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     });
 
     tracing::info!(%addr, "flashcast listening");
-    Ok(Server { addr, app, serve })
+    Ok(Server {
+        addr,
+        app,
+        serve,
+        stop_serving,
+    })
 }
 
 /// Low latency for small frames, and a bounded kernel send buffer.
@@ -162,15 +205,31 @@ fn tune_socket(tcp: &tokio::net::TcpStream, send_buffer: usize) {
 }
 
 impl Server {
-    /// Stops accepting, tells every viewer to reconnect elsewhere (1012),
-    /// and waits up to `shutdown_grace_ms` for them to be told.
+    /// Stops gracefully. Shutdown begins: `/readyz` and new `GET /ws`
+    /// requests answer 503, and every viewer is told to reconnect elsewhere
+    /// (1012) and given up to `shutdown_grace_ms` to be told. The listener
+    /// keeps accepting (the drain) until `shutdown_drain_ms` after the
+    /// start, so a load balancer sees the node go not-ready, then closes;
+    /// HTTP requests in flight are still answered (up to
+    /// `shutdown_grace_ms`).
     pub async fn shutdown(self) {
-        tracing::info!("shutting down");
+        self.shutdown_or(std::future::pending()).await
+    }
+
+    /// `shutdown`, with a drain that ends early when `hurry` resolves (a
+    /// second Ctrl-C).
+    pub async fn shutdown_or(self, hurry: impl std::future::Future<Output = ()>) {
+        let limits = self.app.limits.clone();
+        let began = Instant::now();
+        tracing::info!(
+            drain_ms = limits.shutdown_drain_ms,
+            "shutting down: not ready, draining"
+        );
         self.app.shutdown.send_replace(true);
         self.app.registry.shutdown().await;
         // Video sessions end with the rooms (their viewers' connections close).
         self.app.media.shutdown().await;
-        let deadline = Instant::now() + Duration::from_millis(self.app.limits.shutdown_grace_ms);
+        let deadline = began + Duration::from_millis(limits.shutdown_grace_ms);
         while self.app.open_connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -181,7 +240,21 @@ impl Server {
                 "connections still open at the end of the grace period"
             );
         }
-        // After the connections, so their leaves are recorded.
+        let drained =
+            tokio::time::Instant::from_std(began + Duration::from_millis(limits.shutdown_drain_ms));
+        tokio::select! {
+            _ = tokio::time::sleep_until(drained) => {}
+            _ = hurry => tracing::info!("drain cut short"),
+        }
+        tracing::info!("closing the listener");
+        self.stop_serving.send_replace(true);
+        // `serve` bounds its own wait by the grace period; this is a backstop.
+        let backstop = Duration::from_millis(limits.shutdown_grace_ms) + Duration::from_secs(1);
+        if tokio::time::timeout(backstop, self.serve).await.is_err() {
+            tracing::warn!("the HTTP server did not stop in time");
+        }
+        // After the connections, so their leaves are recorded, and after
+        // the drain, whose REST requests may have started one.
         let recordings = self.app.recordings.clone();
         let stopped = tokio::task::spawn_blocking(move || {
             recordings.stop_all(crate::recording::recorder::StopReason::Shutdown)
@@ -189,7 +262,6 @@ impl Server {
         if stopped.await.is_err() {
             tracing::error!("could not stop the recordings");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.serve).await;
     }
 
     pub fn admin_key(&self) -> &str {

@@ -1,5 +1,6 @@
 //! The real binary: `--help`, start-up banner, environment configuration, a
-//! demo-room session with the printed token, and SIGTERM.
+//! demo-room session with the printed token, and SIGTERM (twice: the second
+//! ends the drain).
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Client;
-use flashcast::protocol::{Encoding, Role, ServerMsg};
+use flashcast_wire::{Encoding, Role, ServerMsg};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flashcast");
 
@@ -29,6 +30,8 @@ fn help_documents_the_operator_options() {
         "--history-len",
         "--max-frame-bytes",
         "--tick-ms",
+        "--shutdown-drain-ms",
+        "FLASHCAST_SHUTDOWN_DRAIN_MS",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
@@ -108,10 +111,25 @@ async fn binary_prints_where_to_go_serves_the_demo_room_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success());
     host.expect_close(1012).await;
+    // The drain (5 s by default): still listening, not ready.
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    // A second SIGTERM ends the drain at once.
+    let again = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || child.wait().unwrap());
     let exit = tokio::time::timeout(Duration::from_secs(10), exit)
         .await
         .unwrap()
         .unwrap();
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
+    assert!(
+        again.elapsed() < Duration::from_secs(4),
+        "the second SIGTERM cut the drain short ({:?})",
+        again.elapsed()
+    );
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::{Client, Incoming};
 use flashcast::auth::TokenKeys;
-use flashcast::ids::{RoomId, UserId};
-use flashcast::protocol::{Encoding, ErrorCode, Role, ServerMsg};
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{Encoding, ErrorCode, Role, ServerMsg};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flashcast");

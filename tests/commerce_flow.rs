@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{create_product, create_sale, TestServer};
 use flashcast::commerce::payment::sign;
-use flashcast::protocol::{Encoding, ErrorCode, EventBody, Role, ServerMsg};
+use flashcast_wire::{Encoding, ErrorCode, EventBody, Role, ServerMsg};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -19,7 +19,7 @@ async fn server() -> TestServer {
     TestServer::start(&["--webhook-secret", SECRET, "--expiry-sweep-ms", "50"]).await
 }
 
-fn stock_is(available: u32) -> impl Fn(&flashcast::protocol::Event) -> bool {
+fn stock_is(available: u32) -> impl Fn(&flashcast_wire::Event) -> bool {
     move |e| matches!(e.body, EventBody::Stock { available: a, .. } if a == available)
 }
 
@@ -102,7 +102,7 @@ async fn a_sale_is_scheduled_starts_and_ends_as_room_events() {
         bob.buy("TEE-S", 1, "b0", None).await,
         Err(ErrorCode::NoSale)
     );
-    let starts_at = flashcast::protocol::now_ms() + 1_500;
+    let starts_at = s.clock.now_ms() + 60_000;
     host.act(
         json!({"type": "start_sale", "sku": "TEE-S", "sale_price_minor": 990,
         "stock": 5, "per_user_limit": 2, "starts_at": starts_at, "duration_secs": 60}),
@@ -136,6 +136,8 @@ async fn a_sale_is_scheduled_starts_and_ends_as_room_events() {
         Err(ErrorCode::Forbidden)
     );
 
+    // A minute passes on the server's clock, not the test's.
+    s.clock.advance(Duration::from_secs(60));
     bob.wait_event(|e| matches!(e.body, EventBody::SaleStarted { .. }))
         .await;
     let order = bob.buy("TEE-S", 2, "b2", None).await.unwrap();
@@ -152,7 +154,7 @@ async fn a_sale_is_scheduled_starts_and_ends_as_room_events() {
         unreachable!()
     };
     assert_eq!(sold, 2);
-    assert_eq!(reason, flashcast::protocol::SaleEndReason::Host);
+    assert_eq!(reason, flashcast_wire::SaleEndReason::Host);
     assert_eq!(
         bob.buy("TEE-S", 1, "b3", None).await,
         Err(ErrorCode::SaleEnded)
@@ -173,7 +175,7 @@ async fn a_sale_is_scheduled_starts_and_ends_as_room_events() {
 async fn unpaid_reservations_expire_back_to_stock_and_viewers_see_it() {
     let s = server().await;
     create_product(&s, "demo", &["CAP"]).await;
-    create_sale(&s, "demo", "CAP", 1, json!({"payment_window_secs": 1})).await;
+    create_sale(&s, "demo", "CAP", 1, json!({"payment_window_secs": 60})).await;
     let mut watcher = s.guest(Encoding::Json).await;
     let mut ann = s.joined(Encoding::Json, "demo", "ann", Role::Viewer).await;
     let mut bob = s
@@ -185,6 +187,7 @@ async fn unpaid_reservations_expire_back_to_stock_and_viewers_see_it() {
     assert_eq!(bob.buy("CAP", 1, "b", None).await, Err(ErrorCode::SoldOut));
 
     // No payment: after the deadline the unit comes back, and everyone sees it.
+    s.clock.advance(Duration::from_secs(61));
     let back = watcher.wait_event(stock_is(1)).await;
     assert!(back.ts >= order["deadline"].as_u64().unwrap());
     let expired: Value = s
@@ -284,7 +287,7 @@ async fn coupons_are_first_come_one_each_and_take_money_off() {
         .admin(Method::POST, "/api/v1/rooms/demo/coupons")
         .json(&json!({"count": 5, "discount": {"kind": "fixed",
             "amount": {"minor": 100000, "currency": "USD"}},
-            "scope": {"kind": "sale", "sale_id": sale["id"]}, "expires_in_secs": 1}))
+            "scope": {"kind": "sale", "sale_id": sale["id"]}, "expires_in_secs": 60}))
         .send()
         .await
         .unwrap();
@@ -298,7 +301,7 @@ async fn coupons_are_first_come_one_each_and_take_money_off() {
     ));
     let free = bob.buy("MUG", 1, "b3", Some(big_id)).await.unwrap();
     assert_eq!(free["total"]["minor"], 0);
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    s.clock.advance(Duration::from_secs(61));
     ann.send(json!({"type": "claim_coupon", "coupon_id": big_id}))
         .await;
     ann.expect_error(ErrorCode::CouponExpired).await;
@@ -314,8 +317,9 @@ fn webhook(s: &TestServer, body: &Value, secret: &str, t: u64) -> reqwest::Reque
         .body(raw)
 }
 
-fn now_secs() -> u64 {
-    flashcast::protocol::now_ms() / 1000
+/// The server's time, for webhook signatures.
+fn now_secs(s: &TestServer) -> u64 {
+    s.clock.now_secs()
 }
 
 async fn error_of(r: reqwest::Response) -> (u16, String) {
@@ -333,7 +337,7 @@ async fn the_payment_webhook_is_signed_single_use_and_exact() {
         "demo",
         "LAMP",
         5,
-        json!({"per_user_limit": 5, "payment_window_secs": 2}),
+        json!({"per_user_limit": 5, "payment_window_secs": 60}),
     )
     .await;
     let mut ann = s.joined(Encoding::Json, "demo", "ann", Role::Viewer).await;
@@ -344,17 +348,17 @@ async fn the_payment_webhook_is_signed_single_use_and_exact() {
         "amount": {"minor": 3800, "currency": "USD"}});
 
     // Wrong secret, stale and future timestamps, missing header: 401.
-    let r = webhook(&s, &paid_body, "not-the-secret", now_secs())
+    let r = webhook(&s, &paid_body, "not-the-secret", now_secs(&s))
         .send()
         .await
         .unwrap();
     assert_eq!(error_of(r).await, (401, "bad_signature".into()));
-    let r = webhook(&s, &paid_body, SECRET, now_secs() - 3_600)
+    let r = webhook(&s, &paid_body, SECRET, now_secs(&s) - 3_600)
         .send()
         .await
         .unwrap();
     assert_eq!(error_of(r).await, (401, "bad_signature".into()));
-    let r = webhook(&s, &paid_body, SECRET, now_secs() + 3_600)
+    let r = webhook(&s, &paid_body, SECRET, now_secs(&s) + 3_600)
         .send()
         .await
         .unwrap();
@@ -368,7 +372,7 @@ async fn the_payment_webhook_is_signed_single_use_and_exact() {
     assert_eq!(error_of(r).await, (401, "bad_signature".into()));
     // A body changed after signing fails too.
     let raw = serde_json::to_vec(&paid_body).unwrap();
-    let header = sign(SECRET.as_bytes(), now_secs(), &raw);
+    let header = sign(SECRET.as_bytes(), now_secs(&s), &raw);
     let mut tampered = raw.clone();
     let pos = tampered.iter().position(|b| *b == b'3').unwrap();
     tampered[pos] = b'1';
@@ -384,26 +388,26 @@ async fn the_payment_webhook_is_signed_single_use_and_exact() {
     // Signed but wrong: unknown order, wrong amount, malformed body.
     let unknown = json!({"event_id": "evt_x", "order_id": 987_654,
         "amount": {"minor": 3800, "currency": "USD"}});
-    let r = webhook(&s, &unknown, SECRET, now_secs())
+    let r = webhook(&s, &unknown, SECRET, now_secs(&s))
         .send()
         .await
         .unwrap();
     assert_eq!(error_of(r).await, (404, "order_not_found".into()));
     let short = json!({"event_id": "evt_y", "order_id": id,
         "amount": {"minor": 1, "currency": "USD"}});
-    let r = webhook(&s, &short, SECRET, now_secs())
+    let r = webhook(&s, &short, SECRET, now_secs(&s))
         .send()
         .await
         .unwrap();
     assert_eq!(error_of(r).await, (422, "amount_mismatch".into()));
-    let r = webhook(&s, &json!({"order_id": id}), SECRET, now_secs())
+    let r = webhook(&s, &json!({"order_id": id}), SECRET, now_secs(&s))
         .send()
         .await
         .unwrap();
     assert_eq!(error_of(r).await, (400, "malformed".into()));
 
     // The real one marks it paid; a replay of it is refused.
-    let r = webhook(&s, &paid_body, SECRET, now_secs())
+    let r = webhook(&s, &paid_body, SECRET, now_secs(&s))
         .send()
         .await
         .unwrap();
@@ -411,14 +415,14 @@ async fn the_payment_webhook_is_signed_single_use_and_exact() {
     let paid: Value = r.json().await.unwrap();
     assert_eq!(paid["status"], "paid");
     assert!(paid["paid_at"].is_u64());
-    let r = webhook(&s, &paid_body, SECRET, now_secs())
+    let r = webhook(&s, &paid_body, SECRET, now_secs(&s))
         .send()
         .await
         .unwrap();
     assert_eq!(error_of(r).await, (409, "webhook_replayed".into()));
     let other_event = json!({"event_id": "evt_2", "order_id": id,
         "amount": {"minor": 3800, "currency": "USD"}});
-    let r = webhook(&s, &other_event, SECRET, now_secs())
+    let r = webhook(&s, &other_event, SECRET, now_secs(&s))
         .send()
         .await
         .unwrap();
@@ -426,14 +430,31 @@ async fn the_payment_webhook_is_signed_single_use_and_exact() {
 
     // A paid order does not expire; a reserved one past its deadline cannot be paid.
     let late = ann.buy("LAMP", 1, "a2", None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    s.clock.advance(Duration::from_secs(61));
+    // The sweep expires it on its next pass; wait for that commit, so the
+    // webhook meets an expired order rather than one being expired.
+    let late_path = format!("/api/v1/orders/{}", late["id"]);
+    tokio::time::timeout(common::WAIT, async {
+        loop {
+            let order: Value = s.admin_get(&late_path).await;
+            if order["status"] == "expired" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the sweep expires the reservation");
     let late_body = json!({"event_id": "evt_3", "order_id": late["id"],
         "amount": {"minor": 1900, "currency": "USD"}});
-    let r = webhook(&s, &late_body, SECRET, now_secs())
+    let r = webhook(&s, &late_body, SECRET, now_secs(&s))
         .send()
         .await
         .unwrap();
     assert_eq!(error_of(r).await, (409, "payment_deadline_passed".into()));
+    // Viewers see its unit come back (counts are conflated per 250 ms, so
+    // without this the room may never have shown a value other than 5).
+    watcher.wait_event(stock_is(3)).await;
     let still: Value = s.admin_get(&format!("/api/v1/orders/{id}")).await;
     assert_eq!(still["status"], "paid");
 

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use common::{create_product, create_sale, TestServer};
-use flashcast::protocol::{Encoding, ErrorCode, Role, ServerMsg};
+use flashcast_wire::{Encoding, ErrorCode, Role, ServerMsg};
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use flashcast::protocol::{Encoding, ErrorCode, Role};
+use flashcast_wire::{Encoding, ErrorCode, Role};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -126,11 +126,11 @@ async fn minted_tokens_work_and_bad_requests_are_refused() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     let minted: Value = resp.json().await.unwrap();
     let token = minted["token"].as_str().unwrap().to_string();
-    assert!(minted["expires_at"].as_u64().unwrap() > flashcast::protocol::now_ms() / 1000);
+    assert!(minted["expires_at"].as_u64().unwrap() > flashcast_wire::now_ms() / 1000);
 
     let mut c = srv.client(Encoding::MsgPack).await;
     match c.join("demo", Some(&token), None).await {
-        flashcast::protocol::ServerMsg::Joined { you, .. } => {
+        flashcast_wire::ServerMsg::Joined { you, .. } => {
             assert_eq!(you.id.as_str(), "mod-1");
             assert_eq!(&*you.name, "Mina");
             assert_eq!(you.role, Role::Moderator);
@@ -284,17 +284,36 @@ async fn rooms_bans_and_closed_shows_survive_a_restart() {
         assert_eq!(resp.status(), StatusCode::CREATED);
     }
     let mut host = srv.joined(Encoding::Json, "kept", "host", Role::Host).await;
+    // Several at once, so a ban announced before its commit would show.
+    for i in 0..20 {
+        host.send(json!({"type": "ban", "user_id": format!("troll-{i}")}))
+            .await;
+    }
     host.send(json!({"type": "ban", "user_id": "troll"})).await;
-    host.wait_event(|e| matches!(e.body, flashcast::protocol::EventBody::UserBanned { .. }))
-        .await;
+    host.wait_event(|e| {
+        matches!(&e.body, flashcast_wire::EventBody::UserBanned { user_id } if user_id.as_str() == "troll")
+    })
+    .await;
+    // Announced means durable: the row is in the file already.
+    let db = rusqlite::Connection::open(srv.dir.path().join("flashcast.db")).unwrap();
+    let stored = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        stored("SELECT count(*) FROM bans WHERE room = 'kept'"),
+        21,
+        "every announced ban is committed"
+    );
     let resp = srv
         .admin(Method::DELETE, "/api/v1/rooms/ended")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    // Let the background persistence of the ban land before stopping.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        stored("SELECT count(*) FROM rooms WHERE id = 'ended' AND closed_at IS NOT NULL"),
+        1,
+        "answered means durable: the close is committed"
+    );
+    drop(db);
     let dir = srv.stop().await;
     host.expect_close(1012).await;
 
@@ -332,6 +351,155 @@ async fn shutdown_tells_viewers_to_reconnect_elsewhere() {
     );
 }
 
+/// `start_sale` and `drop_coupon` are WebSocket messages too, where unknown
+/// fields are ignored; as REST bodies they refuse them, as every body does.
+#[tokio::test]
+async fn sale_and_coupon_bodies_refuse_unknown_fields() {
+    let srv = TestServer::start(&[]).await;
+    create_product(&srv, "demo", &["SHIRT-M"]).await;
+    let sale = json!({"sku": "SHIRT-M", "sale_price_minor": 1900, "stock": 5,
+        "per_user_limit": 1, "duration_secs": 600});
+    let coupon = json!({"count": 5, "discount": {"kind": "percent", "percent": 10},
+        "expires_in_secs": 60});
+    for (path, body) in [("sales", &sale), ("coupons", &coupon)] {
+        let path = format!("/api/v1/rooms/demo/{path}");
+        let mut extra = body.clone();
+        extra["colour"] = json!("red");
+        let resp = srv
+            .admin(Method::POST, &path)
+            .json(&extra)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+        let error: Value = resp.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "malformed", "{path}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("colour"), "{message}");
+        let resp = srv
+            .admin(Method::POST, &path)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "{path}");
+    }
+    srv.stop().await;
+}
+
+/// Reads one HTTP/1.1 answer: (status line and headers, body).
+async fn read_answer(tcp: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "connection closed without an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends one raw HTTP/1.1 request and reads its answer.
+async fn exchange(tcp: &mut tokio::net::TcpStream, request: &str) -> (String, String) {
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    read_answer(tcp).await
+}
+
+#[tokio::test]
+async fn shutdown_drains_before_closing_the_listener() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let drain = std::time::Duration::from_millis(1_500);
+    let srv = TestServer::start(&["--shutdown-drain-ms", "1500"]).await;
+    let addr = srv.addr;
+    let mut viewer = srv.guest(Encoding::Json).await;
+    // A keep-alive connection, opened before shutdown and used during it.
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    let (head, _) = exchange(&mut kept, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("connection: close"));
+    // A request whose body is still on its way when the listener closes.
+    let body = json!({"id": "late-show", "title": "Late"}).to_string();
+    let mut late = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /api/v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    );
+    late.write_all(request.as_bytes()).await.unwrap();
+
+    let began = std::time::Instant::now();
+    let stopping = tokio::spawn(srv.stop());
+    viewer.expect_error(ErrorCode::ShuttingDown).await;
+    viewer.expect_close(1012).await;
+
+    // The drain: new connections are still accepted, and told what the
+    // protocol says.
+    let resp = http()
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .expect("still accepting during the drain");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.text().await.unwrap(), "shutting down");
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    let (head, body_text) = exchange(
+        &mut fresh,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let error: Value = serde_json::from_str(&body_text).unwrap();
+    assert_eq!(error["error"]["code"], "shutting_down");
+    // The keep-alive connection is answered, and asked to close.
+    let (head, _) = exchange(&mut kept, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(!stopping.is_finished(), "still draining");
+
+    // Then the listener closes, not before the drain has run.
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(began.elapsed() < WAIT, "the listener never closed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        began.elapsed() >= drain,
+        "the listener closed {:?} after shutdown began",
+        began.elapsed()
+    );
+    // The request in flight is still answered, and shutdown waits for it.
+    assert!(!stopping.is_finished(), "shutdown waits for the request");
+    late.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let (head, created) = read_answer(&mut late).await;
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    assert!(created.contains("late-show"), "{created}");
+    stopping.await.unwrap();
+}
+
 #[tokio::test]
 async fn ended_rooms_are_remembered_up_to_max_rooms() {
     let srv = TestServer::start(&["--max-rooms", "2", "--demo-room", "false"]).await;
@@ -346,7 +514,8 @@ async fn ended_rooms_are_remembered_up_to_max_rooms() {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        // The next room is created later (rooms are forgotten oldest first).
+        srv.clock.advance(std::time::Duration::from_millis(5));
     }
     let list: Vec<Value> = srv.admin_get("/api/v1/rooms").await;
     assert!(list.len() <= 3, "ended rooms are bounded: {list:?}");

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{create_product, create_sale, TestServer};
-use flashcast::protocol::{Encoding, Role};
+use flashcast_wire::{Encoding, Role};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -17,19 +17,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flashcast::commerce::catalog::{Product, Variant};
-use flashcast::commerce::coupon::{CouponScope, CouponView, Discount};
-use flashcast::commerce::money::{Currency, Money};
-use flashcast::commerce::order::{OrderStatus, OrderView};
-use flashcast::commerce::sale::{SaleStatus, SaleView};
-use flashcast::config::Limits;
-use flashcast::ids::{
+use flashcast::limits::Limits;
+use flashcast::ws_frame;
+use flashcast_wire::client::{
+    Announce, Answer, Ask, Ban, Buy, Chat, ClaimCoupon, ClientFrame, ClientMsg, ClosePoll, ConnMsg,
+    DeleteMessage, DropCoupon, EndSale, EndShow, Join, Leave, Mute, OpenPoll, PinProduct,
+    PinQuestion, Ping, React, RoomMsg, SetBannedWords, ShopMsg, SlowMode, StartSale, Unban, Unmute,
+    Upvote, Vote,
+};
+use flashcast_wire::codes::{CloseCode, ErrorCode};
+use flashcast_wire::commerce::{CouponScope, CouponView, Discount};
+use flashcast_wire::commerce::{OrderStatus, OrderView};
+use flashcast_wire::commerce::{Product, Variant};
+use flashcast_wire::commerce::{SaleStatus, SaleView};
+use flashcast_wire::ids::{
     CouponId, IdemKey, OrderId, PollId, ProductId, QuestionId, RoomId, SaleId, Sku, UserId,
 };
-use flashcast::protocol::codes::{CloseCode, ErrorCode};
-use flashcast::protocol::{
-    ClientFrame, ClientMsg, Encoding, Event, EventBody, PollTally, PollView, QuestionView,
-    ReactionKind, Role, RoomState, SaleEndReason, ServerMsg, StreamState, StreamStatus, UserRef,
+use flashcast_wire::money::{Currency, Money};
+use flashcast_wire::{
+    Encoding, Event, EventBody, PollTally, PollView, QuestionView, ReactionKind, Role, RoomState,
+    SaleEndReason, ServerMsg, StreamState, StreamStatus, UserRef,
 };
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -177,72 +184,86 @@ fn client_samples() -> Vec<ClientMsg> {
     let room = RoomId::new("r").unwrap();
     let uid = UserId::new("u").unwrap();
     let all = vec![
-        ClientMsg::Join {
+        Join {
             room,
             token: Some("t".into()),
             last_seq: Some(1),
             epoch: Some(1),
-        },
-        ClientMsg::Chat { text: "t".into() },
-        ClientMsg::React {
+        }
+        .into(),
+        Chat { text: "t".into() }.into(),
+        React {
             kind: ReactionKind::Heart,
-        },
-        ClientMsg::Vote {
+        }
+        .into(),
+        Vote {
             poll_id: PollId(1),
             option: 0,
-        },
-        ClientMsg::Ask { text: "t".into() },
-        ClientMsg::Upvote {
+        }
+        .into(),
+        Ask { text: "t".into() }.into(),
+        Upvote {
             question_id: QuestionId(1),
-        },
-        ClientMsg::Ping { t: Some(1) },
-        ClientMsg::Leave,
-        ClientMsg::Announce { text: "t".into() },
-        ClientMsg::OpenPoll {
+        }
+        .into(),
+        Ping { t: Some(1) }.into(),
+        Leave {}.into(),
+        Announce { text: "t".into() }.into(),
+        OpenPoll {
             question: "q".into(),
             options: vec!["a".into(), "b".into()],
             correct: Some(0),
             winners: Some(1),
             duration_secs: Some(1),
-        },
-        ClientMsg::ClosePoll { poll_id: PollId(1) },
-        ClientMsg::Answer {
+        }
+        .into(),
+        ClosePoll { poll_id: PollId(1) }.into(),
+        Answer {
             question_id: QuestionId(1),
             text: "t".into(),
-        },
-        ClientMsg::PinQuestion {
+        }
+        .into(),
+        PinQuestion {
             question_id: Some(QuestionId(1)),
-        },
-        ClientMsg::DeleteMessage { seq: 1 },
-        ClientMsg::Mute {
+        }
+        .into(),
+        DeleteMessage { seq: 1 }.into(),
+        Mute {
             user_id: uid.clone(),
             seconds: 1,
-        },
-        ClientMsg::Unmute {
+        }
+        .into(),
+        Unmute {
             user_id: uid.clone(),
-        },
-        ClientMsg::Ban {
+        }
+        .into(),
+        Ban {
             user_id: uid.clone(),
-        },
-        ClientMsg::Unban { user_id: uid },
-        ClientMsg::SlowMode { seconds: 1 },
-        ClientMsg::SetBannedWords {
+        }
+        .into(),
+        Unban { user_id: uid }.into(),
+        SlowMode { seconds: 1 }.into(),
+        SetBannedWords {
             words: vec!["w".into()],
-        },
-        ClientMsg::EndShow,
-        ClientMsg::Buy {
+        }
+        .into(),
+        EndShow {}.into(),
+        Buy {
             sku: sku(),
             qty: 1,
             key: IdemKey::new("k").unwrap(),
             coupon_id: Some(CouponId(3)),
-        },
-        ClientMsg::ClaimCoupon {
+        }
+        .into(),
+        ClaimCoupon {
             coupon_id: CouponId(3),
-        },
-        ClientMsg::PinProduct {
+        }
+        .into(),
+        PinProduct {
             product_id: Some(ProductId(1)),
-        },
-        ClientMsg::StartSale {
+        }
+        .into(),
+        StartSale {
             sku: sku(),
             sale_price_minor: 2900,
             stock: 10,
@@ -250,48 +271,48 @@ fn client_samples() -> Vec<ClientMsg> {
             starts_at: Some(1),
             duration_secs: 60,
             payment_window_secs: Some(600),
-        },
-        ClientMsg::EndSale { sale_id: SaleId(2) },
-        ClientMsg::DropCoupon {
+        }
+        .into(),
+        EndSale { sale_id: SaleId(2) }.into(),
+        DropCoupon {
             count: 100,
             discount: Discount::Fixed { amount: usd(500) },
             scope: CouponScope::Sale { sale_id: SaleId(2) },
             expires_in_secs: 60,
-        },
+        }
+        .into(),
     ];
     let mut seen = BTreeSet::new();
     for msg in &all {
         // Exhaustive on purpose.
         let slot = match msg {
-            ClientMsg::Join { .. } => 0,
-            ClientMsg::Chat { .. } => 1,
-            ClientMsg::React { .. } => 2,
-            ClientMsg::Vote { .. } => 3,
-            ClientMsg::Ask { .. } => 4,
-            ClientMsg::Upvote { .. } => 5,
-            ClientMsg::Ping { .. } => 6,
-            ClientMsg::Leave => 7,
-            ClientMsg::Announce { .. } => 8,
-            ClientMsg::OpenPoll { .. } => 9,
-            ClientMsg::ClosePoll { .. } => 10,
-            ClientMsg::Answer { .. } => 11,
-            ClientMsg::PinQuestion { .. } => 12,
-            ClientMsg::DeleteMessage { .. } => 13,
-            ClientMsg::Mute { .. } => 14,
-            ClientMsg::Unmute { .. } => 15,
-            ClientMsg::Ban { .. } => 16,
-            ClientMsg::Unban { .. } => 17,
-            ClientMsg::SlowMode { .. } => 18,
-            ClientMsg::SetBannedWords { .. } => 19,
-            ClientMsg::EndShow => 20,
-            ClientMsg::Buy { .. } => 21,
-            ClientMsg::ClaimCoupon { .. } => 22,
-            ClientMsg::PinProduct { .. } => 23,
-            ClientMsg::StartSale { .. } => 24,
-            ClientMsg::EndSale { .. } => 25,
-            ClientMsg::DropCoupon { .. } => 26,
-            // Not a message anyone sends: what an unknown `type` decodes to.
-            ClientMsg::Unknown => unreachable!(),
+            ClientMsg::Conn(ConnMsg::Join(_)) => 0,
+            ClientMsg::Room(RoomMsg::Chat(_)) => 1,
+            ClientMsg::Room(RoomMsg::React(_)) => 2,
+            ClientMsg::Room(RoomMsg::Vote(_)) => 3,
+            ClientMsg::Room(RoomMsg::Ask(_)) => 4,
+            ClientMsg::Room(RoomMsg::Upvote(_)) => 5,
+            ClientMsg::Conn(ConnMsg::Ping(_)) => 6,
+            ClientMsg::Conn(ConnMsg::Leave(_)) => 7,
+            ClientMsg::Room(RoomMsg::Announce(_)) => 8,
+            ClientMsg::Room(RoomMsg::OpenPoll(_)) => 9,
+            ClientMsg::Room(RoomMsg::ClosePoll(_)) => 10,
+            ClientMsg::Room(RoomMsg::Answer(_)) => 11,
+            ClientMsg::Room(RoomMsg::PinQuestion(_)) => 12,
+            ClientMsg::Room(RoomMsg::DeleteMessage(_)) => 13,
+            ClientMsg::Room(RoomMsg::Mute(_)) => 14,
+            ClientMsg::Room(RoomMsg::Unmute(_)) => 15,
+            ClientMsg::Room(RoomMsg::Ban(_)) => 16,
+            ClientMsg::Room(RoomMsg::Unban(_)) => 17,
+            ClientMsg::Room(RoomMsg::SlowMode(_)) => 18,
+            ClientMsg::Room(RoomMsg::SetBannedWords(_)) => 19,
+            ClientMsg::Room(RoomMsg::EndShow(_)) => 20,
+            ClientMsg::Shop(ShopMsg::Buy(_)) => 21,
+            ClientMsg::Shop(ShopMsg::ClaimCoupon(_)) => 22,
+            ClientMsg::Shop(ShopMsg::PinProduct(_)) => 23,
+            ClientMsg::Shop(ShopMsg::StartSale(_)) => 24,
+            ClientMsg::Shop(ShopMsg::EndSale(_)) => 25,
+            ClientMsg::Shop(ShopMsg::DropCoupon(_)) => 26,
         };
         seen.insert(slot);
     }
@@ -795,9 +816,7 @@ fn fenced_lines(text: &str) -> Vec<&str> {
 
 /// Decodes a client frame exactly as a connection does.
 fn decode_client(json: &str) -> Result<ClientFrame, ErrorCode> {
-    Encoding::Json
-        .decode(&Message::Text(json.to_string().into()))
-        .map_err(|e| e.code)
+    ws_frame::decode(Encoding::Json, &Message::Text(json.to_string().into())).map_err(|e| e.code)
 }
 
 fn is_server_type(v: &Value) -> bool {
@@ -990,11 +1009,11 @@ fn documented_decoding_rules_hold() {
     let f = decode_client(r#"{"type":"join","room":"demo","token":null,"last_seq":null}"#).unwrap();
     assert!(matches!(
         f.msg,
-        ClientMsg::Join {
+        ClientMsg::Conn(ConnMsg::Join(Join {
             token: None,
             last_seq: None,
             ..
-        }
+        }))
     ));
     // `pin_question` with `null` or without the field unpins.
     for json in [
@@ -1003,7 +1022,7 @@ fn documented_decoding_rules_hold() {
     ] {
         assert!(matches!(
             decode_client(json).unwrap().msg,
-            ClientMsg::PinQuestion { question_id: None }
+            ClientMsg::Room(RoomMsg::PinQuestion(PinQuestion { question_id: None }))
         ));
     }
     // `pin_product` likewise; `drop_coupon` without `scope` is room-wide.
@@ -1013,7 +1032,7 @@ fn documented_decoding_rules_hold() {
     ] {
         assert!(matches!(
             decode_client(json).unwrap().msg,
-            ClientMsg::PinProduct { product_id: None }
+            ClientMsg::Shop(ShopMsg::PinProduct(PinProduct { product_id: None }))
         ));
     }
     assert!(matches!(
@@ -1022,21 +1041,30 @@ fn documented_decoding_rules_hold() {
         )
         .unwrap()
         .msg,
-        ClientMsg::DropCoupon {
+        ClientMsg::Shop(ShopMsg::DropCoupon(DropCoupon {
             scope: CouponScope::Room,
             ..
-        }
+        }))
+    ));
+    // Also in the messages that are REST bodies too (which refuse them).
+    assert!(matches!(
+        decode_client(
+            r#"{"type":"start_sale","sku":"SHIRT-M","sale_price_minor":1,"stock":1,"per_user_limit":1,"duration_secs":60,"colour":"red"}"#
+        )
+        .unwrap()
+        .msg,
+        ClientMsg::Shop(ShopMsg::StartSale(StartSale { stock: 1, starts_at: None, .. }))
     ));
     // A price sent with a buy is an unknown field: ignored, never used.
     assert!(matches!(
         decode_client(r#"{"type":"buy","sku":"SHIRT-M","qty":1,"key":"k1","price_minor":1}"#)
             .unwrap()
             .msg,
-        ClientMsg::Buy {
+        ClientMsg::Shop(ShopMsg::Buy(Buy {
             qty: 1,
             coupon_id: None,
             ..
-        }
+        }))
     ));
     // Money: non-negative integers and an upper-case ISO 4217 code.
     for json in [
@@ -1073,15 +1101,13 @@ fn documented_decoding_rules_hold() {
     );
     // Wrong frame kind for the encoding.
     assert_eq!(
-        Encoding::Json
-            .decode(&Message::Binary(Bytes::from_static(b"{}")))
+        ws_frame::decode(Encoding::Json, &Message::Binary(Bytes::from_static(b"{}")))
             .unwrap_err()
             .code,
         ErrorCode::WrongEncoding
     );
     assert_eq!(
-        Encoding::MsgPack
-            .decode(&Message::Text("{}".into()))
+        ws_frame::decode(Encoding::MsgPack, &Message::Text("{}".into()))
             .unwrap_err()
             .code,
         ErrorCode::WrongEncoding
@@ -1091,11 +1117,12 @@ fn documented_decoding_rules_hold() {
         "type": "vote", "poll_id": 2, "option": 1, "ref": 9
     }))
     .unwrap();
-    let f = Encoding::MsgPack
-        .decode(&Message::Binary(Bytes::from(packed)))
-        .unwrap();
+    let f = ws_frame::decode(Encoding::MsgPack, &Message::Binary(Bytes::from(packed))).unwrap();
     assert_eq!(f.reference, Some(9));
-    assert!(matches!(f.msg, ClientMsg::Vote { option: 1, .. }));
+    assert!(matches!(
+        f.msg,
+        ClientMsg::Room(RoomMsg::Vote(Vote { option: 1, .. }))
+    ));
     // The subprotocols and the default.
     assert_eq!(
         Encoding::from_subprotocol(None),
@@ -1112,8 +1139,8 @@ fn documented_decoding_rules_hold() {
     );
     let doc = doc();
     for name in [
-        flashcast::protocol::codec::SUBPROTOCOL_JSON,
-        flashcast::protocol::codec::SUBPROTOCOL_MSGPACK,
+        flashcast_wire::codec::SUBPROTOCOL_JSON,
+        flashcast_wire::codec::SUBPROTOCOL_MSGPACK,
     ] {
         assert!(doc.contains(&format!("`{name}`")), "subprotocol {name}");
     }

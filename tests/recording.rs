@@ -9,9 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use flashcast::ids::{PollId, Sku};
-use flashcast::protocol::{Encoding, EventBody, ReactionKind, Role, ServerMsg};
-use flashcast::recording::{read_trace, TraceAction, TraceHeader, TraceLine};
+use flashcast_wire::client::{Ask, Chat, React, Vote};
+use flashcast_wire::ids::{PollId, Sku};
+use flashcast_wire::recording::{read_trace, TraceAction, TraceHeader, TraceLine};
+use flashcast_wire::{Encoding, EventBody, ReactionKind, Role, ServerMsg};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -252,10 +253,10 @@ async fn a_show_is_recorded_in_order_without_identities() {
             .expect("a line")
     };
     let early_conn =
-        conn_of(&|a| matches!(a, TraceAction::Chat { text } if text == "I was here first"));
+        conn_of(&|a| matches!(a, TraceAction::Chat(Chat { text }) if text == "I was here first"));
     let guest_c = conn_of(&|a| *a == TraceAction::Join { role: Role::Guest });
     let host_c = conn_of(&|a| *a == TraceAction::Join { role: Role::Host });
-    let ann_c = conn_of(&|a| matches!(a, TraceAction::Chat { text } if text == "hi all"));
+    let ann_c = conn_of(&|a| matches!(a, TraceAction::Chat(Chat { text }) if text == "hi all"));
     let mine: Vec<(u32, TraceAction)> = actions(&lines)
         .into_iter()
         .filter(|(c, _)| *c != early_conn)
@@ -269,21 +270,21 @@ async fn a_show_is_recorded_in_order_without_identities() {
             (host_c, TraceAction::Join { role: Role::Host }),
             (
                 guest_c,
-                TraceAction::Chat {
+                TraceAction::Chat(Chat {
                     text: "hello from the guest".into()
-                }
+                })
             ),
             (
                 guest_c,
-                TraceAction::React {
+                TraceAction::React(React {
                     kind: ReactionKind::Heart
-                }
+                })
             ),
             (
                 ann_c,
-                TraceAction::Chat {
+                TraceAction::Chat(Chat {
                     text: "hi all".into()
-                }
+                })
             ),
             (
                 ann_c,
@@ -301,16 +302,16 @@ async fn a_show_is_recorded_in_order_without_identities() {
             ),
             (
                 ann_c,
-                TraceAction::Vote {
+                TraceAction::Vote(Vote {
                     poll_id: PollId(poll.id.0),
                     option: 1
-                }
+                })
             ),
             (
                 ann_c,
-                TraceAction::Ask {
+                TraceAction::Ask(Ask {
                     text: "Does it come in green?".into()
-                }
+                })
             ),
             (
                 guest_c,
@@ -332,9 +333,9 @@ async fn a_show_is_recorded_in_order_without_identities() {
         early_lines,
         vec![
             TraceAction::Join { role: Role::Viewer },
-            TraceAction::Chat {
+            TraceAction::Chat(Chat {
                 text: "I was here first".into()
-            }
+            })
         ]
     );
     let mut conns: Vec<u32> = lines.iter().map(|l| l.conn).collect();
@@ -378,9 +379,9 @@ async fn a_show_is_recorded_in_order_without_identities() {
     assert_ne!(second["file"], file.as_str());
     ann.chat("second take").await;
     sync(&mut ann).await;
-    let take = TraceAction::Chat {
+    let take = TraceAction::Chat(Chat {
         text: "second take".into(),
-    };
+    });
     let lines = wait_for_lines(&s, |l| l.iter().any(|l| l.action == take)).await;
     let c = lines.iter().find(|l| l.action == take).unwrap().conn;
     assert!(c <= 3, "numbered afresh: {c}");
@@ -571,9 +572,9 @@ async fn shutdown_flushes_the_recording_with_every_leave() {
             (1, TraceAction::Join { role: Role::Viewer }),
             (
                 1,
-                TraceAction::Chat {
+                TraceAction::Chat(Chat {
                     text: "before the restart".into()
-                }
+                })
             ),
             (1, TraceAction::Leave),
         ]

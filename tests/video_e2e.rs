@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::TestServer;
-use flashcast::protocol::{Encoding, Event, EventBody, Role, ServerMsg, StreamState, StreamStatus};
+use flashcast_wire::{Encoding, Event, EventBody, Role, ServerMsg, StreamState, StreamStatus};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use flashcast::protocol::{Encoding, ErrorCode, EventBody, Role, ServerMsg};
+use flashcast_wire::{Encoding, ErrorCode, EventBody, Role, ServerMsg};
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -152,7 +152,7 @@ fn expired_token(room: &str) -> String {
         exp: u64,
         iat: u64,
     }
-    let now = flashcast::protocol::now_ms() / 1000;
+    let now = flashcast_wire::now_ms() / 1000;
     let claims = Claims {
         sub: "old",
         name: "Old",
@@ -180,10 +180,10 @@ async fn bad_tokens_and_rooms_are_refused_with_their_close_codes() {
 
     let other_secret = flashcast::auth::TokenKeys::new(b"not the server's secret")
         .mint(
-            &flashcast::ids::UserId::new("mallory").unwrap(),
+            &flashcast_wire::ids::UserId::new("mallory").unwrap(),
             "Mallory",
             Role::Host,
-            &flashcast::ids::RoomId::new("demo").unwrap(),
+            &flashcast_wire::ids::RoomId::new("demo").unwrap(),
             3600,
         )
         .0;
@@ -227,6 +227,15 @@ async fn bad_tokens_and_rooms_are_refused_with_their_close_codes() {
             c.expect_close(*close).await;
         }
     }
+    // A token the server minted (valid for an hour) expires on the
+    // server's clock.
+    let short = srv.token("demo", "brief", Role::Viewer);
+    srv.clock.advance(std::time::Duration::from_secs(3_601));
+    let mut late = srv.client(Encoding::Json).await;
+    late.send(json!({"type": "join", "room": "demo", "token": short}))
+        .await;
+    late.expect_error(ErrorCode::TokenExpired).await;
+    late.expect_close(4002).await;
     // A valid token for the private room works.
     let mut ok = srv
         .joined(Encoding::Json, "private", "member", Role::Viewer)

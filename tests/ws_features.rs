@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use flashcast::protocol::{Encoding, ErrorCode, EventBody, Role, ServerMsg};
+use flashcast_wire::{Encoding, ErrorCode, EventBody, Role, ServerMsg};
 use serde_json::json;
 
 fn other(enc: Encoding) -> Encoding {

@@ -1,30 +1,22 @@
 //! Fifty clients, two encodings, five concurrent senders: every client sees
 //! the same events in the same order, with no gap and no duplicate. Three
-//! ways: the fanout written on the room's worker; every fanout written after
-//! handing that worker's other tasks away (`block_in_place`, what rooms of
-//! `fanout_offload_viewers` viewers do) by the room's thread alone; and
-//! split over four threads at once (`fanout_threads`); and with one `send`
-//! per viewer instead of io_uring submissions (`fanout_io_uring` false).
+//! ways: with the default fanout workers (one per CPU) sending through
+//! io_uring; with one `send` per viewer instead (`fanout_io_uring` false);
+//! and over four workers, so that the viewers' shards are written by
+//! different threads at once (`fanout_threads`).
 
 mod common;
 
 use common::*;
-use flashcast::protocol::{Encoding, Role};
+use flashcast_wire::{Encoding, Role};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_clients_see_one_identical_order() {
     let srv = TestServer::start(&["--chat-per-sec", "1000", "--chat-burst", "1000"]).await;
     identical_order(&srv).await;
-    assert_eq!(
-        srv.metric(OFFLOADED).await,
-        0,
-        "55 viewers are below the default 1,000"
-    );
-    let available = io_uring::IoUring::new(8).is_ok();
-    assert_eq!(
-        srv.metric(URING).await > 0,
-        available,
-        "io_uring sends are on by default; available here: {available}"
+    assert!(
+        srv.metric(URING).await > 0 || no_io_uring(),
+        "io_uring sends are on by default"
     );
     srv.stop().await;
 }
@@ -46,40 +38,20 @@ async fn one_send_per_viewer_keeps_one_identical_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offloaded_fanouts_keep_one_identical_order() {
-    let srv = offloading_server("1").await;
-    identical_order(&srv).await;
-    assert!(srv.metric(OFFLOADED).await > 0, "the offloaded path ran");
-    assert_eq!(srv.metric(SPLIT).await, 0, "one thread was asked for");
-    srv.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn split_fanouts_keep_one_identical_order() {
-    let srv = offloading_server("4").await;
-    identical_order(&srv).await;
-    assert!(srv.metric(SPLIT).await > 0, "the split path ran");
-    srv.stop().await;
-}
-
-/// A server on which every fanout is offloaded (one viewer is a "large"
-/// room), written by up to `threads` threads.
-async fn offloading_server(threads: &str) -> TestServer {
-    TestServer::start(&[
+async fn four_fanout_workers_keep_one_identical_order() {
+    let srv = TestServer::start(&[
         "--chat-per-sec",
         "1000",
         "--chat-burst",
         "1000",
-        "--fanout-offload-viewers",
-        "1",
         "--fanout-threads",
-        threads,
+        "4",
     ])
-    .await
+    .await;
+    identical_order(&srv).await;
+    srv.stop().await;
 }
 
-const OFFLOADED: &str = "flashcast_fanouts_offloaded_total";
-const SPLIT: &str = "flashcast_fanouts_split_total";
 const URING: &str = "flashcast_fanout_uring_submissions_total";
 
 async fn identical_order(srv: &TestServer) {
@@ -154,4 +126,10 @@ async fn identical_order(srv: &TestServer) {
             );
         }
     }
+}
+
+/// Set where io_uring is not available (an old kernel, a seccomp profile):
+/// the tests that check it was used then only check order.
+fn no_io_uring() -> bool {
+    std::env::var_os("FLASHCAST_TEST_NO_IO_URING").is_some()
 }

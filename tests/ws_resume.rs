@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use flashcast::protocol::{Encoding, EventBody, Role, ServerMsg};
+use flashcast_wire::{Encoding, EventBody, Role, ServerMsg};
 
-fn seqs(events: &[std::sync::Arc<flashcast::protocol::Event>]) -> Vec<u64> {
+fn seqs(events: &[std::sync::Arc<flashcast_wire::Event>]) -> Vec<u64> {
     events.iter().map(|e| e.seq).collect()
 }
 

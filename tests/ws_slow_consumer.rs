@@ -1,13 +1,12 @@
 //! A viewer that stops reading is told and closed with 4008 while a hundred
 //! others keep receiving everything, in order; it then resumes without a gap.
-//! Once with the room's thread writing every fanout one `send` per viewer,
-//! once with each fanout split over four threads and sent through io_uring
-//! (the slow viewer is found by a helper thread as often as by the room's).
+//! Once with one `send` per viewer, once over four fanout workers sending
+//! through io_uring (the slow viewer's shard is written by one of them).
 
 mod common;
 
 use common::*;
-use flashcast::protocol::{Encoding, ErrorCode, Role, ServerMsg};
+use flashcast_wire::{Encoding, ErrorCode, Role, ServerMsg};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -34,25 +33,24 @@ async fn tiny_window_client(srv: &TestServer) -> Client {
 // compete for the same two cores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_viewer_is_closed_while_others_lose_nothing() {
-    // One `send` per viewer from the room's thread.
+    // One `send` per viewer.
     let srv = slow_viewer_case(&["--fanout-io-uring", "false"]).await;
-    assert_eq!(srv.metric(SPLIT).await, 0, "102 viewers are below 1,000");
+    assert_eq!(srv.metric(URING).await, 0, "io_uring was turned off");
     srv.stop().await;
 
-    // Again with every fanout split over four threads, sent through
-    // io_uring (the default) where the kernel allows it.
-    let srv = slow_viewer_case(&["--fanout-offload-viewers", "1", "--fanout-threads", "4"]).await;
-    assert!(srv.metric(SPLIT).await > 0, "the split path ran");
-    let uring = srv.metric("flashcast_fanout_uring_submissions_total").await;
-    assert_eq!(
-        uring > 0,
-        io_uring::IoUring::new(8).is_ok(),
-        "io_uring submissions: {uring}"
+    // Again over four workers, sent through io_uring (the default). The
+    // io_uring path must really have run: where the kernel refuses it,
+    // say so with FLASHCAST_TEST_NO_IO_URING, or this fails.
+    let srv = slow_viewer_case(&["--fanout-threads", "4"]).await;
+    let uring = srv.metric(URING).await;
+    assert!(
+        uring > 0 || std::env::var_os("FLASHCAST_TEST_NO_IO_URING").is_some(),
+        "no io_uring submissions: the io_uring path did not run"
     );
     srv.stop().await;
 }
 
-const SPLIT: &str = "flashcast_fanouts_split_total";
+const URING: &str = "flashcast_fanout_uring_submissions_total";
 
 /// Runs the case on a server started with `extra` options; returns it.
 async fn slow_viewer_case(extra: &[&str]) -> TestServer {

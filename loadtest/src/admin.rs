@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use flashcast::protocol::Role;
+use flashcast_wire::Role;
 use serde_json::{json, Value};
 
 /// Tokens minted at once by one process.

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use anyhow::Context;
-use flashcast::protocol::codec::SUBPROTOCOL_MSGPACK;
+use flashcast_wire::codec::SUBPROTOCOL_MSGPACK;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use flashcast::ids::RoomId;
-use flashcast::protocol::codec::{decode_server, SUBPROTOCOL_MSGPACK};
-use flashcast::protocol::{ClientFrame, ClientMsg, Encoding, ServerMsg};
+use flashcast_wire::client::{ClientFrame, ClientMsg, Join, OpenPoll};
+use flashcast_wire::codec::{decode_server, SUBPROTOCOL_MSGPACK};
+use flashcast_wire::ids::RoomId;
+use flashcast_wire::{Encoding, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -31,12 +32,15 @@ impl Host {
             .await
             .context("host connection")?;
         let mut host = Host { ws, next_ref: 0 };
-        host.send(ClientMsg::Join {
-            room: RoomId::new(room)?,
-            token: token.map(str::to_string),
-            last_seq: None,
-            epoch: None,
-        })
+        host.send(
+            Join {
+                room: RoomId::new(room)?,
+                token: token.map(str::to_string),
+                last_seq: None,
+                epoch: None,
+            }
+            .into(),
+        )
         .await?;
         host.answer(|m| matches!(m, ServerMsg::Joined { .. }))
             .await
@@ -82,18 +86,21 @@ impl Host {
         options: &[String],
         duration_secs: u32,
     ) -> anyhow::Result<()> {
-        self.send(ClientMsg::OpenPoll {
-            question: question.into(),
-            options: options.to_vec(),
-            correct: None,
-            winners: None,
-            duration_secs: Some(duration_secs),
-        })
+        self.send(
+            OpenPoll {
+                question: question.into(),
+                options: options.to_vec(),
+                correct: None,
+                winners: None,
+                duration_secs: Some(duration_secs),
+            }
+            .into(),
+        )
         .await?;
         self.answer(|m| match m {
             ServerMsg::Batch { events, .. } => events
                 .iter()
-                .any(|e| matches!(e.body, flashcast::protocol::EventBody::PollOpened { .. })),
+                .any(|e| matches!(e.body, flashcast_wire::EventBody::PollOpened { .. })),
             _ => false,
         })
         .await

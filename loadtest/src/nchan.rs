@@ -333,7 +333,7 @@ impl Job for NchanPlan {
         let t0_ms = go.ready().await?;
         live.set_t0(t0_ms);
         let stop_ms = t0_ms + args.run_ms();
-        let now = flashcast::protocol::now_ms();
+        let now = flashcast_wire::now_ms();
         tokio::time::sleep(Duration::from_millis(stop_ms.saturating_sub(now))).await;
         let _ = stop_tx.send(true);
 
@@ -417,7 +417,7 @@ impl Subscriber {
                             break;
                         }
                     };
-                    let now = flashcast::protocol::now_ms();
+                    let now = flashcast_wire::now_ms();
                     let Some((n, ts)) = parse_body(&body) else {
                         Live::add(&live.c.decode_errors, 1);
                         continue;
@@ -532,7 +532,7 @@ async fn publish(
     let end = start + Duration::from_secs_f64(args.duration);
     if total == 0 {
         tokio::time::sleep_until(end).await;
-        result.end_ms = flashcast::protocol::now_ms();
+        result.end_ms = flashcast_wire::now_ms();
         return result;
     }
     let period = Duration::from_secs_f64(1.0 / args.rate);
@@ -565,7 +565,7 @@ async fn publish(
                 }
             }
         }
-        let body = make_body(k + 1, flashcast::protocol::now_ms(), args.body_bytes);
+        let body = make_body(k + 1, flashcast_wire::now_ms(), args.body_bytes);
         let t0 = Instant::now();
         match post(&mut sender, &host, &path, body).await {
             Ok(status) if (200..300).contains(&status) => {
@@ -583,7 +583,7 @@ async fn publish(
     // The sending window is the whole duration, as in the `chat` scenario.
     tokio::time::sleep_until(end).await;
     result.latency_us = Some(latency);
-    result.end_ms = flashcast::protocol::now_ms();
+    result.end_ms = flashcast_wire::now_ms();
     result
 }
 
@@ -645,7 +645,7 @@ pub async fn run_nchan(
 ) -> anyhow::Result<NchanReport> {
     args.validate().map_err(anyhow::Error::msg)?;
     let run_id = new_run_id();
-    let started_ms = flashcast::protocol::now_ms();
+    let started_ms = flashcast_wire::now_ms();
     let channel = args
         .channel
         .clone()
@@ -667,7 +667,7 @@ pub async fn run_nchan(
     workers.ready(&mut print).await?;
     let sender = connect_publisher(addr).await?;
 
-    let go_ms = flashcast::protocol::now_ms() + GO_LEAD_MS;
+    let go_ms = flashcast_wire::now_ms() + GO_LEAD_MS;
     let start = Instant::now() + Duration::from_millis(GO_LEAD_MS);
     workers.go(go_ms);
     let publisher = tokio::spawn(publish(
@@ -1164,7 +1164,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
                     send.wait_for(|go| *go).await.unwrap();
-                    let now = flashcast::protocol::now_ms();
+                    let now = flashcast_wire::now_ms();
                     for seq in [1, 2, 4, 4] {
                         let body = make_body(seq, now, 20);
                         ws.send(Message::Binary(body.into())).await.unwrap();
@@ -1199,7 +1199,7 @@ mod tests {
         let plans = plans(&a, "c");
         let mut workers = Workers::start(&plans, None).unwrap();
         workers.ready(async |_| {}).await.unwrap();
-        workers.go(flashcast::protocol::now_ms());
+        workers.go(flashcast_wire::now_ms());
         send_tx.send(true).unwrap();
         let mut results = workers.finish(async |_| {}).await.unwrap();
         assert_eq!(results.len(), 1);
@@ -1237,7 +1237,7 @@ mod tests {
         ]);
         let mut workers = Workers::start(&plans(&a, "c"), None).unwrap();
         workers.ready(async |_| {}).await.unwrap();
-        workers.go(flashcast::protocol::now_ms());
+        workers.go(flashcast_wire::now_ms());
         let r = workers.finish(async |_| {}).await.unwrap().pop().unwrap();
         assert_eq!((r.tally.counts.joined, r.tally.counts.join_failed), (0, 2));
         assert_eq!(r.tally.join_failures.values().sum::<u64>(), 2);

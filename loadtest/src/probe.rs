@@ -22,9 +22,9 @@ const METRICS: [&str; 12] = [
     "flashcast_events_out_total",
     "flashcast_frames_out_total",
     "flashcast_bytes_out_total",
-    // How the fanouts went out: split over threads, sent through io_uring,
-    // sent as soon as a quiet room's event arrived.
-    "flashcast_fanouts_split_total",
+    // How the fanouts went out: rooms held back by a full worker queue,
+    // sent through io_uring, sent as soon as an idle room's event arrived.
+    "flashcast_fanout_queue_full_total",
     "flashcast_fanout_uring_submissions_total",
     "flashcast_batches_leading_total",
     "flashcast_queue_overflows_total",
@@ -61,7 +61,7 @@ pub fn read_proc(pid: u32) -> Option<ProcReading> {
         .parse()
         .ok()?;
     Some(ProcReading {
-        at_ms: flashcast::protocol::now_ms(),
+        at_ms: flashcast_wire::now_ms(),
         cpu_secs: ticks / hz,
         rss_mib: rss_kib / 1024.0,
     })
@@ -86,7 +86,7 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 /// A reading from the server's `/metrics`, when it has the process metrics.
 fn from_metrics(m: &BTreeMap<String, f64>) -> Option<ProcReading> {
     Some(ProcReading {
-        at_ms: flashcast::protocol::now_ms(),
+        at_ms: flashcast_wire::now_ms(),
         cpu_secs: *m.get(CPU_METRIC)?,
         rss_mib: *m.get(RSS_METRIC)? / (1024.0 * 1024.0),
     })

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use flashcast::protocol::ReactionKind;
+use flashcast_wire::ReactionKind;
 use serde::{Deserialize, Serialize};
 
 /// Longest timeline a scenario may describe (the per-second buffers of the
@@ -498,7 +498,7 @@ impl Scenario {
                 self.target.url
             ));
         }
-        if flashcast::ids::RoomId::new(&self.target.room).is_err() {
+        if flashcast_wire::ids::RoomId::new(&self.target.room).is_err() {
             return Err(format!(
                 "target.room {:?} is not a valid room id",
                 self.target.room

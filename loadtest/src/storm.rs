@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use flashcast::ids::{IdemKey, RoomId, Sku};
-use flashcast::protocol::{now_ms, ReactionKind};
-use flashcast::recording::{read_trace, TraceAction, TraceLine};
+use flashcast_wire::client::{Ask, Chat, React, Upvote, Vote};
+use flashcast_wire::ids::{IdemKey, RoomId, Sku};
+use flashcast_wire::recording::{read_trace, TraceAction, TraceLine};
+use flashcast_wire::{now_ms, ReactionKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -279,7 +280,7 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
 /// One recorded connection of a replay phase.
 #[derive(Debug, Clone)]
 struct RecordedConn {
-    role: flashcast::protocol::Role,
+    role: flashcast_wire::Role,
     lines: Vec<TraceLine>,
 }
 
@@ -288,7 +289,7 @@ impl RecordedConn {
     /// plays the host's part itself (polls, sales, coupon drops), and a
     /// viewer cannot do what a host did.
     fn is_staff(&self) -> bool {
-        use flashcast::protocol::Role;
+        use flashcast_wire::Role;
         matches!(self.role, Role::Host | Role::Moderator)
     }
 
@@ -346,7 +347,7 @@ fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
         for line in lines {
             length_ms = length_ms.max(line.t_ms);
             let c = by_conn.entry(line.conn).or_insert(RecordedConn {
-                role: flashcast::protocol::Role::Guest,
+                role: flashcast_wire::Role::Guest,
                 lines: Vec::new(),
             });
             if let TraceAction::Join { role } = &line.action {
@@ -434,8 +435,7 @@ impl ReplaySummary {
                     continue;
                 }
                 sum.viewers += copies;
-                let buys =
-                    c.role != flashcast::protocol::Role::Guest && s.viewers.auth == Auth::Token;
+                let buys = c.role != flashcast_wire::Role::Guest && s.viewers.auth == Auth::Token;
                 if let (Some((from, to, limit)), true) = (sale, buys) {
                     let units: u64 = c
                         .lines
@@ -549,11 +549,11 @@ fn replay_scripts(
             for line in &conn.lines {
                 let act = match &line.action {
                     TraceAction::Join { .. } => continue,
-                    TraceAction::Chat { text } => Act::Chat(text.clone()),
-                    TraceAction::React { kind } => Act::React(*kind),
-                    TraceAction::Vote { option, .. } => Act::Vote(*option),
-                    TraceAction::Ask { text } => Act::Ask(text.clone()),
-                    TraceAction::Upvote { question_id } => Act::Upvote(*question_id),
+                    TraceAction::Chat(Chat { text }) => Act::Chat(text.clone()),
+                    TraceAction::React(React { kind }) => Act::React(*kind),
+                    TraceAction::Vote(Vote { option, .. }) => Act::Vote(*option),
+                    TraceAction::Ask(Ask { text }) => Act::Ask(text.clone()),
+                    TraceAction::Upvote(Upvote { question_id }) => Act::Upvote(*question_id),
                     TraceAction::Buy { sku, qty, .. } => {
                         n += 1;
                         Act::Buy {
@@ -563,7 +563,7 @@ fn replay_scripts(
                                 .expect("valid key"),
                         }
                     }
-                    TraceAction::ClaimCoupon { .. } => Act::Claim,
+                    TraceAction::ClaimCoupon(_) => Act::Claim,
                     TraceAction::Host { .. } => continue,
                     TraceAction::Leave => Act::Leave,
                 };
@@ -572,7 +572,7 @@ fn replay_scripts(
             // A recorded signed-in viewer needs a token to buy; a guest
             // stays a guest.
             let wants_token =
-                conn.role != flashcast::protocol::Role::Guest && s.viewers.auth == Auth::Token;
+                conn.role != flashcast_wire::Role::Guest && s.viewers.auth == Auth::Token;
             out.push((script, wants_token));
         }
     }
@@ -748,7 +748,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
                 .mint(
                     &room,
                     &format!("storm-{run_id}-host"),
-                    flashcast::protocol::Role::Host,
+                    flashcast_wire::Role::Host,
                 )
                 .await
                 .context("minting the host's token (polls are opened by a host)")?,
@@ -928,7 +928,7 @@ fn write_recording(
     t0_ms: u64,
     trace: &mut [TraceLine],
 ) -> anyhow::Result<()> {
-    use flashcast::recording::{TraceHeader, TraceWriter};
+    use flashcast_wire::recording::{TraceHeader, TraceWriter};
     trace.sort_by_key(|l| l.t_ms);
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;

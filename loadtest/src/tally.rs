@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use flashcast::protocol::now_ms;
-use flashcast::recording::{TraceAction, TraceLine};
+use flashcast_wire::now_ms;
+use flashcast_wire::recording::{TraceAction, TraceLine};
 
 use crate::stats::{new_histogram, HistData};
 use crate::timeline::SecondSample;
@@ -224,7 +224,7 @@ impl Live {
     pub fn record(&self, conn: u32, action: impl FnOnce() -> Option<TraceAction>) {
         let Some(trace) = &self.trace else { return };
         let Some(action) = action() else { return };
-        let t_ms = flashcast::protocol::now_ms().saturating_sub(self.t0_ms.load(Relaxed));
+        let t_ms = flashcast_wire::now_ms().saturating_sub(self.t0_ms.load(Relaxed));
         let mut t = trace.lock().expect("lock");
         if t.len() < MAX_TRACE_LINES {
             t.push(TraceLine { t_ms, conn, action });

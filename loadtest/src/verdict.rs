@@ -837,7 +837,7 @@ impl ProgressLine {
     }
 
     pub fn print(&mut self, p: &Progress, server: Option<(f64, f64)>) {
-        let now = flashcast::protocol::now_ms();
+        let now = flashcast_wire::now_ms();
         let dt = (now.saturating_sub(self.last_ms)) as f64 / 1_000.0;
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt.max(0.001);
         let c = &p.counts;

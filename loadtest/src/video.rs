@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
-use flashcast::media::peer::{Events, PeerEvents};
-use flashcast::protocol::Role;
+use flashcast_wire::Role;
 use hdrhistogram::Histogram;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
@@ -43,7 +42,8 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    RTCConfigurationBuilder, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription, Registry,
 };
 
 use crate::admin::Admin;
@@ -266,6 +266,32 @@ struct Client {
     tracks: mpsc::Receiver<Arc<dyn TrackRemote>>,
 }
 
+/// Turns a peer connection's events into channels: connection state,
+/// whether ICE gathering is complete, remote tracks (at most 4 wait).
+struct Events {
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<bool>,
+    tracks: mpsc::Sender<Arc<dyn TrackRemote>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.state.send_replace(state);
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // A viewer expects one video track; more are ignored.
+        let _ = self.tracks.try_send(track);
+    }
+}
+
 async fn client() -> anyhow::Result<Client> {
     let mut engine = MediaEngine::default();
     engine.register_codec(
@@ -276,8 +302,14 @@ async fn client() -> anyhow::Result<Client> {
         RtpCodecKind::Video,
     )?;
     let registry = register_default_interceptors(Registry::new(), &mut engine)?;
-    // The server's own handler: connection state, gathering, remote tracks.
-    let (events, gathered, PeerEvents { state, tracks }) = Events::channels(4);
+    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let (gathered_tx, gathered) = watch::channel(false);
+    let (tracks_tx, tracks) = mpsc::channel(4);
+    let events = Events {
+        state: state_tx,
+        gathered: gathered_tx,
+        tracks: tracks_tx,
+    };
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(engine)
@@ -700,7 +732,7 @@ pub async fn run(args: &VideoArgs) -> anyhow::Result<VideoReport> {
         .server_pid
         .map(|pid| ServerProbe::new(Some(pid), admin.clone()));
     if let Some(p) = &probe {
-        p.start(flashcast::protocol::now_ms()).await;
+        p.start(flashcast_wire::now_ms()).await;
     }
     let me = std::process::id();
     let tool0 = read_proc(me);

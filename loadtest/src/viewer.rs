@@ -9,19 +9,19 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashcast::ids::{CouponId, IdemKey, PollId, QuestionId, RoomId, Sku};
-use flashcast::protocol::codec::decode_server;
-use flashcast::protocol::{
-    now_ms, ClientFrame, ClientMsg, Encoding, ErrorCode, EventBody, ReactionKind, RoomState,
-    ServerMsg,
+use flashcast_wire::client::{
+    Ask, Buy, Chat, ClaimCoupon, ClientFrame, ClientMsg, Join, React, Upvote, Vote,
 };
+use flashcast_wire::codec::decode_server;
+use flashcast_wire::ids::{CouponId, IdemKey, PollId, QuestionId, RoomId, Sku};
+use flashcast_wire::{now_ms, Encoding, ErrorCode, EventBody, ReactionKind, RoomState, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use flashcast::protocol::Role;
-use flashcast::recording::TraceAction;
+use flashcast_wire::recording::TraceAction;
+use flashcast_wire::Role;
 
 use crate::client::{close_politely, connect, Target, Ws};
 use crate::stats::SeqCheck;
@@ -273,7 +273,7 @@ fn fire_from_state(
     conn.coupon = state.coupons.last().map(|c| c.id);
     conn.question = state.questions.first().map(|q| q.id);
     for sale in &state.sales {
-        if sale.status == flashcast::commerce::sale::SaleStatus::Live {
+        if sale.status == flashcast_wire::commerce::SaleStatus::Live {
             fire_buy(triggers, &sale.sku, now, soon);
         }
     }
@@ -429,12 +429,12 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
         Act::Chat(text) => {
             Live::add(&live.c.chat_sent, 1);
             live.per_second(now, PerSecond::ChatSent);
-            (ClientMsg::Chat { text }, Pending::Other("chat"))
+            (Chat { text }.into(), Pending::Other("chat"))
         }
         Act::React(kind) => {
             Live::add(&live.c.reactions_sent, 1);
             live.per_second(now, PerSecond::ReactionsSent);
-            (ClientMsg::React { kind }, Pending::Other("react"))
+            (React { kind }.into(), Pending::Other("react"))
         }
         Act::Vote(option) => {
             let Some(poll_id) = conn.poll else {
@@ -442,11 +442,11 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
                 return true;
             };
             Live::add(&live.c.votes_sent, 1);
-            (ClientMsg::Vote { poll_id, option }, Pending::Other("vote"))
+            (Vote { poll_id, option }.into(), Pending::Other("vote"))
         }
         Act::Ask(text) => {
             Live::add(&live.c.asks_sent, 1);
-            (ClientMsg::Ask { text }, Pending::Other("ask"))
+            (Ask { text }.into(), Pending::Other("ask"))
         }
         Act::UpvoteSeen => {
             let Some(question_id) = conn.question else {
@@ -454,22 +454,23 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
                 return true;
             };
             Live::add(&live.c.upvotes_sent, 1);
-            (ClientMsg::Upvote { question_id }, Pending::Other("upvote"))
+            (Upvote { question_id }.into(), Pending::Other("upvote"))
         }
         Act::Upvote(question_id) => {
             Live::add(&live.c.upvotes_sent, 1);
-            (ClientMsg::Upvote { question_id }, Pending::Other("upvote"))
+            (Upvote { question_id }.into(), Pending::Other("upvote"))
         }
         Act::Buy { sku, qty, key } => {
             Live::add(&live.c.buys_sent, 1);
             live.per_second(now, PerSecond::BuysSent);
             (
-                ClientMsg::Buy {
+                Buy {
                     sku,
                     qty,
                     key,
                     coupon_id: None,
-                },
+                }
+                .into(),
                 Pending::Buy {
                     at: Instant::now(),
                     qty,
@@ -484,7 +485,7 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
             Live::add(&live.c.claims_sent, 1);
             live.per_second(now, PerSecond::ClaimsSent);
             (
-                ClientMsg::ClaimCoupon { coupon_id },
+                ClaimCoupon { coupon_id }.into(),
                 Pending::Claim { at: Instant::now() },
             )
         }
@@ -548,12 +549,13 @@ async fn join_once(
     let started = Instant::now();
     let mut ws = connect(&shared.target, script.source).await?;
     live.timing(Timing::Connect, started.elapsed().as_millis() as u64);
-    let join = ClientMsg::Join {
+    let join = Join {
         room: shared.room.clone(),
         token: script.token.clone(),
         last_seq: resume.map(|r| r.0),
         epoch: resume.map(|r| r.1),
-    };
+    }
+    .into();
     let sent = Instant::now();
     if !send(&mut ws, 0, join).await {
         return Err("send join".into());

@@ -235,15 +235,15 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashcast::ids::{PollId, UserId};
-    use flashcast::protocol::{
+    use flashcast_wire::ids::{PollId, UserId};
+    use flashcast_wire::{
         Encoding, Event, EventBody, PollView, ReactionKind, Role, ServerMsg, UserRef,
     };
     use std::sync::Arc;
 
     fn encode(msg: &ServerMsg) -> Vec<u8> {
         match Encoding::MsgPack.encode(msg).unwrap() {
-            flashcast::protocol::codec::WireFrame::Binary(b) => b.to_vec(),
+            flashcast_wire::codec::WireFrame::Binary(b) => b.to_vec(),
             _ => unreachable!(),
         }
     }

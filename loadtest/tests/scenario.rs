@@ -423,7 +423,7 @@ fn bad_scenario_files_are_refused_with_the_reason_and_exit_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recorded_show_replays_faster_and_scaled_and_the_tool_records_its_own() {
-    use flashcast::recording::{read_trace, TraceAction};
+    use flashcast_wire::recording::{read_trace, TraceAction};
     let srv = start_server().await;
     let url = format!("http://{}", srv.server.addr);
     let sample = concat!(
@@ -439,8 +439,8 @@ async fn a_recorded_show_replays_faster_and_scaled_and_the_tool_records_its_own(
         |f: fn(&TraceAction) -> bool| recorded.iter().filter(|l| f(&l.action)).count() as u64;
     let (joins, chats, reactions) = (
         count(|a| matches!(a, TraceAction::Join { .. })),
-        count(|a| matches!(a, TraceAction::Chat { .. })),
-        count(|a| matches!(a, TraceAction::React { .. })),
+        count(|a| matches!(a, TraceAction::Chat(_))),
+        count(|a| matches!(a, TraceAction::React(_))),
     );
     assert!(joins > 0 && chats > 0 && reactions > 0);
     let text = format!(
@@ -496,11 +496,8 @@ scale = 3
         ours(|a| matches!(a, TraceAction::Join { .. })),
         10 + joins * 3
     );
-    assert_eq!(ours(|a| matches!(a, TraceAction::Chat { .. })), chats * 3);
-    assert_eq!(
-        ours(|a| matches!(a, TraceAction::React { .. })),
-        reactions * 3
-    );
+    assert_eq!(ours(|a| matches!(a, TraceAction::Chat(_))), chats * 3);
+    assert_eq!(ours(|a| matches!(a, TraceAction::React(_))), reactions * 3);
     assert!(lines.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
 }
 

@@ -1,13 +1,12 @@
 //! The catalog: products and their variants (SKUs). A product belongs to a
 //! room; its variants carry the regular price the sale price is compared to.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use super::money::{Currency, Money, MAX_MINOR};
 use super::CommerceError;
-use crate::ids::{ProductId, RoomId, Sku};
+use flashcast_wire::commerce::{Product, Variant};
+use flashcast_wire::ids::{ProductId, RoomId};
+use flashcast_wire::money::{Currency, MAX_MINOR};
 
 /// Bounds of one product, checked on every create and edit.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -17,18 +16,6 @@ pub const MAX_IMAGE_URL_CHARS: usize = 2_000;
 pub const MAX_VARIANTS: usize = 50;
 pub const MAX_OPTIONS: usize = 5;
 pub const MAX_OPTION_CHARS: usize = 50;
-
-/// One variant: a size, a colour... with its own SKU and regular price.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Variant {
-    pub sku: Sku,
-    /// e.g. `{"size": "M", "colour": "red"}`.
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-    /// Regular price in minor units of the product's currency.
-    pub price_minor: u64,
-}
 
 /// What an admin sends to create or replace a product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -42,39 +29,6 @@ pub struct ProductSpec {
     pub images: Vec<String>,
     pub currency: Currency,
     pub variants: Vec<Variant>,
-}
-
-/// A product as stored and shown (the product card viewers see when it is
-/// pinned).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Product {
-    pub id: ProductId,
-    pub room: RoomId,
-    pub title: String,
-    pub description: String,
-    pub images: Vec<String>,
-    pub currency: Currency,
-    pub variants: Vec<Variant>,
-}
-
-impl Product {
-    pub fn variant(&self, sku: &Sku) -> Option<&Variant> {
-        self.variants.iter().find(|v| &v.sku == sku)
-    }
-
-    pub fn price_of(&self, variant: &Variant) -> Money {
-        Money::new(variant.price_minor, self.currency)
-    }
-
-    /// "Tee (M, red)": how a variant is named in sale cards and order exports.
-    pub fn label(&self, variant: &Variant) -> String {
-        if variant.options.is_empty() {
-            self.title.clone()
-        } else {
-            let opts: Vec<&str> = variant.options.values().map(String::as_str).collect();
-            format!("{} ({})", self.title, opts.join(", "))
-        }
-    }
 }
 
 fn chars_between(field: &str, s: &str, min: usize, max: usize) -> Result<(), CommerceError> {
@@ -156,6 +110,7 @@ impl ProductSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flashcast_wire::ids::Sku;
 
     fn spec() -> ProductSpec {
         serde_json::from_value(serde_json::json!({

@@ -10,63 +10,15 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
-use super::money::Money;
 use super::stock::Stock;
 use super::CommerceError;
-use crate::ids::{CouponId, RoomId, SaleId, Sku, UserId};
-use crate::protocol::ErrorCode;
+use flashcast_wire::commerce::{CouponScope, CouponView, Discount};
+use flashcast_wire::ids::{CouponId, SaleId, Sku, UserId};
+use flashcast_wire::money::Money;
+use flashcast_wire::ErrorCode;
 
-/// How much a coupon takes off an order's subtotal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Discount {
-    /// 1-100 percent off, rounded down to a minor unit.
-    Percent { percent: u8 },
-    /// A fixed amount off (never below zero); same currency as the sale.
-    Fixed { amount: Money },
-}
-
-/// What a coupon applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum CouponScope {
-    /// Any sale in the room.
-    Room,
-    Sale {
-        sale_id: SaleId,
-    },
-    Sku {
-        sku: Sku,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CouponTerms {
-    pub id: CouponId,
-    pub room: RoomId,
-    pub count: u32,
-    pub discount: Discount,
-    pub scope: CouponScope,
-    /// Unix ms.
-    pub expires_at: u64,
-    pub created_at: u64,
-}
-
-/// A drop as viewers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct CouponView {
-    pub id: CouponId,
-    pub discount: Discount,
-    pub scope: CouponScope,
-    /// Coupons in the drop.
-    pub count: u32,
-    /// Coupons not claimed yet.
-    pub left: u32,
-    /// Unix ms.
-    pub expires_at: u64,
-}
+pub use crate::store::CouponTerms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Claim {
@@ -299,7 +251,8 @@ impl Drop for UseHold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commerce::money::Currency;
+    use flashcast_wire::ids::RoomId;
+    use flashcast_wire::money::Currency;
 
     fn coupon(count: u32, discount: Discount, scope: CouponScope) -> Arc<Coupon> {
         Arc::new(Coupon::new(CouponTerms {

@@ -7,12 +7,19 @@
 //! - `coupon`: first-come coupon drops and their use on an order.
 //! - `order`: order facts and the status that only moves forward.
 //! - `shop`: one room's catalog, pin, sales and coupons.
-//! - `ledger`: the durable side (schema, group-committed writes, start-up load).
 //! - `payment`: the signed payment webhook.
 //!
 //! `Commerce` ties them together: decide in memory (atomics, no lock on the
-//! stock), commit through the group-commit writer, answer only after the
-//! commit, and undo the in-memory decision if the commit fails.
+//! stock), commit a [`Write`] through the store's group-commit writer,
+//! answer only after the commit, and undo the in-memory decision if the
+//! commit fails.
+//!
+//! Memory holds what live rooms and open sales need, not the history: the
+//! shops of open rooms (loaded when the room opens), reserved orders (the
+//! expiry sweep's work), and the idempotency keys of recent buys (at most
+//! `max_idempotency_keys`, each for `idempotency_key_retention_secs`).
+//! Everything else (paid and closed orders, old keys, the shops of ended
+//! shows) is read from the store when asked for.
 //!
 //! Buys and coupon claims are answered through an [`Answer`] that runs on
 //! the writer thread right after the COMMIT: in a flash sale the thousand
@@ -21,15 +28,13 @@
 
 pub mod catalog;
 pub mod coupon;
-pub mod ledger;
-pub mod money;
+mod keys;
 pub mod order;
 pub mod payment;
 pub mod sale;
 pub mod shop;
 pub mod stock;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,20 +43,24 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Limits;
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku};
+use crate::clock::Clock;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::protocol::{now_ms, ErrorCode, UserRef};
-use crate::store::group_commit::GroupCommitConfig;
-use crate::store::StoreError;
+use crate::store::{ShopRecord, Store, StoreError, Write};
+use flashcast_wire::client::{Buy, DropCoupon, StartSale};
+use flashcast_wire::ids::{CouponId, OrderId, ProductId, RoomId, SaleId, Sku};
+use flashcast_wire::{ErrorCode, UserRef};
 
-use catalog::{Product, ProductSpec};
-use coupon::{Coupon, CouponScope, CouponTerms, CouponView, Discount};
-use ledger::{Ledger, OrderFilter};
-use money::{Money, MAX_MINOR};
-use order::{OrderCell, OrderStatus, OrderView};
+use catalog::ProductSpec;
+use coupon::{Coupon, CouponTerms};
+use flashcast_wire::commerce::{
+    CouponScope, CouponView, Discount, OrderStatus, OrderView, Product, SaleStatus, SaleView,
+};
+use flashcast_wire::money::{Money, MAX_MINOR};
+use keys::RecentKeys;
+use order::OrderCell;
 use payment::PaymentEvent;
-use sale::{BuyFingerprint, Reserve, Sale, SaleTerms, SaleView};
+use sale::{BuyFingerprint, Reserve, Sale, SaleTerms};
 use shop::Shop;
 
 /// Tells a buyer or claimant that it succeeded. Called exactly once when
@@ -81,6 +90,16 @@ impl CommerceError {
         Self::new(ErrorCode::InvalidArgument, message)
     }
 
+    /// `value` must be 1 to `max`: else `invalid_argument`, "`name` must
+    /// be 1-`max`".
+    fn check_range(name: &str, value: impl Into<u64>, max: impl Into<u64>) -> CommerceResult<()> {
+        let (value, max) = (value.into(), max.into());
+        if value == 0 || value > max {
+            return Err(Self::invalid(format!("{name} must be 1-{max}")));
+        }
+        Ok(())
+    }
+
     fn store(e: StoreError) -> Self {
         tracing::error!(error = %e, "commerce write failed");
         Self::new(
@@ -92,14 +111,7 @@ impl CommerceError {
 
 pub type CommerceResult<T> = Result<T, CommerceError>;
 
-/// A buy as the viewer sends it. There is no price: the server computes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuyRequest {
-    pub sku: Sku,
-    pub qty: u32,
-    pub key: IdemKey,
-    pub coupon_id: Option<CouponId>,
-}
+pub use crate::store::OrderFilter;
 
 /// A flash sale as a host schedules it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -138,111 +150,118 @@ fn room_scope() -> CouponScope {
     CouponScope::Room
 }
 
+// The REST API refuses unknown fields and the WebSocket protocol ignores
+// them (docs/protocol.md), so the two bodies are two serde types.
+impl From<StartSale> for SaleSpec {
+    fn from(m: StartSale) -> SaleSpec {
+        let StartSale {
+            sku,
+            sale_price_minor,
+            stock,
+            per_user_limit,
+            starts_at,
+            duration_secs,
+            payment_window_secs,
+        } = m;
+        SaleSpec {
+            sku,
+            sale_price_minor,
+            stock,
+            per_user_limit,
+            starts_at,
+            duration_secs,
+            payment_window_secs,
+        }
+    }
+}
+
+impl From<DropCoupon> for CouponSpec {
+    fn from(m: DropCoupon) -> CouponSpec {
+        let DropCoupon {
+            count,
+            discount,
+            scope,
+            expires_in_secs,
+        } = m;
+        CouponSpec {
+            count,
+            discount,
+            scope,
+            expires_in_secs,
+        }
+    }
+}
+
 /// The node's commerce engine.
 pub struct Commerce {
-    ledger: Ledger,
+    store: Store,
+    /// The shops of open rooms (and of rooms changed since the start).
     shops: DashMap<RoomId, Arc<Shop>>,
-    /// Every order of this node's store, by id.
+    /// Reserved orders (what the expiry sweep looks at), and any other
+    /// order while a change of it is being committed. The rest are read
+    /// from the store.
     orders: DashMap<OrderId, Arc<OrderCell>>,
-    /// The reserved ones: what the expiry sweep looks at.
-    reserved: DashMap<OrderId, Arc<OrderCell>>,
+    /// Held (shared) by every order close that gives units back, taken
+    /// (exclusive) while a shop is read from the store: a shop's stock is
+    /// read either before a close commits or after its units came back,
+    /// never half-way (which would count the units twice).
+    closing: tokio::sync::RwLock<()>,
+    /// Idempotency keys in memory, oldest first, for eviction.
+    recent_keys: RecentKeys,
     /// Payment event ids seen within the signature tolerance.
     seen_events: DashMap<String, u64>,
     next_id: AtomicU64,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     webhook_secret: Vec<u8>,
+    /// What "now" is for sale windows, deadlines and coupon expiry.
+    clock: Clock,
 }
 
 impl Commerce {
-    /// Opens the ledger in `data_dir`, expires reservations that fell due
-    /// while the server was down, and rebuilds every shop: available stock
-    /// = initial stock - units of live (reserved + paid) orders.
-    pub fn open(
-        data_dir: &Path,
+    /// Expires the reservations that fell due while the server was down
+    /// (durably, before anything else) and loads the ones still open. Shops
+    /// are loaded room by room as rooms open (`load_shop`).
+    pub async fn open(
+        store: Store,
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
         webhook_secret: Vec<u8>,
+        clock: Clock,
     ) -> Result<Commerce, StoreError> {
-        let ledger = Ledger::open(
-            data_dir,
-            GroupCommitConfig {
-                queue: limits.commit_queue,
-                max_batch: limits.commit_batch,
-            },
-        )?;
-        let now = now_ms();
-        let loaded = ledger.load(
-            now,
-            now.saturating_sub(limits.webhook_tolerance_secs * 1000),
-        )?;
-        if loaded.expired_at_start > 0 {
+        let now = clock.now_ms();
+        let reads = store.read();
+        let reserved = reads.reserved_orders().await?;
+        let overdue = reserved.iter().filter(|o| o.deadline < now).count();
+        if overdue > 0 {
+            store.write(Write::ExpireOverdue { now }).await?;
             tracing::info!(
-                expired = loaded.expired_at_start,
+                expired = overdue,
                 "reservations expired while the server was down"
             );
         }
+        let events = reads
+            .payment_events(now.saturating_sub(limits.webhook_tolerance_secs * 1000))
+            .await?;
+        let next_id = reads.next_id().await?;
         let c = Commerce {
-            ledger,
             shops: DashMap::new(),
             orders: DashMap::new(),
-            reserved: DashMap::new(),
-            seen_events: loaded.recent_events.into_iter().collect(),
-            next_id: AtomicU64::new(loaded.next_id),
+            closing: tokio::sync::RwLock::new(()),
+            recent_keys: RecentKeys::new(
+                limits.max_idempotency_keys,
+                limits.idempotency_key_retention_secs * 1000,
+            ),
+            seen_events: events.into_iter().collect(),
+            next_id: AtomicU64::new(next_id),
             limits,
             metrics,
             webhook_secret,
+            store,
+            clock,
         };
-        for p in loaded.products {
-            c.shop(&p.room.clone()).put_product(p);
-        }
-        for (room, product) in loaded.pins {
-            c.shop(&room).set_pinned(Some(product));
-        }
-        for (terms, ended_early) in loaded.sales {
-            let sale = Arc::new(Sale::new(terms));
-            if let Some(at) = ended_early {
-                sale.end_early(at);
-            }
-            c.shop(&sale.terms.room.clone()).add_sale(sale);
-        }
-        for terms in loaded.coupons {
-            c.shop(&terms.room.clone())
-                .add_coupon(Arc::new(Coupon::new(terms)));
-        }
-        let mut coupons_in_use = std::collections::HashSet::new();
-        for o in loaded.orders {
-            let shop = c.shop(&o.room);
-            let sale = shop
-                .sale(o.sale_id)
-                .expect("every stored order belongs to a stored sale");
-            let f = BuyFingerprint {
-                sku: o.sku.clone(),
-                qty: o.qty,
-                coupon: o.coupon_id,
-            };
-            let live = o.status.is_live();
-            sale.restore(&o.user_id, o.qty, live);
-            shop.keys.insert(
-                (o.user_id.clone(), o.key.clone()),
-                sale::KeyState::Done(f, o.id),
-            );
-            if let (true, Some(coupon)) = (live, o.coupon_id) {
-                coupons_in_use.insert((coupon, o.user_id.clone()));
-            }
-            let cell = Arc::new(OrderCell::new(o));
-            if cell.status() == OrderStatus::Reserved {
-                c.reserved.insert(cell.facts().id, cell.clone());
-            }
-            c.orders.insert(cell.facts().id, cell);
-        }
-        for (coupon_id, user) in loaded.claims {
-            let coupon = c
-                .shops
-                .iter()
-                .find_map(|s| s.coupon(coupon_id))
-                .expect("every stored claim belongs to a stored coupon");
-            coupon.restore(&user, coupons_in_use.contains(&(coupon_id, user.clone())));
+        for o in reserved.into_iter().filter(|o| o.deadline >= now) {
+            c.orders.insert(o.id, Arc::new(OrderCell::new(o)));
         }
         Ok(c)
     }
@@ -251,7 +270,8 @@ impl Commerce {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The room's shop, created empty on first use.
+    /// The shop of a room that is opening. Its stored state must have been
+    /// loaded first (`load_shop`); a new room starts with an empty one.
     pub fn shop(&self, room: &RoomId) -> Arc<Shop> {
         self.shops
             .entry(room.clone())
@@ -263,6 +283,62 @@ impl Commerce {
         self.shops.get(room).map(|s| s.clone())
     }
 
+    /// Brings a room's shop into memory (from the store, once) for a room
+    /// that opens or a shop that changes.
+    pub async fn load_shop(&self, room: &RoomId) -> Result<Arc<Shop>, StoreError> {
+        if let Some(shop) = self.existing_shop(room) {
+            return Ok(shop);
+        }
+        let _no_close_in_flight = self.closing.write().await;
+        if let Some(shop) = self.existing_shop(room) {
+            return Ok(shop);
+        }
+        let (shop, keys) = self.read_shop(room).await?;
+        let shop = Arc::new(shop);
+        for (created_at, id, user, key) in keys {
+            self.recent_keys.insert(created_at, id, room, user, key);
+        }
+        self.shops.insert(room.clone(), shop.clone());
+        self.evict_keys(self.clock.now_ms());
+        Ok(shop)
+    }
+
+    /// Drops an ended show's shop from memory (it stays in the store).
+    /// Its reservations still expire or get paid; their units then simply
+    /// stay with the stored record.
+    pub fn unload_shop(&self, room: &RoomId) {
+        self.shops.remove(room);
+    }
+
+    /// A shop built from the store, not kept.
+    async fn read_shop(&self, room: &RoomId) -> Result<(Shop, Vec<keys::KeyEntry>), StoreError> {
+        let since = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.limits.idempotency_key_retention_secs * 1000);
+        let record = self
+            .store
+            .read()
+            .shop(room, since, self.limits.max_idempotency_keys)
+            .await?;
+        shop_from_record(room, record)
+    }
+
+    /// For the read-only queries: the shop in memory, else as stored
+    /// (without keeping it). Never creates one.
+    async fn shop_to_read(&self, room: &RoomId) -> CommerceResult<Option<Arc<Shop>>> {
+        if let Some(shop) = self.existing_shop(room) {
+            return Ok(Some(shop));
+        }
+        let (shop, _) = self.read_shop(room).await.map_err(CommerceError::store)?;
+        Ok((!shop.is_empty()).then(|| Arc::new(shop)))
+    }
+
+    /// For a change: the shop in memory, loaded if it is not.
+    async fn shop_to_change(&self, room: &RoomId) -> CommerceResult<Arc<Shop>> {
+        self.load_shop(room).await.map_err(CommerceError::store)
+    }
+
     // ------------------------------------------------------------ catalog
 
     pub async fn create_product(
@@ -271,7 +347,7 @@ impl Commerce {
         spec: ProductSpec,
     ) -> CommerceResult<Product> {
         let spec = spec.validate()?;
-        let shop = self.shop(room);
+        let shop = self.shop_to_change(room).await?;
         let _admin = shop.admin.lock().await;
         if shop.products_len() >= self.limits.max_products_per_room {
             return Err(CommerceError::new(
@@ -281,8 +357,8 @@ impl Commerce {
         }
         self.check_skus_free(&shop, &spec, None)?;
         let product = spec.into_product(ProductId(self.next_id()), room.clone());
-        self.ledger
-            .write(ledger::put_product(&product))
+        self.store
+            .write(put_product(&product))
             .await
             .map_err(CommerceError::store)?;
         shop.put_product(product.clone());
@@ -296,15 +372,15 @@ impl Commerce {
         spec: ProductSpec,
     ) -> CommerceResult<Product> {
         let spec = spec.validate()?;
-        let shop = self.shop(room);
+        let shop = self.shop_to_change(room).await?;
         let _admin = shop.admin.lock().await;
         if shop.product(id).is_none() {
             return Err(CommerceError::new(ErrorCode::NotFound, "no such product"));
         }
         self.check_skus_free(&shop, &spec, Some(id))?;
         let product = spec.into_product(id, room.clone());
-        self.ledger
-            .write(ledger::put_product(&product))
+        self.store
+            .write(put_product(&product))
             .await
             .map_err(CommerceError::store)?;
         shop.put_product(product.clone());
@@ -331,28 +407,34 @@ impl Commerce {
         Ok(())
     }
 
-    pub fn products(&self, room: &RoomId) -> Vec<Arc<Product>> {
-        self.existing_shop(room)
-            .map_or_else(Vec::new, |s| s.products())
+    pub async fn products(&self, room: &RoomId) -> CommerceResult<Vec<Arc<Product>>> {
+        Ok(self
+            .shop_to_read(room)
+            .await?
+            .map_or_else(Vec::new, |s| s.products()))
     }
 
-    pub fn product(&self, room: &RoomId, id: ProductId) -> CommerceResult<Arc<Product>> {
-        self.existing_shop(room)
+    pub async fn product(&self, room: &RoomId, id: ProductId) -> CommerceResult<Arc<Product>> {
+        self.shop_to_read(room)
+            .await?
             .and_then(|s| s.product(id))
             .ok_or_else(|| CommerceError::new(ErrorCode::NotFound, "no such product"))
     }
 
     /// Pins a product card for every viewer (`None` unpins).
     pub async fn pin(&self, room: &RoomId, product: Option<ProductId>) -> CommerceResult<()> {
-        let shop = self.shop(room);
+        let shop = self.shop_to_change(room).await?;
         let _admin = shop.admin.lock().await;
         if let Some(id) = product {
             if shop.product(id).is_none() {
                 return Err(CommerceError::new(ErrorCode::NotFound, "no such product"));
             }
         }
-        self.ledger
-            .write(ledger::set_pin(room, product))
+        self.store
+            .write(Write::SetPin {
+                room: room.clone(),
+                product,
+            })
             .await
             .map_err(CommerceError::store)?;
         shop.set_pinned(product);
@@ -363,8 +445,8 @@ impl Commerce {
 
     pub async fn start_sale(&self, room: &RoomId, spec: SaleSpec) -> CommerceResult<SaleView> {
         let l = &self.limits;
-        let now = now_ms();
-        let shop = self.shop(room);
+        let now = self.clock.now_ms();
+        let shop = self.shop_to_change(room).await?;
         let _admin = shop.admin.lock().await;
         let product = shop.product_with_sku(&spec.sku).ok_or_else(|| {
             CommerceError::new(
@@ -373,34 +455,14 @@ impl Commerce {
             )
         })?;
         let variant = product.variant(&spec.sku).expect("found by sku");
-        if spec.stock == 0 || spec.stock > l.max_sale_stock {
-            return Err(CommerceError::invalid(format!(
-                "stock must be 1-{}",
-                l.max_sale_stock
-            )));
-        }
-        if spec.per_user_limit == 0 || spec.per_user_limit > l.max_buy_qty {
-            return Err(CommerceError::invalid(format!(
-                "per_user_limit must be 1-{}",
-                l.max_buy_qty
-            )));
-        }
+        CommerceError::check_range("stock", spec.stock, l.max_sale_stock)?;
+        CommerceError::check_range("per_user_limit", spec.per_user_limit, l.max_buy_qty)?;
         if spec.sale_price_minor > MAX_MINOR {
             return Err(CommerceError::invalid("sale_price_minor is out of range"));
         }
-        if spec.duration_secs == 0 || spec.duration_secs > l.max_sale_secs {
-            return Err(CommerceError::invalid(format!(
-                "duration_secs must be 1-{}",
-                l.max_sale_secs
-            )));
-        }
+        CommerceError::check_range("duration_secs", spec.duration_secs, l.max_sale_secs)?;
         let window = spec.payment_window_secs.unwrap_or(l.payment_window_secs);
-        if window == 0 || window > l.max_payment_window_secs {
-            return Err(CommerceError::invalid(format!(
-                "payment_window_secs must be 1-{}",
-                l.max_payment_window_secs
-            )));
-        }
+        CommerceError::check_range("payment_window_secs", window, l.max_payment_window_secs)?;
         let starts_at = spec.starts_at.unwrap_or(now).max(now);
         if starts_at > now + l.max_sale_secs * 1000 {
             return Err(CommerceError::invalid(
@@ -414,7 +476,7 @@ impl Commerce {
             ));
         }
         if let Some(running) = shop.sale_for_sku(&spec.sku) {
-            if running.status(now) != sale::SaleStatus::Ended {
+            if running.status(now) != SaleStatus::Ended {
                 return Err(CommerceError::new(
                     ErrorCode::Conflict,
                     format!("sale {} for this sku is not over yet", running.id()),
@@ -437,31 +499,31 @@ impl Commerce {
             payment_window_ms: window * 1000,
             created_at: now,
         };
-        self.ledger
-            .write(ledger::insert_sale(&terms))
+        self.store
+            .write(Write::PutSale(terms.clone()))
             .await
             .map_err(CommerceError::store)?;
         let sale = Arc::new(Sale::new(terms));
         shop.add_sale(sale.clone());
-        Ok(sale.view(now_ms()))
+        Ok(sale.view(self.clock.now_ms()))
     }
 
     /// Ends a sale now. Reservations already made can still be paid.
     pub async fn end_sale(&self, room: &RoomId, id: SaleId) -> CommerceResult<SaleView> {
-        let shop = self.shop(room);
+        let shop = self.shop_to_change(room).await?;
         let _admin = shop.admin.lock().await;
         let sale = shop
             .sale(id)
             .ok_or_else(|| CommerceError::new(ErrorCode::NotFound, "no such sale"))?;
-        let now = now_ms();
-        if sale.status(now) == sale::SaleStatus::Ended {
+        let now = self.clock.now_ms();
+        if sale.status(now) == SaleStatus::Ended {
             return Err(CommerceError::new(
                 ErrorCode::SaleEnded,
                 "the sale has already ended",
             ));
         }
-        self.ledger
-            .write(ledger::end_sale(id, now))
+        self.store
+            .write(Write::EndSale { sale: id, at: now })
             .await
             .map_err(CommerceError::store)?;
         sale.end_early(now);
@@ -469,17 +531,18 @@ impl Commerce {
         Ok(sale.view(now))
     }
 
-    pub fn sales(&self, room: &RoomId) -> Vec<SaleView> {
-        let now = now_ms();
-        self.existing_shop(room).map_or_else(Vec::new, |s| {
+    pub async fn sales(&self, room: &RoomId) -> CommerceResult<Vec<SaleView>> {
+        let now = self.clock.now_ms();
+        Ok(self.shop_to_read(room).await?.map_or_else(Vec::new, |s| {
             s.sales().iter().map(|s| s.view(now)).collect()
-        })
+        }))
     }
 
-    pub fn sale(&self, room: &RoomId, id: SaleId) -> CommerceResult<SaleView> {
-        self.existing_shop(room)
+    pub async fn sale(&self, room: &RoomId, id: SaleId) -> CommerceResult<SaleView> {
+        self.shop_to_read(room)
+            .await?
             .and_then(|s| s.sale(id))
-            .map(|s| s.view(now_ms()))
+            .map(|s| s.view(self.clock.now_ms()))
             .ok_or_else(|| CommerceError::new(ErrorCode::NotFound, "no such sale"))
     }
 
@@ -487,14 +550,9 @@ impl Commerce {
 
     pub async fn drop_coupon(&self, room: &RoomId, spec: CouponSpec) -> CommerceResult<CouponView> {
         let l = &self.limits;
-        let shop = self.shop(room);
+        let shop = self.shop_to_change(room).await?;
         let _admin = shop.admin.lock().await;
-        if spec.count == 0 || spec.count > l.max_coupon_count {
-            return Err(CommerceError::invalid(format!(
-                "count must be 1-{}",
-                l.max_coupon_count
-            )));
-        }
+        CommerceError::check_range("count", spec.count, l.max_coupon_count)?;
         match spec.discount {
             Discount::Percent { percent } if !(1..=100).contains(&percent) => {
                 return Err(CommerceError::invalid("percent must be 1-100"))
@@ -523,19 +581,14 @@ impl Commerce {
                 }
             }
         }
-        if spec.expires_in_secs == 0 || spec.expires_in_secs > l.max_sale_secs {
-            return Err(CommerceError::invalid(format!(
-                "expires_in_secs must be 1-{}",
-                l.max_sale_secs
-            )));
-        }
+        CommerceError::check_range("expires_in_secs", spec.expires_in_secs, l.max_sale_secs)?;
         if shop.coupons().len() >= l.max_coupons_per_room {
             return Err(CommerceError::new(
                 ErrorCode::LimitReached,
                 "this room has max_coupons_per_room coupon drops",
             ));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let terms = CouponTerms {
             id: CouponId(self.next_id()),
             room: room.clone(),
@@ -545,8 +598,8 @@ impl Commerce {
             expires_at: now + spec.expires_in_secs * 1000,
             created_at: now,
         };
-        self.ledger
-            .write(ledger::insert_coupon(&terms))
+        self.store
+            .write(Write::PutCoupon(terms.clone()))
             .await
             .map_err(CommerceError::store)?;
         let coupon = Arc::new(Coupon::new(terms));
@@ -554,9 +607,11 @@ impl Commerce {
         Ok(coupon.view())
     }
 
-    pub fn coupons(&self, room: &RoomId) -> Vec<CouponView> {
-        self.existing_shop(room)
-            .map_or_else(Vec::new, |s| s.coupons().iter().map(|c| c.view()).collect())
+    pub async fn coupons(&self, room: &RoomId) -> CommerceResult<Vec<CouponView>> {
+        Ok(self
+            .shop_to_read(room)
+            .await?
+            .map_or_else(Vec::new, |s| s.coupons().iter().map(|c| c.view()).collect()))
     }
 
     /// First come, first served; answered (`answer`) once the claim is
@@ -591,15 +646,20 @@ impl Commerce {
             .existing_shop(room)
             .and_then(|s| s.coupon(id))
             .ok_or_else(|| CommerceError::new(ErrorCode::CouponUnknown, "no such coupon"))?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let hold = coupon.claim(&user.id, now)?;
         let claimed = coupon.clone();
         let then = Box::new(move || {
             hold.commit();
             answer(&claimed.view());
         });
-        self.ledger
-            .write_then(ledger::insert_claim(id, &user.id, now), then)
+        let claim = Write::ClaimCoupon {
+            coupon: id,
+            user: user.id.clone(),
+            at: now,
+        };
+        self.store
+            .write_then(claim, then)
             .await
             .map_err(CommerceError::store)?;
         Ok(coupon.view())
@@ -613,7 +673,7 @@ impl Commerce {
         self: &Arc<Self>,
         room: &RoomId,
         user: &UserRef,
-        req: BuyRequest,
+        req: Buy,
         answer: Answer<OrderView>,
     ) -> CommerceResult<OrderView> {
         let started = std::time::Instant::now();
@@ -643,7 +703,7 @@ impl Commerce {
         self: &Arc<Self>,
         room: &RoomId,
         user: &UserRef,
-        req: BuyRequest,
+        req: Buy,
         answer: Answer<OrderView>,
     ) -> CommerceResult<(OrderView, bool)> {
         let shop = self.existing_shop(room).ok_or_else(unknown_sku)?;
@@ -658,18 +718,29 @@ impl Commerce {
             .keys
             .get(&(user.id.clone(), req.key.clone()))
             .map(|k| k.clone());
-        if let Some(sale::KeyState::Done(f, id)) = earlier {
+        let stored = match earlier {
+            Some(sale::KeyState::Done(f, id)) => Some((f, id)),
+            // The key may have left memory (or never been loaded): the
+            // store still has its order.
+            None if !shop.keys_complete() => {
+                self.metrics.idempotency_store_lookups.inc();
+                self.store
+                    .read()
+                    .order_by_key(room, &user.id, &req.key)
+                    .await
+                    .map_err(CommerceError::store)?
+                    .map(|o| (fingerprint_of(&o), o.id))
+            }
+            _ => None,
+        };
+        if let Some((f, id)) = stored {
             if f != fingerprint {
                 return Err(CommerceError::new(
                     ErrorCode::IdempotencyConflict,
                     "this idempotency key was used for a different request",
                 ));
             }
-            let order = self
-                .orders
-                .get(&id)
-                .expect("a committed key names a stored order")
-                .view();
+            let order = self.order(id).await?;
             answer(&order);
             return Ok((order, false));
         }
@@ -683,7 +754,7 @@ impl Commerce {
             }
             None => return Err(unknown_sku()),
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let hold = match sale.reserve(
             &shop.keys,
             &user.id,
@@ -694,11 +765,7 @@ impl Commerce {
             now,
         )? {
             Reserve::Existing(id) => {
-                let order = self
-                    .orders
-                    .get(&id)
-                    .expect("a committed key names a stored order")
-                    .view();
+                let order = self.order(id).await?;
                 answer(&order);
                 return Ok((order, false));
             }
@@ -752,16 +819,23 @@ impl Commerce {
         let order = view.clone();
         let then = Box::new(move || {
             let cell = Arc::new(OrderCell::new(order.clone()));
-            me.orders.insert(order.id, cell.clone());
-            me.reserved.insert(order.id, cell);
+            me.orders.insert(order.id, cell);
             hold.commit(order.id);
             if let Some(c) = coupon_hold {
                 c.commit();
             }
             answer(&order);
+            me.recent_keys.insert(
+                order.created_at,
+                order.id,
+                &order.room,
+                order.user_id.clone(),
+                order.key.clone(),
+            );
+            me.evict_keys(order.created_at);
         });
-        self.ledger
-            .write_then(ledger::insert_order(&view), then)
+        self.store
+            .write_then(Write::PutOrder(view.clone()), then)
             .await
             .map_err(CommerceError::store)?;
         Ok((view, true))
@@ -769,19 +843,54 @@ impl Commerce {
 
     // ------------------------------------------------------------- orders
 
-    pub fn order(&self, id: OrderId) -> CommerceResult<OrderView> {
-        self.orders
-            .get(&id)
-            .map(|o| o.view())
+    /// An order as it stands: from memory while it is reserved, else from
+    /// the store.
+    pub async fn order(&self, id: OrderId) -> CommerceResult<OrderView> {
+        if let Some(cell) = self.orders.get(&id) {
+            return Ok(cell.view());
+        }
+        self.store
+            .read()
+            .order(id)
+            .await
+            .map_err(CommerceError::store)?
             .ok_or_else(order_not_found)
     }
 
-    /// Orders from the store (committed state), oldest first.
-    pub async fn orders(self: &Arc<Self>, filter: OrderFilter) -> CommerceResult<Vec<OrderView>> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.ledger.orders(&filter))
+    /// The in-memory cell of an order about to change: the resident one,
+    /// else one made from the store and kept while the change runs (so
+    /// that two changes of it meet on the same cell). `settle` drops it.
+    async fn order_cell(&self, id: OrderId) -> CommerceResult<Arc<OrderCell>> {
+        if let Some(cell) = self.orders.get(&id) {
+            return Ok(cell.clone());
+        }
+        let view = self
+            .store
+            .read()
+            .order(id)
             .await
-            .map_err(|e| CommerceError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(CommerceError::store)?
+            .ok_or_else(order_not_found)?;
+        Ok(self
+            .orders
+            .entry(id)
+            .or_insert_with(|| Arc::new(OrderCell::new(view)))
+            .clone())
+    }
+
+    /// Keeps an order in memory only while it is reserved.
+    fn settle(&self, cell: &OrderCell) {
+        let id = cell.facts().id;
+        self.orders
+            .remove_if(&id, |_, c| c.status() != OrderStatus::Reserved);
+    }
+
+    /// Orders from the store (committed state), oldest first.
+    pub async fn orders(&self, filter: OrderFilter) -> CommerceResult<Vec<OrderView>> {
+        self.store
+            .read()
+            .orders(&filter)
+            .await
             .map_err(CommerceError::store)
     }
 
@@ -793,11 +902,13 @@ impl Commerce {
                 payment::MAX_EVENT_ID_LEN
             )));
         }
-        let cell = self
-            .orders
-            .get(&event.order_id)
-            .map(|c| c.clone())
-            .ok_or_else(order_not_found)?;
+        let cell = self.order_cell(event.order_id).await?;
+        let result = self.pay_cell(&cell, event).await;
+        self.settle(&cell);
+        result
+    }
+
+    async fn pay_cell(&self, cell: &OrderCell, event: PaymentEvent) -> CommerceResult<OrderView> {
         let facts = cell.facts();
         if event.amount != facts.total {
             return Err(CommerceError::new(
@@ -805,7 +916,7 @@ impl Commerce {
                 format!("the order total is {}", facts.total),
             ));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match self.seen_events.entry(event.event_id.clone()) {
             Entry::Occupied(_) => {
                 return Err(CommerceError::new(
@@ -843,12 +954,16 @@ impl Commerce {
                 )))
             }
         }
-        self.ledger
-            .write(ledger::pay_order(facts.id, event.event_id.clone(), now))
+        let pay = Write::PayOrder {
+            order: facts.id,
+            event_id: event.event_id.clone(),
+            at: now,
+        };
+        self.store
+            .write(pay)
             .await
-            .map_err(|e| forget(CommerceError::store(e)))?;
+            .map_err(|e| forget(changed_meanwhile(e)))?;
         change.finish(OrderStatus::Paid, now);
-        self.reserved.remove(&facts.id);
         self.metrics
             .order_changes
             .with_label_values(&["paid"])
@@ -858,11 +973,14 @@ impl Commerce {
 
     /// Cancels a reserved or paid order; its units go back to stock.
     pub async fn cancel(&self, id: OrderId) -> CommerceResult<OrderView> {
-        let cell = self
-            .orders
-            .get(&id)
-            .map(|c| c.clone())
-            .ok_or_else(order_not_found)?;
+        let cell = self.order_cell(id).await?;
+        let result = self.cancel_cell(&cell).await;
+        self.settle(&cell);
+        result
+    }
+
+    async fn cancel_cell(&self, cell: &OrderCell) -> CommerceResult<OrderView> {
+        let id = cell.facts().id;
         let change = cell.begin().ok_or_else(order_busy)?;
         if !change.status().is_live() {
             return Err(CommerceError::new(
@@ -870,13 +988,15 @@ impl Commerce {
                 format!("the order is already {}", change.status().as_str()),
             ));
         }
-        let now = now_ms();
-        self.ledger
-            .write(ledger::close_order(id, OrderStatus::Cancelled, now))
-            .await
-            .map_err(CommerceError::store)?;
+        let now = self.clock.now_ms();
+        let _closing = self.closing.read().await;
+        let close = Write::CloseOrder {
+            order: id,
+            to: OrderStatus::Cancelled,
+            at: now,
+        };
+        self.store.write(close).await.map_err(changed_meanwhile)?;
         change.finish(OrderStatus::Cancelled, now);
-        self.reserved.remove(&id);
         self.release(cell.facts());
         self.metrics
             .order_changes
@@ -887,11 +1007,11 @@ impl Commerce {
 
     /// Expires every reservation past its deadline; returns how many.
     pub async fn expire_due(&self) -> usize {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let due: Vec<Arc<OrderCell>> = self
-            .reserved
+            .orders
             .iter()
-            .filter(|o| o.facts().deadline < now)
+            .filter(|o| o.status() == OrderStatus::Reserved && o.facts().deadline < now)
             .map(|o| o.value().clone())
             .collect();
         // All of them at once: the writer commits them in one batch.
@@ -901,15 +1021,17 @@ impl Commerce {
                 return None;
             }
             let id = cell.facts().id;
-            match self
-                .ledger
-                .write(ledger::close_order(id, OrderStatus::Expired, now))
-                .await
-            {
+            let _closing = self.closing.read().await;
+            let close = Write::CloseOrder {
+                order: id,
+                to: OrderStatus::Expired,
+                at: now,
+            };
+            match self.store.write(close).await {
                 Ok(()) => {
                     change.finish(OrderStatus::Expired, now);
-                    self.reserved.remove(&id);
                     self.release(cell.facts());
+                    self.settle(cell);
                     Some(())
                 }
                 Err(e) => {
@@ -932,20 +1054,43 @@ impl Commerce {
         n
     }
 
-    /// Gives an order's units, allowance and coupon back.
+    /// Gives an order's units, allowance and coupon back to its shop, if
+    /// the shop is in memory (else the store already tells: its stock is
+    /// computed from live orders when it is loaded). Called under
+    /// `closing`, right after the close committed.
     fn release(&self, o: &OrderView) {
-        let shop = self.shop(&o.room);
-        let sale = shop.sale(o.sale_id).expect("a live order's sale is loaded");
-        sale.release(&o.user_id, o.qty);
+        let Some(shop) = self.existing_shop(&o.room) else {
+            return;
+        };
+        if let Some(sale) = shop.sale(o.sale_id) {
+            sale.release(&o.user_id, o.qty);
+        }
         if let Some(coupon) = o.coupon_id.and_then(|c| shop.coupon(c)) {
             coupon.give_back(&o.user_id);
         }
     }
 
+    /// Lets idempotency keys older than the retention, or beyond
+    /// `max_idempotency_keys`, leave memory (oldest first). A retry with
+    /// one of them is still answered, from the store.
+    fn evict_keys(&self, now: u64) {
+        for (id, room, user, key) in self.recent_keys.evict(now) {
+            if let Some(shop) = self.existing_shop(&room) {
+                shop.forget_key(&user, &key, id);
+            }
+        }
+        self.metrics
+            .idempotency_keys
+            .set(self.recent_keys.len() as i64);
+    }
+
     /// Forgets payment event ids older than the signature tolerance: a
     /// replay of them is refused by its timestamp (and by the store).
     fn prune_events(&self) {
-        let horizon = now_ms().saturating_sub(self.limits.webhook_tolerance_secs * 1000 * 2);
+        let horizon = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.limits.webhook_tolerance_secs * 1000 * 2);
         self.seen_events.retain(|_, seen| *seen >= horizon);
     }
 
@@ -962,6 +1107,7 @@ impl Commerce {
                 _ = every.tick() => {
                     self.expire_due().await;
                     self.prune_events();
+                    self.evict_keys(self.clock.now_ms());
                 }
                 _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
             }
@@ -982,4 +1128,250 @@ fn order_not_found() -> CommerceError {
 
 fn order_busy() -> CommerceError {
     CommerceError::new(ErrorCode::OrderBusy, "the order is being changed; retry")
+}
+
+/// A conditional write found the order in another state than memory said
+/// (another node or an earlier read changed it): the caller retries and
+/// then sees the stored state.
+fn changed_meanwhile(e: StoreError) -> CommerceError {
+    match e {
+        StoreError::Conflict(_) => order_busy(),
+        e => CommerceError::store(e),
+    }
+}
+
+fn fingerprint_of(o: &OrderView) -> BuyFingerprint {
+    BuyFingerprint {
+        sku: o.sku.clone(),
+        qty: o.qty,
+        coupon: o.coupon_id,
+    }
+}
+
+fn put_product(p: &Product) -> Write {
+    Write::PutProduct {
+        id: p.id,
+        room: p.room.clone(),
+        body: serde_json::to_string(p).expect("products serialize"),
+    }
+}
+
+/// A shop as stored, and the keys it brought into memory.
+fn shop_from_record(
+    room: &RoomId,
+    record: ShopRecord,
+) -> Result<(Shop, Vec<keys::KeyEntry>), StoreError> {
+    let shop = Shop::new(room.clone());
+    for body in record.products {
+        let product: Product = serde_json::from_str(&body)
+            .map_err(|e| StoreError::Backend(format!("stored product: {e}")))?;
+        shop.put_product(product);
+    }
+    shop.set_pinned(record.pin);
+    for s in record.sales {
+        let sale = Arc::new(Sale::new(s.terms));
+        if let Some(at) = s.ended_early_at {
+            sale.end_early(at);
+        }
+        sale.restore(&s.held, s.orders);
+        shop.add_sale(sale);
+    }
+    for c in record.coupons {
+        let coupon = Arc::new(Coupon::new(c.terms));
+        for (user, in_use) in &c.claims {
+            coupon.restore(user, *in_use);
+        }
+        shop.add_coupon(coupon);
+    }
+    let mut keys = Vec::with_capacity(record.keys.len());
+    for o in record.keys {
+        shop.keys.insert(
+            (o.user_id.clone(), o.key.clone()),
+            sale::KeyState::Done(fingerprint_of(&o), o.id),
+        );
+        keys.push((o.created_at, o.id, o.user_id, o.key));
+    }
+    shop.set_keys_complete(record.keys_complete);
+    Ok((shop, keys))
+}
+
+#[cfg(test)]
+mod tests {
+    //! What memory keeps and what is read from the store.
+
+    use super::*;
+    use flashcast_wire::commerce::Variant;
+    use flashcast_wire::ids::IdemKey;
+    use flashcast_wire::money;
+    use flashcast_wire::Role;
+
+    async fn open(dir: &std::path::Path, limits: Limits) -> (Arc<Commerce>, Store) {
+        let store = Store::open_sqlite(dir, Default::default()).unwrap();
+        let c = Commerce::open(
+            store.clone(),
+            Arc::new(limits),
+            Arc::new(Metrics::new()),
+            b"secret".to_vec(),
+            Clock::system(),
+        )
+        .await
+        .unwrap();
+        (Arc::new(c), store)
+    }
+
+    fn room() -> RoomId {
+        RoomId::new("show").unwrap()
+    }
+
+    fn buyer(id: &str) -> UserRef {
+        UserRef {
+            id: flashcast_wire::ids::UserId::new(id).unwrap(),
+            name: id.into(),
+            role: Role::Viewer,
+        }
+    }
+
+    fn buy(key: &str) -> Buy {
+        Buy {
+            sku: Sku::new("A").unwrap(),
+            qty: 1,
+            key: IdemKey::new(key).unwrap(),
+            coupon_id: None,
+        }
+    }
+
+    /// A room with one product and a live sale of `stock` units.
+    async fn stocked(c: &Commerce, stock: u32) {
+        c.create_product(
+            &room(),
+            ProductSpec {
+                title: "Shirt".into(),
+                description: String::new(),
+                images: vec![],
+                currency: money::Currency::new("USD").unwrap(),
+                variants: vec![Variant {
+                    sku: Sku::new("A").unwrap(),
+                    options: Default::default(),
+                    price_minor: 200,
+                }],
+            },
+        )
+        .await
+        .unwrap();
+        let spec = SaleSpec {
+            sku: Sku::new("A").unwrap(),
+            sale_price_minor: 100,
+            stock,
+            per_user_limit: 100,
+            starts_at: None,
+            duration_secs: 600,
+            payment_window_secs: None,
+        };
+        c.start_sale(&room(), spec).await.unwrap();
+    }
+
+    async fn buy_as(c: &Arc<Commerce>, user: &str, key: &str) -> OrderView {
+        c.buy(&room(), &buyer(user), buy(key), Box::new(|_| {}))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reading_a_shop_creates_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = open(dir.path(), Limits::default()).await;
+        let nowhere = RoomId::new("nowhere").unwrap();
+        assert!(c.products(&nowhere).await.unwrap().is_empty());
+        assert!(c.sales(&nowhere).await.unwrap().is_empty());
+        assert!(c.coupons(&nowhere).await.unwrap().is_empty());
+        assert!(c.product(&nowhere, ProductId(1)).await.is_err());
+        assert!(c.sale(&nowhere, SaleId(1)).await.is_err());
+        assert!(c.shops.is_empty(), "reads left no shop behind");
+    }
+
+    #[tokio::test]
+    async fn a_retry_whose_key_left_memory_gets_its_order_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_idempotency_keys: 1,
+            ..Limits::default()
+        };
+        let (c, store) = open(dir.path(), limits).await;
+        stocked(&c, 10).await;
+        let first = buy_as(&c, "ana", "k1").await;
+        let second = buy_as(&c, "ana", "k2").await;
+        assert_ne!(first.id, second.id);
+        let shop = c.existing_shop(&room()).unwrap();
+        assert_eq!(shop.keys.len(), 1, "only the newest key stays in memory");
+        assert!(!shop.keys_complete());
+
+        let again = buy_as(&c, "ana", "k1").await;
+        assert_eq!(again.id, first.id, "the store answered the retry");
+        let conflict = c
+            .buy(
+                &room(),
+                &buyer("ana"),
+                Buy {
+                    qty: 2,
+                    ..buy("k1")
+                },
+                Box::new(|_| {}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(conflict.code, ErrorCode::IdempotencyConflict);
+        let all = store
+            .read()
+            .orders(&OrderFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2, "no second order for a retried key");
+        assert_eq!(c.metrics.idempotency_keys.get(), 1);
+        assert!(c.metrics.idempotency_store_lookups.get() >= 1);
+        assert_eq!(
+            shop.sale_for_sku(&Sku::new("A").unwrap())
+                .unwrap()
+                .available(),
+            8
+        );
+    }
+
+    #[tokio::test]
+    async fn start_up_keeps_reservations_and_open_shops_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let paid;
+        {
+            let (c, _) = open(dir.path(), Limits::default()).await;
+            stocked(&c, 10).await;
+            let reserved = buy_as(&c, "ana", "k1").await;
+            paid = buy_as(&c, "bob", "k2").await;
+            let event = PaymentEvent {
+                event_id: "evt-1".into(),
+                order_id: paid.id,
+                amount: paid.total,
+            };
+            c.pay(event).await.unwrap();
+            assert_eq!(c.orders.len(), 1, "a paid order leaves memory");
+            assert!(c.orders.contains_key(&reserved.id));
+        }
+        let (c, _) = open(dir.path(), Limits::default()).await;
+        assert!(c.shops.is_empty(), "no room opened yet: no shop loaded");
+        assert_eq!(c.orders.len(), 1, "only the reservation is in memory");
+        assert_eq!(c.order(paid.id).await.unwrap().status, OrderStatus::Paid);
+        let shop = c.load_shop(&room()).await.unwrap();
+        let sale = shop.sale_for_sku(&Sku::new("A").unwrap()).unwrap();
+        assert_eq!(sale.available(), 8, "stock = initial - live orders");
+        assert_eq!(buy_as(&c, "bob", "k2").await.id, paid.id, "keys come back");
+        let cancelled = c.cancel(paid.id).await.unwrap();
+        assert_eq!(cancelled.status, OrderStatus::Cancelled);
+        assert_eq!(
+            sale.available(),
+            9,
+            "a cancel read from the store gives back"
+        );
+        assert_eq!(c.orders.len(), 1, "and leaves memory again");
+    }
 }

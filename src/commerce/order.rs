@@ -6,89 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-use serde::{Deserialize, Serialize};
-
-use super::money::Money;
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[repr(u8)]
-pub enum OrderStatus {
-    /// Units are held for the buyer until `deadline`.
-    Reserved = 0,
-    Paid = 1,
-    /// Not paid before its deadline; units went back to stock.
-    Expired = 2,
-    /// Cancelled by an admin; units went back to stock.
-    Cancelled = 3,
-}
-
-impl OrderStatus {
-    pub const ALL: [OrderStatus; 4] = [
-        OrderStatus::Reserved,
-        OrderStatus::Paid,
-        OrderStatus::Expired,
-        OrderStatus::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Reserved => "reserved",
-            OrderStatus::Paid => "paid",
-            OrderStatus::Expired => "expired",
-            OrderStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<OrderStatus> {
-        OrderStatus::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Reserved and paid orders hold units; the others gave them back.
-    pub fn is_live(self) -> bool {
-        matches!(self, OrderStatus::Reserved | OrderStatus::Paid)
-    }
-
-    fn from_u8(v: u8) -> OrderStatus {
-        OrderStatus::ALL[v as usize]
-    }
-}
-
-/// An order as the buyer, the admin API and the CSV export see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct OrderView {
-    pub id: OrderId,
-    pub room: RoomId,
-    pub sale_id: SaleId,
-    pub product_id: ProductId,
-    pub sku: Sku,
-    /// Product title and variant options, as they were at the sale.
-    pub label: String,
-    pub user_id: UserId,
-    pub user_name: String,
-    /// The buyer's idempotency key.
-    pub key: IdemKey,
-    pub qty: u32,
-    /// The sale price of one unit.
-    pub unit_price: Money,
-    /// Minor units taken off by the coupon (0 without one).
-    pub discount_minor: u64,
-    /// What the payment must be: `unit_price x qty - discount`.
-    pub total: Money,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub coupon_id: Option<CouponId>,
-    pub status: OrderStatus,
-    /// Unix ms.
-    pub created_at: u64,
-    /// Unix ms: an unpaid reservation expires after this.
-    pub deadline: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paid_at: Option<u64>,
-    /// Unix ms when it expired or was cancelled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub closed_at: Option<u64>,
-}
+use flashcast_wire::commerce::{OrderStatus, OrderView};
 
 /// A live order in memory: the facts, the status, and the one-change-at-a-
 /// time flag.
@@ -118,7 +36,7 @@ impl OrderCell {
     }
 
     pub fn status(&self) -> OrderStatus {
-        OrderStatus::from_u8(self.status.load(Ordering::Acquire))
+        OrderStatus::ALL[self.status.load(Ordering::Acquire) as usize]
     }
 
     pub fn view(&self) -> OrderView {

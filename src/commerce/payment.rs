@@ -12,10 +12,10 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::money::Money;
 use super::CommerceError;
-use crate::ids::OrderId;
-use crate::protocol::ErrorCode;
+use flashcast_wire::ids::OrderId;
+use flashcast_wire::money::Money;
+use flashcast_wire::ErrorCode;
 
 pub const SIGNATURE_HEADER: &str = "flashcast-signature";
 

@@ -13,68 +13,14 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
-use super::money::Money;
 use super::stock::Stock;
 use super::CommerceError;
-use crate::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
-use crate::protocol::ErrorCode;
+use flashcast_wire::commerce::{SaleStatus, SaleView};
+use flashcast_wire::ids::{CouponId, IdemKey, OrderId, SaleId, Sku, UserId};
+use flashcast_wire::ErrorCode;
 
-/// Where a sale is in its life, at a given moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SaleStatus {
-    Scheduled,
-    Live,
-    Ended,
-}
-
-/// The fixed terms of a sale, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SaleTerms {
-    pub id: SaleId,
-    pub room: RoomId,
-    pub product_id: ProductId,
-    pub sku: Sku,
-    pub label: String,
-    pub image: Option<String>,
-    pub regular_price: Money,
-    pub sale_price: Money,
-    pub stock: u32,
-    pub per_user_limit: u32,
-    /// Unix ms.
-    pub starts_at: u64,
-    /// Unix ms of the scheduled end.
-    pub ends_at: u64,
-    pub payment_window_ms: u64,
-    pub created_at: u64,
-}
-
-/// A sale as viewers and the admin API see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SaleView {
-    pub id: SaleId,
-    pub product_id: ProductId,
-    pub sku: Sku,
-    pub label: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    pub regular_price: Money,
-    pub sale_price: Money,
-    /// Units the sale started with.
-    pub stock: u32,
-    /// Units left now (rises when reservations expire or are cancelled).
-    pub available: u32,
-    pub per_user_limit: u32,
-    /// Unix ms.
-    pub starts_at: u64,
-    /// Unix ms: the scheduled end, or the moment it was ended early.
-    pub ends_at: u64,
-    /// Seconds a buyer has to pay a reservation.
-    pub payment_window_secs: u64,
-    pub status: SaleStatus,
-}
+pub use crate::store::SaleTerms;
 
 /// What makes two buys "the same request" for the idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -91,8 +37,9 @@ pub enum KeyState {
 }
 
 /// A room's idempotency keys: one per buyer and key, whatever the SKU or
-/// sale, so a retry can never create a second order. Kept as long as the
-/// room's shop is in memory (each one names an order, or a buy in flight).
+/// sale, so a retry can never create a second order. A key in flight stays
+/// until its buy is decided; a committed one leaves memory after the
+/// retention (`commerce::keys`), and the store answers for it then.
 pub type Keys = DashMap<(UserId, IdemKey), KeyState>;
 
 #[derive(Debug)]
@@ -301,15 +248,16 @@ impl Sale {
         self.held.remove_if(user, |_, h| *h == 0);
     }
 
-    /// Re-applies an order loaded from the store at start-up.
-    pub fn restore(&self, user: &UserId, qty: u32, live: bool) {
-        if live {
+    /// Re-applies what the stored orders hold, when the sale is loaded:
+    /// the live units of each buyer, and how many orders it ever had.
+    pub fn restore(&self, held: &[(UserId, u32)], orders: u64) {
+        for (user, units) in held {
             self.stock
-                .try_take(qty)
+                .try_take(*units)
                 .expect("the store holds more live units than the sale's stock");
-            *self.held.entry(user.clone()).or_insert(0) += qty;
+            *self.held.entry(user.clone()).or_insert(0) += units;
         }
-        self.orders.fetch_add(1, Ordering::AcqRel);
+        self.orders.fetch_add(orders, Ordering::AcqRel);
     }
 }
 
@@ -387,11 +335,15 @@ mod tests {
 
     use std::collections::HashMap;
 
+    use flashcast_wire::ids::RoomId;
+
     use proptest::prelude::*;
 
     use super::*;
-    use crate::commerce::money::Currency;
-    use crate::commerce::order::{OrderCell, OrderStatus, OrderView};
+    use crate::commerce::order::OrderCell;
+    use flashcast_wire::commerce::{OrderStatus, OrderView};
+    use flashcast_wire::ids::ProductId;
+    use flashcast_wire::money::{Currency, Money};
 
     const STOCK: u32 = 10;
     const LIMIT: u32 = 3;

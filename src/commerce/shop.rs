@@ -4,15 +4,15 @@
 //! The room actor polls `version` each tick to announce what changed.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
-use super::catalog::Product;
 use super::coupon::Coupon;
-use super::sale::{Keys, Sale};
-use crate::ids::{CouponId, ProductId, RoomId, SaleId, Sku};
+use super::sale::{KeyState, Keys, Sale};
+use flashcast_wire::commerce::Product;
+use flashcast_wire::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
 
 pub struct Shop {
     pub room: RoomId,
@@ -22,8 +22,11 @@ pub struct Shop {
     /// The latest sale of each SKU: where a buy for that SKU goes.
     by_sku: DashMap<Sku, Arc<Sale>>,
     coupons: RwLock<Vec<Arc<Coupon>>>,
-    /// Every buyer's idempotency keys in this room.
+    /// Buyers' idempotency keys in this room: in flight, and recent ones.
     pub keys: Arc<Keys>,
+    /// True while `keys` holds the key of every order of the room, so a
+    /// key missing from it is new without asking the store.
+    keys_complete: AtomicBool,
     /// Bumped after every change of products, pin, sales or coupons.
     version: AtomicU64,
     /// Serializes host and admin changes of this shop (never held by buys).
@@ -48,9 +51,35 @@ impl Shop {
             by_sku: DashMap::new(),
             coupons: RwLock::default(),
             keys: Arc::new(Keys::new()),
+            keys_complete: AtomicBool::new(true),
             version: AtomicU64::new(0),
             admin: tokio::sync::Mutex::new(()),
         }
+    }
+
+    pub fn keys_complete(&self) -> bool {
+        self.keys_complete.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_keys_complete(&self, complete: bool) {
+        self.keys_complete.store(complete, Ordering::Release);
+    }
+
+    /// Lets a committed key leave memory (the store keeps its order).
+    pub(super) fn forget_key(&self, user: &UserId, key: &IdemKey, order: OrderId) {
+        // Cleared first: a buy that misses the key then asks the store.
+        self.keys_complete.store(false, Ordering::Release);
+        self.keys.remove_if(
+            &(user.clone(), key.clone()),
+            |_, state| matches!(state, KeyState::Done(_, id) if *id == order),
+        );
+    }
+
+    /// Nothing in it: no product, sale or coupon drop.
+    pub fn is_empty(&self) -> bool {
+        read(&self.products).is_empty()
+            && read(&self.sales).is_empty()
+            && read(&self.coupons).is_empty()
     }
 
     pub fn version(&self) -> u64 {

@@ -11,7 +11,7 @@ pub mod poll;
 pub mod qa;
 pub mod text;
 
-use crate::protocol::ErrorCode;
+use flashcast_wire::ErrorCode;
 
 /// Why an action was refused; becomes an `error` frame for its sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,10 +38,10 @@ impl Rejection {
 
 /// A viewer `u{n}`, for the engage modules' tests.
 #[cfg(test)]
-pub(crate) fn test_viewer(n: u32) -> crate::protocol::UserRef {
-    crate::protocol::UserRef {
-        id: crate::ids::UserId::new(&format!("u{n}")).unwrap(),
+pub(crate) fn test_viewer(n: u32) -> flashcast_wire::UserRef {
+    flashcast_wire::UserRef {
+        id: flashcast_wire::ids::UserId::new(&format!("u{n}")).unwrap(),
         name: std::sync::Arc::from("x"),
-        role: crate::protocol::Role::Viewer,
+        role: flashcast_wire::Role::Viewer,
     }
 }

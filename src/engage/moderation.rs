@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::text::BannedWords;
 use super::Rejection;
-use crate::ids::UserId;
-use crate::protocol::{ErrorCode, UserRef};
+use flashcast_wire::ids::UserId;
+use flashcast_wire::{ErrorCode, UserRef};
 
 /// Longest mute.
 pub const MAX_MUTE_SECS: u32 = 7 * 24 * 3600;
@@ -186,7 +186,7 @@ impl Moderation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Role;
+    use flashcast_wire::Role;
     use std::sync::Arc;
 
     fn user(n: &str, role: Role) -> UserRef {

@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 
 use super::{text, Rejection};
-use crate::ids::{PollId, UserId};
-use crate::protocol::{ErrorCode, EventBody, PollTally, PollView, UserRef};
+use flashcast_wire::client::OpenPoll;
+use flashcast_wire::ids::{PollId, UserId};
+use flashcast_wire::{ErrorCode, EventBody, PollTally, PollView, UserRef};
 
 /// Longest poll question or option, in characters.
 pub const MAX_POLL_TEXT_CHARS: usize = 200;
@@ -30,18 +31,10 @@ pub struct Poll {
     dirty: bool,
 }
 
-pub struct PollSpec {
-    pub question: String,
-    pub options: Vec<String>,
-    pub correct: Option<u8>,
-    pub winners: Option<u32>,
-    pub duration_secs: Option<u32>,
-}
-
 impl Poll {
     pub fn open(
         id: PollId,
-        spec: PollSpec,
+        spec: OpenPoll,
         max_options: usize,
         now_ms: u64,
     ) -> Result<Poll, Rejection> {
@@ -166,7 +159,7 @@ mod tests {
     fn quiz() -> Poll {
         Poll::open(
             PollId(1),
-            PollSpec {
+            OpenPoll {
                 question: "Which colour?".into(),
                 options: vec!["red".into(), "blue".into(), "green".into()],
                 correct: Some(1),
@@ -227,7 +220,7 @@ mod tests {
         );
         let bad = Poll::open(
             PollId(2),
-            PollSpec {
+            OpenPoll {
                 question: "q".into(),
                 options: vec!["only".into()],
                 correct: None,
@@ -240,7 +233,7 @@ mod tests {
         assert_eq!(bad.unwrap_err().code, ErrorCode::InvalidArgument);
         let bad = Poll::open(
             PollId(3),
-            PollSpec {
+            OpenPoll {
                 question: "q".into(),
                 options: vec!["a".into(), "b".into()],
                 correct: Some(2),

@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::Rejection;
-use crate::ids::{QuestionId, UserId};
-use crate::protocol::{ErrorCode, QuestionView, UserRef};
+use flashcast_wire::ids::{QuestionId, UserId};
+use flashcast_wire::{ErrorCode, QuestionView, UserRef};
 
 #[derive(Debug)]
 struct Question {
@@ -29,7 +29,7 @@ impl Questions {
         &mut self,
         user: &UserRef,
         text: String,
-        seq: crate::ids::Seq,
+        seq: flashcast_wire::ids::Seq,
         max_questions: usize,
     ) -> Result<QuestionView, Rejection> {
         if self.by_id.len() >= max_questions {

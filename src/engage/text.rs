@@ -5,7 +5,9 @@
 use unicode_segmentation::UnicodeSegmentation;
 
 use super::Rejection;
-use crate::protocol::ErrorCode;
+use crate::limits::Limits;
+use flashcast_wire::client::RoomMsg;
+use flashcast_wire::ErrorCode;
 
 /// Trims and checks a piece of user text: not empty, at most `max_chars`
 /// characters, no control characters other than newline and tab.
@@ -31,6 +33,22 @@ pub fn clean(text: &str, max_chars: usize) -> Result<String, Rejection> {
         ));
     }
     Ok(trimmed.to_string())
+}
+
+/// Cleans the user text of the actions that carry some, in place: chat to
+/// `max_chat_chars`, questions, answers and announcements to
+/// `max_text_chars`. The connection calls it before queueing an action, so
+/// a room only ever sees clean text.
+pub fn clean_action_text(msg: &mut RoomMsg, limits: &Limits) -> Result<(), Rejection> {
+    use flashcast_wire::client::{Announce, Answer, Ask, Chat};
+    match msg {
+        RoomMsg::Chat(Chat { text }) => *text = clean(text, limits.max_chat_chars)?,
+        RoomMsg::Ask(Ask { text })
+        | RoomMsg::Announce(Announce { text })
+        | RoomMsg::Answer(Answer { text, .. }) => *text = clean(text, limits.max_text_chars)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A room's banned words: case-insensitive substring matches.

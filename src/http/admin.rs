@@ -2,21 +2,21 @@
 //! (`Authorization: Bearer KEY`): create, list, inspect and close rooms, and
 //! mint tokens. Every error is `{"error": {"code", "message"}}`.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{ApiError, AppState, ErrorBody};
-use crate::auth::{constant_time_eq, MAX_NAME_CHARS};
-use crate::ids::{RoomId, UserId};
-use crate::protocol::{now_ms, ErrorCode, Role};
-use crate::room::{RegistryError, RoomHandle, RoomInfo};
+use super::extract::{find_room, invalid, parse_room_id, Admin, AdminRoom, JsonBody};
+use super::{ApiError, ApiResult, AppState, ErrorBody};
+use crate::auth::MAX_NAME_CHARS;
+use crate::room::{RegistryError, RoomHandle};
 use crate::store::RoomRecord;
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{ErrorCode, Role};
 
 /// Longest room title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -28,43 +28,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_rooms, create_room))
         .routes(routes!(get_room, close_room))
         .routes(routes!(mint_token))
-}
-
-pub type ApiResult = Result<Response, ApiError>;
-
-pub fn authorized(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), app.admin_key.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "missing or wrong admin key (Authorization: Bearer KEY)",
-        ))
-    }
-}
-
-pub fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::Malformed,
-            format!("invalid JSON body: {e}"),
-        )
-    })
-}
-
-pub fn invalid(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message)
-}
-
-pub fn parse_room_id(id: &str) -> Result<RoomId, ApiError> {
-    RoomId::new(id).map_err(|e| invalid(&format!("room id: {e}")))
 }
 
 /// A room as the admin API shows it.
@@ -114,9 +77,11 @@ fn yes() -> bool {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    authorized(&app, &headers)?;
-    let req: CreateRoom = parse(&body)?;
+async fn create_room(
+    State(app): State<AppState>,
+    _: Admin,
+    JsonBody(req): JsonBody<CreateRoom>,
+) -> ApiResult {
     let id = match req.id {
         Some(id) => parse_room_id(&id)?,
         None => RoomId::new(&format!("room-{:010x}", rand::random::<u64>() >> 24))
@@ -132,70 +97,36 @@ async fn create_room(State(app): State<AppState>, headers: HeaderMap, body: Byte
         id: id.clone(),
         title,
         allow_guests: req.allow_guests,
-        created_at: now_ms(),
+        created_at: app.clock.now_ms(),
         closed_at: None,
     };
-    let room = open_room(&app, record).await?;
+    let room = app.registry.create(record).await?;
     Ok((StatusCode::CREATED, Json(RoomView::from(&room))).into_response())
 }
 
-/// Opens a room in the registry and persists it. Used by the admin API and
-/// by the demo-room seeding at start-up.
-pub async fn open_room(app: &AppState, record: RoomRecord) -> Result<RoomHandle, ApiError> {
-    let info = RoomInfo {
-        id: record.id.clone(),
-        title: record.title.clone(),
-        allow_guests: record.allow_guests,
-        created_at: record.created_at,
-    };
-    let room = app.registry.open(info, Vec::new()).map_err(|e| match e {
-        RegistryError::Exists => ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorCode::InvalidArgument,
-            "a room with this id already exists",
-        ),
-        RegistryError::LimitReached => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::LimitReached,
-            "this node already hosts max_rooms open rooms",
-        ),
-    })?;
-    let store = app.store.clone();
-    let saved = tokio::task::spawn_blocking(move || store.put_room(&record))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-    if let Err(e) = saved {
-        tracing::error!(error = %e, "could not persist room");
-        app.registry.end(room.id()).await;
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            "could not store the room",
-        ));
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let status = match e {
+            RegistryError::Exists => StatusCode::CONFLICT,
+            RegistryError::LimitReached => StatusCode::SERVICE_UNAVAILABLE,
+            RegistryError::NotStored => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let code = match e {
+            RegistryError::Exists => ErrorCode::InvalidArgument,
+            RegistryError::LimitReached => ErrorCode::LimitReached,
+            RegistryError::NotStored => ErrorCode::Internal,
+        };
+        ApiError::new(status, code, e.to_string())
     }
-    Ok(room)
 }
 
 /// Rooms on this node.
 #[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms",
     responses((status = 200, body = Vec<RoomView>), (status = 401, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn list_rooms(State(app): State<AppState>, headers: HeaderMap) -> ApiResult {
-    authorized(&app, &headers)?;
+async fn list_rooms(State(app): State<AppState>, _: Admin) -> ApiResult {
     let rooms: Vec<RoomView> = app.registry.list().iter().map(RoomView::from).collect();
     Ok(Json(rooms).into_response())
-}
-
-pub fn find(app: &AppState, id: &str) -> Result<RoomHandle, ApiError> {
-    let id = parse_room_id(id)?;
-    app.registry.get(&id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::RoomNotFound,
-            "no such room",
-        )
-    })
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{id}", tag = "rooms",
@@ -203,29 +134,27 @@ pub fn find(app: &AppState, id: &str) -> Result<RoomHandle, ApiError> {
     responses((status = 200, body = RoomView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn get_room(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    Ok(Json(RoomView::from(&find(&app, &id)?)).into_response())
+async fn get_room(AdminRoom(room): AdminRoom) -> ApiResult {
+    Ok(Json(RoomView::from(&room)).into_response())
 }
 
 /// Ends the show: viewers get `show_ended` and close code 4010.
 #[utoipa::path(delete, path = "/api/v1/rooms/{id}", tag = "rooms",
     params(("id" = String, Path, description = "room id")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 500, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn close_room(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = find(&app, &id)?;
-    if !app.registry.end(room.id()).await {
+async fn close_room(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
+    let ended = app.registry.end(room.id()).await.map_err(|e| {
+        tracing::error!(error = %e, "could not store the end of a show");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "could not store the change; nothing was applied",
+        )
+    })?;
+    if !ended {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::RoomClosed,
@@ -259,9 +188,11 @@ pub struct MintedToken {
     responses((status = 201, body = MintedToken), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn mint_token(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    authorized(&app, &headers)?;
-    let req: MintToken = parse(&body)?;
+async fn mint_token(
+    State(app): State<AppState>,
+    _: Admin,
+    JsonBody(req): JsonBody<MintToken>,
+) -> ApiResult {
     if req.role == Role::Guest {
         return Err(invalid(
             "guests join without a token; mint viewer, moderator or host",
@@ -280,7 +211,7 @@ async fn mint_token(State(app): State<AppState>, headers: HeaderMap, body: Bytes
     if ttl == 0 || ttl > max_ttl {
         return Err(invalid(&format!("ttl_secs must be 1-{max_ttl}")));
     }
-    let room = find(&app, &req.room)?;
+    let room = find_room(&app, &req.room)?;
     let (token, claims) = app.keys.mint(&user, name, req.role, room.id(), ttl);
     let minted = MintedToken {
         token,

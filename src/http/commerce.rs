@@ -5,7 +5,8 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -13,17 +14,15 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::admin::{authorized, find, parse, ApiResult};
-use super::{ApiError, AppState, ErrorBody};
-use crate::commerce::catalog::{Product, ProductSpec};
-use crate::commerce::coupon::CouponView;
-use crate::commerce::ledger::OrderFilter;
-use crate::commerce::order::{OrderStatus, OrderView};
+use super::extract::{parse, Admin, AdminRoom, JsonBody, PathId};
+use super::{ApiError, ApiResult, AppState, ErrorBody};
+use crate::commerce::catalog::ProductSpec;
 use crate::commerce::payment::{self, PaymentEvent};
-use crate::commerce::sale::SaleView;
+use crate::commerce::OrderFilter;
 use crate::commerce::{CommerceError, CouponSpec, SaleSpec};
-use crate::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
-use crate::protocol::ErrorCode;
+use flashcast_wire::commerce::{CouponView, OrderStatus, OrderView, Product, SaleView};
+use flashcast_wire::ids::{OrderId, ProductId, RoomId, SaleId, UserId};
+use flashcast_wire::ErrorCode;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -63,11 +62,6 @@ impl From<CommerceError> for ApiError {
     }
 }
 
-/// The room must exist on this node (open or remembered as ended).
-fn room(app: &AppState, id: &str) -> Result<RoomId, ApiError> {
-    Ok(find(app, id)?.id().clone())
-}
-
 fn created<T: serde::Serialize>(v: T) -> ApiResult {
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -80,16 +74,11 @@ fn created<T: serde::Serialize>(v: T) -> ApiResult {
     responses((status = 200, body = Vec<Product>), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn list_products(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(r): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
+async fn list_products(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
     let products: Vec<Product> = app
         .commerce
-        .products(&room)
+        .products(room.id())
+        .await?
         .iter()
         .map(|p| (**p).clone())
         .collect();
@@ -105,14 +94,10 @@ async fn list_products(
     security(("admin_key" = [])))]
 async fn create_product(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(r): Path<String>,
-    body: Bytes,
+    AdminRoom(room): AdminRoom,
+    JsonBody(spec): JsonBody<ProductSpec>,
 ) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    let spec: ProductSpec = parse(&body)?;
-    created(app.commerce.create_product(&room, spec).await?)
+    created(app.commerce.create_product(room.id(), spec).await?)
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/products/{product_id}", tag = "catalog",
@@ -122,12 +107,10 @@ async fn create_product(
     security(("admin_key" = [])))]
 async fn get_product(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((r, id)): Path<(String, String)>,
+    AdminRoom(room): AdminRoom,
+    PathId(id): PathId,
 ) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    let product = app.commerce.product(&room, ProductId(number(&id)?))?;
+    let product = app.commerce.product(room.id(), ProductId(id)).await?;
     Ok(Json((*product).clone()).into_response())
 }
 
@@ -140,15 +123,15 @@ async fn get_product(
     security(("admin_key" = [])))]
 async fn update_product(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((r, id)): Path<(String, String)>,
-    body: Bytes,
+    AdminRoom(room): AdminRoom,
+    PathId(id): PathId,
+    JsonBody(spec): JsonBody<ProductSpec>,
 ) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    let id = ProductId(number(&id)?);
-    let spec: ProductSpec = parse(&body)?;
-    Ok(Json(app.commerce.update_product(&room, id, spec).await?).into_response())
+    let product = app
+        .commerce
+        .update_product(room.id(), ProductId(id), spec)
+        .await?;
+    Ok(Json(product).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -166,25 +149,11 @@ struct Pin {
     security(("admin_key" = [])))]
 async fn pin_product(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(r): Path<String>,
-    body: Bytes,
+    AdminRoom(room): AdminRoom,
+    JsonBody(pin): JsonBody<Pin>,
 ) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    let pin: Pin = parse(&body)?;
-    app.commerce.pin(&room, pin.product_id).await?;
+    app.commerce.pin(room.id(), pin.product_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-fn number(s: &str) -> Result<u64, ApiError> {
-    s.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidArgument,
-            "ids are numbers",
-        )
-    })
 }
 
 // --------------------------------------------------------------- sales
@@ -194,14 +163,8 @@ fn number(s: &str) -> Result<u64, ApiError> {
     responses((status = 200, body = Vec<SaleView>), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn list_sales(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(r): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    Ok(Json(app.commerce.sales(&room)).into_response())
+async fn list_sales(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
+    Ok(Json(app.commerce.sales(room.id()).await?).into_response())
 }
 
 /// Schedules a flash sale on one SKU (now, or at `starts_at`).
@@ -213,14 +176,10 @@ async fn list_sales(
     security(("admin_key" = [])))]
 async fn create_sale(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(r): Path<String>,
-    body: Bytes,
+    AdminRoom(room): AdminRoom,
+    JsonBody(spec): JsonBody<SaleSpec>,
 ) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    let spec: SaleSpec = parse(&body)?;
-    created(app.commerce.start_sale(&room, spec).await?)
+    created(app.commerce.start_sale(room.id(), spec).await?)
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/sales/{sale_id}", tag = "sales",
@@ -230,12 +189,10 @@ async fn create_sale(
     security(("admin_key" = [])))]
 async fn get_sale(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((r, id)): Path<(String, String)>,
+    AdminRoom(room): AdminRoom,
+    PathId(id): PathId,
 ) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    Ok(Json(app.commerce.sale(&room, SaleId(number(&id)?))?).into_response())
+    Ok(Json(app.commerce.sale(room.id(), SaleId(id)).await?).into_response())
 }
 
 /// Ends a sale early. Reservations already made can still be paid.
@@ -247,12 +204,10 @@ async fn get_sale(
     security(("admin_key" = [])))]
 async fn end_sale(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((r, id)): Path<(String, String)>,
+    AdminRoom(room): AdminRoom,
+    PathId(id): PathId,
 ) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    Ok(Json(app.commerce.end_sale(&room, SaleId(number(&id)?)).await?).into_response())
+    Ok(Json(app.commerce.end_sale(room.id(), SaleId(id)).await?).into_response())
 }
 
 // ------------------------------------------------------------- coupons
@@ -262,14 +217,8 @@ async fn end_sale(
     responses((status = 200, body = Vec<CouponView>), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn list_coupons(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(r): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    Ok(Json(app.commerce.coupons(&room)).into_response())
+async fn list_coupons(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
+    Ok(Json(app.commerce.coupons(room.id()).await?).into_response())
 }
 
 /// Drops N first-come coupons into the room.
@@ -281,14 +230,10 @@ async fn list_coupons(
     security(("admin_key" = [])))]
 async fn drop_coupon(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(r): Path<String>,
-    body: Bytes,
+    AdminRoom(room): AdminRoom,
+    JsonBody(spec): JsonBody<CouponSpec>,
 ) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = room(&app, &r)?;
-    let spec: CouponSpec = parse(&body)?;
-    created(app.commerce.drop_coupon(&room, spec).await?)
+    created(app.commerce.drop_coupon(room.id(), spec).await?)
 }
 
 // -------------------------------------------------------------- orders
@@ -339,18 +284,25 @@ impl OrderQuery {
     }
 }
 
-fn query(
-    q: Result<Query<OrderQuery>, QueryRejection>,
-    max: usize,
-) -> Result<OrderFilter, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidArgument,
-            e.body_text(),
-        )
-    })?;
-    q.filter(max)
+/// The order filter of the query string, pages bounded by
+/// `max_orders_page`; else 400 `invalid_argument`.
+struct Filter(OrderFilter);
+
+impl FromRequestParts<AppState> for Filter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Query(q) = Query::<OrderQuery>::from_request_parts(parts, app)
+            .await
+            .map_err(|e: QueryRejection| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidArgument,
+                    e.body_text(),
+                )
+            })?;
+        q.filter(app.limits.max_orders_page).map(Filter)
+    }
 }
 
 /// Orders, oldest first, from the durable store.
@@ -358,13 +310,7 @@ fn query(
     responses((status = 200, body = Vec<OrderView>), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn list_orders(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Result<Query<OrderQuery>, QueryRejection>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    let filter = query(q, app.limits.max_orders_page)?;
+async fn list_orders(State(app): State<AppState>, _: Admin, Filter(filter): Filter) -> ApiResult {
     Ok(Json(app.commerce.orders(filter).await?).into_response())
 }
 
@@ -373,13 +319,7 @@ async fn list_orders(
     responses((status = 200, content_type = "text/csv", body = String),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn export_orders(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Result<Query<OrderQuery>, QueryRejection>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    let filter = query(q, app.limits.max_orders_page)?;
+async fn export_orders(State(app): State<AppState>, _: Admin, Filter(filter): Filter) -> ApiResult {
     let orders = app.commerce.orders(filter).await?;
     let csv = orders_csv(&orders).map_err(|e| {
         ApiError::new(
@@ -462,13 +402,8 @@ fn orders_csv(orders: &[OrderView]) -> Result<String, csv::Error> {
     responses((status = 200, body = OrderView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn get_order(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    Ok(Json(app.commerce.order(OrderId(number(&id)?))?).into_response())
+async fn get_order(State(app): State<AppState>, _: Admin, PathId(id): PathId) -> ApiResult {
+    Ok(Json(app.commerce.order(OrderId(id)).await?).into_response())
 }
 
 /// Cancels a reserved or paid order; its units go back to stock.
@@ -478,13 +413,8 @@ async fn get_order(
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn cancel_order(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    Ok(Json(app.commerce.cancel(OrderId(number(&id)?)).await?).into_response())
+async fn cancel_order(State(app): State<AppState>, _: Admin, PathId(id): PathId) -> ApiResult {
+    Ok(Json(app.commerce.cancel(OrderId(id)).await?).into_response())
 }
 
 /// Payment confirmation from the payment provider. Signed, not admin-keyed:
@@ -503,7 +433,7 @@ async fn payment_webhook(
     let signature = headers
         .get(payment::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
-    let now_secs = crate::protocol::now_ms() / 1000;
+    let now_secs = app.clock.now_secs();
     payment::verify(
         app.commerce.webhook_secret(),
         signature,

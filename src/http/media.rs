@@ -16,10 +16,10 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState, ErrorBody};
 use crate::auth::{Claims, TokenError};
-use crate::ids::{RoomId, UserId};
 use crate::media::{Holder, MediaError, SessionId, SessionKind};
-use crate::protocol::{ErrorCode, Role};
 use crate::room::RoomHandle;
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{ErrorCode, Role};
 
 /// The media type of offers and answers.
 pub const SDP: &str = "application/sdp";

@@ -4,12 +4,12 @@
 
 pub mod admin;
 pub mod commerce;
+pub mod extract;
 pub mod media;
 pub mod recording;
 pub mod serve;
 pub mod web;
 pub mod ws;
-pub mod ws_socket;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,10 +25,10 @@ use crate::auth::TokenKeys;
 use crate::commerce::Commerce;
 use crate::limits::{Limits, RateLimiters};
 use crate::metrics::Metrics;
-use crate::protocol::ErrorCode;
 use crate::recording::recorder::Recordings;
 use crate::room::{ConnId, Registry};
 use crate::store::Store;
+use flashcast_wire::ErrorCode;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -37,16 +37,20 @@ pub struct AppState(Arc<AppInner>);
 pub struct AppInner {
     pub registry: Arc<Registry>,
     pub commerce: Arc<Commerce>,
+    /// The node's clock (see `clock`): token expiry, webhook timestamps.
+    pub clock: crate::clock::Clock,
     pub keys: TokenKeys,
     pub admin_key: String,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     pub limiters: RateLimiters,
     /// Rooms' recordings of client actions (docs/recording.md).
     pub recordings: Arc<Recordings>,
     /// Live video sessions (WHIP/WHEP, docs/video.md).
     pub media: Arc<crate::media::MediaHub>,
+    /// The WebSocket connections' sockets and fanout workers.
+    pub transport: Arc<crate::transport::Transport>,
     /// Flips to true once, when shutdown begins.
     pub shutdown: watch::Sender<bool>,
     connections: AtomicUsize,
@@ -65,9 +69,10 @@ impl AppState {
         registry: Arc<Registry>,
         keys: TokenKeys,
         admin_key: String,
-        store: Arc<dyn Store>,
+        store: Store,
         recordings_dir: std::path::PathBuf,
         media: Arc<crate::media::MediaHub>,
+        transport: Arc<crate::transport::Transport>,
     ) -> Self {
         let ctx = registry.context().clone();
         Self(Arc::new(AppInner {
@@ -80,7 +85,9 @@ impl AppState {
             limits: ctx.limits.clone(),
             metrics: ctx.metrics.clone(),
             commerce: ctx.commerce.clone(),
+            clock: ctx.clock.clone(),
             media,
+            transport,
             registry,
             keys,
             admin_key,
@@ -155,15 +162,33 @@ impl utoipa::Modify for AdminKey {
     }
 }
 
+/// Request bodies refuse unknown fields (`extract::JsonBody`). The types
+/// that are WebSocket messages too cannot say so to serde (unknown fields
+/// of a client message are ignored), so the document says it for them.
+fn strict_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    use utoipa::openapi::RefOr;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for name in ["SaleSpec", "CouponSpec"] {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
+}
+
 /// The REST routes and the OpenAPI document generated from them.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi;
-    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(admin::routes())
         .merge(commerce::routes())
         .merge(recording::routes())
         .merge(media::routes())
-        .split_for_parts()
+        .split_for_parts();
+    strict_bodies(&mut doc);
+    (api, doc)
 }
 
 pub fn router(app: AppState) -> Router {
@@ -185,7 +210,24 @@ pub fn router(app: AppState) -> Router {
         .merge(api)
         .merge(web::routes())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response_with_state(
+            app.clone(),
+            close_when_draining,
+        ))
         .with_state(app)
+}
+
+/// During the shutdown drain, every answer asks the client to close its
+/// keep-alive connection, so its next request opens a new one (through the
+/// load balancer, to another node) instead of finding this one closed.
+async fn close_when_draining(State(app): State<AppState>, mut resp: Response) -> Response {
+    if app.is_shutting_down() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
@@ -215,6 +257,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
 }
+
+/// What a REST handler answers.
+pub type ApiResult = Result<Response, ApiError>;
 
 /// A refused HTTP request. Renders as the JSON error body every REST
 /// endpoint uses: `{"error": {"code": "...", "message": "..."}}`.

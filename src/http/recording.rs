@@ -3,18 +3,18 @@
 //! `crate::recording::recorder`.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use tokio::io::{AsyncReadExt, Take};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::admin::{authorized, find, ApiResult};
-use super::{ApiError, AppState, ErrorBody};
-use crate::protocol::ErrorCode;
-use crate::recording::recorder::{RecordingStarted, RecordingSummary, StartError};
+use super::extract::AdminRoom;
+use super::{ApiError, ApiResult, AppState, ErrorBody};
+use crate::recording::recorder::{RecordingStarted, RecordingSummary, Recordings, StartError};
+use flashcast_wire::ErrorCode;
 
 /// The media type of a recording: JSON lines.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -35,6 +35,26 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// Runs `f` on the node's recordings on a blocking thread: they open,
+/// flush and close files.
+async fn off_runtime<T: Send + 'static>(
+    app: &AppState,
+    f: impl FnOnce(&Recordings) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let recordings = app.recordings.clone();
+    tokio::task::spawn_blocking(move || f(&recordings))
+        .await
+        .map_err(internal)
+}
+
+fn no_recording() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "this room has no recording",
+    )
+}
+
 /// Starts recording the room's client actions to
 /// `<data_dir>/recordings/<room>-<started_unix_ms>.jsonl`.
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/recording", tag = "recording",
@@ -47,17 +67,8 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
         (status = 500, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "`max_recordings` rooms are recording")),
     security(("admin_key" = [])))]
-async fn start_recording(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = find(&app, &id)?;
-    let recordings = app.recordings.clone();
-    let started = tokio::task::spawn_blocking(move || recordings.start(&room))
-        .await
-        .map_err(internal)?;
+async fn start_recording(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
+    let started = off_runtime(&app, move |r| r.start(&room)).await?;
     match started {
         Ok(started) => Ok((StatusCode::CREATED, Json(started)).into_response()),
         Err(StartError::AlreadyRecording) => Err(ApiError::new(
@@ -89,25 +100,12 @@ async fn start_recording(
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "no such room, or it has not recorded since the server started")),
     security(("admin_key" = [])))]
-async fn stop_recording(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = find(&app, &id)?;
-    let recordings = app.recordings.clone();
+async fn stop_recording(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
     let id = room.id().clone();
-    let summary = tokio::task::spawn_blocking(move || recordings.stop(&id))
-        .await
-        .map_err(internal)?;
+    let summary = off_runtime(&app, move |r| r.stop(&id)).await?;
     match summary {
         Some(summary) => Ok(Json(summary).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "this room has no recording",
-        )),
+        None => Err(no_recording()),
     }
 }
 
@@ -123,25 +121,13 @@ async fn stop_recording(
         (status = 404, body = ErrorBody, description = "no such room, or no recording of it"),
         (status = 500, body = ErrorBody)),
     security(("admin_key" = [])))]
-async fn download_recording(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    authorized(&app, &headers)?;
-    let room = find(&app, &id)?;
-    let recordings = app.recordings.clone();
+async fn download_recording(State(app): State<AppState>, AdminRoom(room): AdminRoom) -> ApiResult {
     let id = room.id().clone();
-    let latest = tokio::task::spawn_blocking(move || recordings.latest(&id))
-        .await
-        .map_err(internal)?
+    let latest = off_runtime(&app, move |r| r.latest(&id))
+        .await?
         .map_err(internal)?;
     let Some(download) = latest else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "this room has no recording",
-        ));
+        return Err(no_recording());
     };
     let file = tokio::fs::File::open(&download.path)
         .await

@@ -1,5 +1,6 @@
 //! The HTTP/1.1 server loop: accept, tune the socket, serve the router
-//! with upgrades, stop on shutdown.
+//! with upgrades; on stop, close the listener and let the requests in
+//! flight finish.
 //!
 //! Not `axum::serve`: its connections detect HTTP/2 and wrap the socket in a
 //! private type, while the WebSocket path (`http::ws`) needs the TCP socket
@@ -16,21 +17,28 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-/// Serves `router` until `shutdown` turns true. Open HTTP connections are
-/// told to finish their request and close; upgraded WebSockets are not
-/// hyper's any more and close through the rooms.
+/// Serves `router` until `stop` turns true (after the drain, see
+/// `Server::shutdown`), then closes the listener: new connections are
+/// refused. Open HTTP connections are told to finish the request they are
+/// on and close; this returns once they have, or after `grace`. Upgraded
+/// WebSockets are not hyper's any more and close through the rooms.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
     tune: impl Fn(&TcpStream) + Send + 'static,
 ) -> std::io::Result<()> {
+    let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutting_down(&mut shutdown) => return Ok(()),
+            // Reaps finished connections, so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = stopping(&mut stop) => break,
         };
         let (tcp, peer) = match accepted {
             Ok(a) => a,
@@ -43,15 +51,30 @@ pub async fn serve(
             }
         };
         tune(&tcp);
-        tokio::spawn(connection(tcp, peer, router.clone(), shutdown.clone()));
+        connections.spawn(connection(tcp, peer, router.clone(), stop.clone(), grace));
     }
+    drop(listener);
+    let open = connections.len();
+    let finished = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            open,
+            left = connections.len(),
+            "HTTP connections still open at the end of the grace period"
+        );
+    }
+    Ok(())
 }
 
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     router: Router,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
 ) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
@@ -70,13 +93,14 @@ async fn connection(
                 tracing::trace!(error = %e, %peer, "HTTP connection ended with an error");
             }
         }
-        _ = shutting_down(&mut shutdown) => {
+        _ = stopping(&mut stop) => {
+            // Idle: closes now. A request in flight: answered, then closed.
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            let _ = tokio::time::timeout(grace, conn).await;
         }
     }
 }
 
-async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+async fn stopping(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }

@@ -1,11 +1,14 @@
 //! One WebSocket connection: the handshake (encoding by subprotocol), `join`,
 //! then a single task that reads client frames and answers them. The room's
-//! tick frames do not pass through this task: the room writes them to the
-//! socket itself (`room::outbox`); the task only writes a backlog when the
-//! socket was full, and closes the connection when told to.
+//! batches do not pass through this task: the transport's fanout workers
+//! write them to the socket (`transport`); the task only writes a backlog
+//! when the socket was full, and closes the connection when told to.
 //!
 //! Checks that need no room state happen here, before anything is queued to
-//! the room: frame size, decoding, role, per-user rate, text rules.
+//! the room: frame size, decoding, role, per-user rate, text rules. A frame
+//! is decoded once into a typed message (`flashcast_wire::client`) and routed
+//! by its group: connection messages are answered here, room messages go to
+//! the room's queue, shop messages to the commerce engine.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -21,27 +24,30 @@ use tokio::net::TcpStream;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
-use super::ws_socket::WsSocket;
 use super::{api_error, AppState};
 use crate::auth::TokenError;
-use crate::commerce::coupon::CouponView;
-use crate::commerce::order::OrderView;
-use crate::commerce::{Answer, BuyRequest, CouponSpec, SaleSpec};
+use crate::commerce::Answer;
+use crate::engage::text::clean_action_text;
 use crate::engage::Rejection;
-use crate::ids::UserId;
 use crate::limits;
-use crate::protocol::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
-use crate::protocol::{
-    now_ms, ClientFrame, ClientMsg, CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef,
-};
 use crate::recording::recorder::ConnRecorder;
-use crate::room::actor::clean_action_text;
-use crate::room::outbox::{Outbox, Push, Wake};
 use crate::room::{ConnId, JoinRequest, RoomHandle};
+use crate::transport::socket::SocketConfig;
+use crate::transport::{Outbox, Push, Wake, WsSocket};
+use crate::ws_frame;
+use flashcast_wire::client::{
+    ClaimCoupon, ClientFrame, ClientMsg, ConnMsg, EndSale, Join, PinProduct, Ping, React, RoomMsg,
+    ShopMsg,
+};
+use flashcast_wire::codec::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use flashcast_wire::commerce::CouponView;
+use flashcast_wire::commerce::OrderView;
+use flashcast_wire::ids::UserId;
+use flashcast_wire::{CloseCode, Encoding, ErrorCode, Role, ServerMsg, UserRef};
 
 /// `GET /ws`: refuses early (HTTP status) when the node is full, shutting
 /// down, or the address joins too fast; otherwise upgrades (RFC 6455) and
-/// keeps the TCP socket, so the room can write to it directly.
+/// keeps the TCP socket, so the transport can write to it directly.
 pub async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -106,14 +112,21 @@ pub async fn upgrade(
             Ok(parts) => parts,
             Err(_) => return tracing::error!("upgraded connection is not a TCP socket"),
         };
+        let id = app.next_conn_id();
+        let config = SocketConfig {
+            ws: config,
+            max_backlog: app.limits.outbound_queue,
+            write_timeout: Duration::from_millis(app.limits.write_timeout_ms),
+        };
         let socket = WsSocket::new(
             parts.io.into_inner(),
             parts.read_buf.to_vec(),
             config,
-            app.limits.outbound_queue,
+            id,
+            app.transport.clone(),
         );
         let conn = Connection {
-            id: app.next_conn_id(),
+            id,
             rejects: app.limiters.rejects(),
             app,
             encoding,
@@ -293,24 +306,14 @@ impl Connection {
                 Err(Flow::Continue) => continue,
             };
             match frame.msg {
-                ClientMsg::Join {
-                    room,
-                    token,
-                    last_seq,
-                    epoch,
-                } => {
-                    return self
-                        .join(socket, room, token, last_seq, epoch)
-                        .await
-                        .map_err(Some)
-                }
-                ClientMsg::Ping { t } => {
+                ClientMsg::Conn(ConnMsg::Join(join)) => return self.join(join).await.map_err(Some),
+                ClientMsg::Conn(ConnMsg::Ping(Ping { t })) => {
                     if !self
                         .send(
                             socket,
                             &ServerMsg::Pong {
                                 t,
-                                server_time: now_ms(),
+                                server_time: self.app.clock.now_ms(),
                             },
                         )
                         .await
@@ -318,7 +321,7 @@ impl Connection {
                         return Err(None);
                     }
                 }
-                _ => {
+                ClientMsg::Conn(ConnMsg::Leave(_)) | ClientMsg::Room(_) | ClientMsg::Shop(_) => {
                     let r = Rejection::new(ErrorCode::NotJoined, "send join first");
                     if let Flow::Close(code) = self.reject(socket, r, frame.reference).await {
                         return Err(Some(code));
@@ -328,14 +331,13 @@ impl Connection {
         }
     }
 
-    async fn join(
-        &mut self,
-        socket: &mut WsSocket,
-        room_id: crate::ids::RoomId,
-        token: Option<String>,
-        last_seq: Option<u64>,
-        epoch: Option<u64>,
-    ) -> Result<Joined, CloseCode> {
+    async fn join(&mut self, join: Join) -> Result<Joined, CloseCode> {
+        let Join {
+            room: room_id,
+            token,
+            last_seq,
+            epoch,
+        } = join;
         let reject = |code: CloseCode| {
             if let Some(e) = code.error_code() {
                 self.app.metrics.reject(e);
@@ -369,7 +371,6 @@ impl Connection {
             encoding: self.encoding,
             last_seq,
             epoch,
-            outbox: socket.outbox.clone(),
         })
         .await
         .map_err(reject)?;
@@ -432,22 +433,27 @@ impl Connection {
             Ok(frame) => frame,
             Err(flow) => return flow,
         };
-        let ClientFrame { reference, mut msg } = frame;
+        let ClientFrame { reference, msg } = frame;
         // Every decoded action, before the room decides on it: a replay
         // reproduces the load, not the outcomes.
         if let Some(recorder) = &mut self.recorder {
             recorder.record(&msg);
         }
-        let result = match &msg {
-            ClientMsg::Join { .. } => Err(Rejection::new(
+        let role = msg.required_role();
+        if role > j.user.role {
+            let r = Rejection::new(ErrorCode::Forbidden, forbidden(msg.kind(), role));
+            return self.reject(socket, r, reference).await;
+        }
+        let result = match msg {
+            ClientMsg::Conn(ConnMsg::Join(_)) => Err(Rejection::new(
                 ErrorCode::AlreadyJoined,
                 "this connection has already joined",
             )),
-            ClientMsg::Leave => return Flow::Close(CloseCode::Normal),
-            ClientMsg::Ping { t } => {
+            ClientMsg::Conn(ConnMsg::Leave(_)) => return Flow::Close(CloseCode::Normal),
+            ClientMsg::Conn(ConnMsg::Ping(Ping { t })) => {
                 let pong = ServerMsg::Pong {
-                    t: *t,
-                    server_time: now_ms(),
+                    t,
+                    server_time: self.app.clock.now_ms(),
                 };
                 return if self.send(socket, &pong).await {
                     Flow::Continue
@@ -455,32 +461,32 @@ impl Connection {
                     Flow::Close(CloseCode::Normal)
                 };
             }
-            ClientMsg::React { kind } => limits::check(&self.app.limiters.reactions, &j.user.id)
-                .map_err(rate_limited)
-                .map(|()| {
-                    j.room.react(*kind);
-                    self.app
-                        .metrics
-                        .events_in
-                        .with_label_values(&["react"])
-                        .inc();
-                }),
-            _ if msg.required_role() > j.user.role => Err(Rejection::new(
-                ErrorCode::Forbidden,
-                match msg.required_role() {
-                    Role::Host => format!("{} needs a host token", msg.kind()),
-                    Role::Viewer => format!("{} needs a signed-in viewer token", msg.kind()),
-                    _ => format!("{} needs a moderator or host token", msg.kind()),
-                },
-            )),
-            ClientMsg::Buy { .. }
-            | ClientMsg::ClaimCoupon { .. }
-            | ClientMsg::PinProduct { .. }
-            | ClientMsg::StartSale { .. }
-            | ClientMsg::EndSale { .. }
-            | ClientMsg::DropCoupon { .. } => {
+            // Counted on the spot, never queued: a tick sends the totals.
+            ClientMsg::Room(RoomMsg::React(React { kind })) => {
+                limits::check(&self.app.limiters.reactions, &j.user.id)
+                    .map_err(rate_limited)
+                    .map(|()| {
+                        j.room.react(kind);
+                        self.app
+                            .metrics
+                            .events_in
+                            .with_label_values(&["react"])
+                            .inc();
+                    })
+            }
+            ClientMsg::Room(mut msg) => {
+                let rate = match &msg {
+                    RoomMsg::Chat(_) | RoomMsg::Ask(_) => {
+                        limits::check(&self.app.limiters.chat, &j.user.id).map_err(rate_limited)
+                    }
+                    _ => Ok(()),
+                };
+                rate.and_then(|()| clean_action_text(&mut msg, &self.app.limits))
+                    .and_then(|()| j.room.act(self.id, j.user.clone(), reference, msg))
+            }
+            ClientMsg::Shop(msg) => {
                 let kind = msg.kind();
-                match self.commerce(j, &socket.outbox, reference, msg).await {
+                match self.shop(j, &socket.outbox, reference, msg).await {
                     Ok(reply) => {
                         self.app.metrics.events_in.with_label_values(&[kind]).inc();
                         let sent = match reply {
@@ -496,16 +502,6 @@ impl Connection {
                     Err(rejection) => Err(rejection),
                 }
             }
-            _ => {
-                let rate = match &msg {
-                    ClientMsg::Chat { .. } | ClientMsg::Ask { .. } => {
-                        limits::check(&self.app.limiters.chat, &j.user.id).map_err(rate_limited)
-                    }
-                    _ => Ok(()),
-                };
-                rate.and_then(|()| clean_action_text(&mut msg, &self.app.limits))
-                    .and_then(|()| j.room.act(self.id, j.user.clone(), reference, msg))
-            }
         };
         match result {
             Ok(()) => Flow::Continue,
@@ -518,12 +514,12 @@ impl Connection {
     /// `commerce::Answer`; then there is nothing left to send, `None`), the
     /// host's actions by the connection. What every viewer sees (stock,
     /// sales, coupons, the pinned card) follows as room events.
-    async fn commerce(
+    async fn shop(
         &self,
         j: &Joined,
         outbox: &Arc<Outbox>,
         reference: Option<u32>,
-        msg: ClientMsg,
+        msg: ShopMsg,
     ) -> Result<Option<ServerMsg>, Rejection> {
         let commerce = &self.app.commerce;
         let room = j.room.id();
@@ -532,26 +528,15 @@ impl Connection {
         }
         let ack = ServerMsg::Ack { reference };
         let result = match msg {
-            ClientMsg::Buy {
-                sku,
-                qty,
-                key,
-                coupon_id,
-            } => {
+            ShopMsg::Buy(buy) => {
                 limits::check(&self.app.limiters.buys, &j.user.id).map_err(rate_limited)?;
-                let req = BuyRequest {
-                    sku,
-                    qty,
-                    key,
-                    coupon_id,
-                };
                 let answer = self.answer(outbox, move |order: &OrderView| ServerMsg::Order {
                     reference,
                     order: order.clone(),
                 });
-                commerce.buy(room, &j.user, req, answer).await.map(|_| None)
+                commerce.buy(room, &j.user, buy, answer).await.map(|_| None)
             }
-            ClientMsg::ClaimCoupon { coupon_id } => {
+            ShopMsg::ClaimCoupon(ClaimCoupon { coupon_id }) => {
                 limits::check(&self.app.limiters.buys, &j.user.id).map_err(rate_limited)?;
                 let answer = self.answer(outbox, move |coupon: &CouponView| {
                     ServerMsg::CouponClaimed {
@@ -564,47 +549,20 @@ impl Connection {
                     .await
                     .map(|_| None)
             }
-            ClientMsg::PinProduct { product_id } => {
+            ShopMsg::PinProduct(PinProduct { product_id }) => {
                 commerce.pin(room, product_id).await.map(|()| Some(ack))
             }
-            ClientMsg::StartSale {
-                sku,
-                sale_price_minor,
-                stock,
-                per_user_limit,
-                starts_at,
-                duration_secs,
-                payment_window_secs,
-            } => {
-                let spec = SaleSpec {
-                    sku,
-                    sale_price_minor,
-                    stock,
-                    per_user_limit,
-                    starts_at,
-                    duration_secs,
-                    payment_window_secs,
-                };
-                commerce.start_sale(room, spec).await.map(|_| Some(ack))
-            }
-            ClientMsg::EndSale { sale_id } => {
+            ShopMsg::StartSale(spec) => commerce
+                .start_sale(room, spec.into())
+                .await
+                .map(|_| Some(ack)),
+            ShopMsg::EndSale(EndSale { sale_id }) => {
                 commerce.end_sale(room, sale_id).await.map(|_| Some(ack))
             }
-            ClientMsg::DropCoupon {
-                count,
-                discount,
-                scope,
-                expires_in_secs,
-            } => {
-                let spec = CouponSpec {
-                    count,
-                    discount,
-                    scope,
-                    expires_in_secs,
-                };
-                commerce.drop_coupon(room, spec).await.map(|_| Some(ack))
-            }
-            _ => unreachable!("only commerce messages are routed here"),
+            ShopMsg::DropCoupon(spec) => commerce
+                .drop_coupon(room, spec.into())
+                .await
+                .map(|_| Some(ack)),
         };
         result.map_err(|e| Rejection::new(e.code, e.message))
     }
@@ -620,7 +578,7 @@ impl Connection {
             self.app.metrics.reject(ErrorCode::FrameTooLarge);
             return Err(Flow::Close(CloseCode::MessageTooBig));
         }
-        match self.encoding.decode(msg) {
+        match ws_frame::decode(self.encoding, msg) {
             Ok(frame) => Ok(frame),
             Err(e) => Err(self
                 .reject(socket, Rejection::new(e.code, e.message), None)
@@ -678,20 +636,15 @@ impl Connection {
         let encoding = self.encoding;
         Box::new(move |value: &T| match encoding.encode(&reply(value)) {
             Ok(frame) => {
-                outbox.push(frame.to_ws());
+                outbox.push(ws_frame::data(&frame));
             }
             Err(e) => tracing::error!(error = %e, "encode failed"),
         })
     }
 
-    /// Writes the backlog as the peer reads; a peer that takes longer than
-    /// `write_timeout_ms` to take it is not reading, and is dropped.
+    /// Writes the backlog as the peer reads (see `WsSocket::drain`).
     async fn drain(&self, socket: &WsSocket) -> bool {
-        let timeout = Duration::from_millis(self.app.limits.write_timeout_ms);
-        matches!(
-            tokio::time::timeout(timeout, socket.outbox.drain()).await,
-            Ok(Ok(()))
-        )
+        socket.drain().await
     }
 
     /// Sends the error that explains the close, then the close frame, then
@@ -744,6 +697,16 @@ async fn recording_started(recorder: &mut Option<ConnRecorder>) {
 /// Resolves once the server starts shutting down.
 async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Why a role may not send a message.
+fn forbidden(kind: &str, needed: Role) -> String {
+    match needed {
+        Role::Host => format!("{kind} needs a host token"),
+        Role::Moderator => format!("{kind} needs a moderator or host token"),
+        Role::Viewer => format!("{kind} needs a signed-in viewer token"),
+        Role::Guest => format!("{kind} needs to join"),
+    }
 }
 
 fn rate_limited(wait: Duration) -> Rejection {

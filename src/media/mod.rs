@@ -34,9 +34,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::ids::RoomId;
 use crate::metrics::Metrics;
 use crate::room::RoomHandle;
+use flashcast_wire::ids::RoomId;
 
 pub use publisher::Broadcast;
 pub use quota::Holder;

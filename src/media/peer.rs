@@ -47,7 +47,6 @@ pub struct PeerEvents {
 
 /// Forwards the connection's events into channels. The driver awaits these
 /// methods on its own loop, so they only ever `send_replace`/`try_send`.
-/// Also the load tester's (`flashcast-storm video`) peers' handler.
 pub struct Events {
     state: watch::Sender<RTCPeerConnectionState>,
     gathered: watch::Sender<bool>,

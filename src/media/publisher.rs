@@ -26,9 +26,9 @@ use super::quota::{Counter, Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer, SdpCodec};
 use super::session::{Link, Supervised};
 use super::{EndReason, MediaError, MediaHub, SessionId, Viewer};
-use crate::ids::RoomId;
-use crate::protocol::{now_ms, StreamState};
 use crate::room::RoomHandle;
+use flashcast_wire::ids::RoomId;
+use flashcast_wire::{now_ms, StreamState};
 
 /// One forwarded track of the broadcast.
 pub struct Feed {

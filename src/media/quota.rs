@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::ids::{RoomId, UserId};
+use flashcast_wire::ids::{RoomId, UserId};
 
 /// A counter with a ceiling.
 pub struct Counter {

@@ -28,7 +28,7 @@ use super::quota::{Holder, KeyedSlot, Slot};
 use super::sdp::{self, MediaKind, Offer};
 use super::session::{Link, Supervised};
 use super::{Broadcast, EndReason, MediaError, MediaHub, SessionId};
-use crate::ids::RoomId;
+use flashcast_wire::ids::RoomId;
 
 /// The limits a viewer counts against, given back when it is dropped.
 pub struct ViewerSlots {

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{TraceAction, TraceHeader, TraceLine, TraceWriter};
-use crate::config::Limits;
-use crate::ids::RoomId;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::protocol::{now_ms, ClientMsg, Role};
 use crate::room::{RoomHandle, RoomShared};
+use flashcast_wire::client::ClientMsg;
+use flashcast_wire::ids::RoomId;
+use flashcast_wire::recording::{TraceAction, TraceHeader, TraceLine, TraceWriter};
+use flashcast_wire::{now_ms, Role};
 
 /// How often the writer flushes what it buffered (and checks the room and
 /// the time limit).
@@ -816,8 +817,10 @@ mod tests {
             flushed: AtomicU64::new(0),
             metrics: metrics.clone(),
         };
-        let chat = |n: usize| TraceAction::Chat {
-            text: format!("{n}"),
+        let chat = |n: usize| {
+            TraceAction::Chat(flashcast_wire::client::Chat {
+                text: format!("{n}"),
+            })
         };
         // Nobody reads: two lines fit, the rest are dropped at once.
         let taken: Vec<bool> = (0..5).map(|n| active.send(1, chat(n))).collect();

@@ -1,13 +1,14 @@
 //! The room task. It alone mutates a room, so the order in which it applies
 //! actions is the order every viewer sees.
 //!
-//! Each tick it takes the events appended since the last tick plus the
-//! aggregated counts (reactions, viewers, poll tallies), encodes them ONCE per
-//! encoding in use, frames them as WebSocket frames once, and writes the same
-//! `Bytes` to every viewer's socket (see `outbox`): one kernel send per
-//! viewer (submitted 256 at a time through io_uring), no task
-//! wake-up. A viewer whose socket stays full for more than
-//! `outbound_queue` frames is closed with 4008 and resumes.
+//! Fanout-paced batching: as soon as the previous batch's fanout has
+//! finished and something is pending, it takes the events appended since
+//! plus the aggregated counts (reactions, viewers, poll tallies), encodes
+//! them ONCE per encoding in use and hands the frames to the fanout
+//! (`transport::Fanout`), which writes the same bytes to every viewer. A
+//! batch grows only while the fanout is busy, the way a group commit grows
+//! while the disk is; `tick_ms` bounds how long aggregates wait. The room
+//! knows viewers only by `ConnId`: no socket, no WebSocket framing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,18 +17,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
+mod durable;
+
+pub(crate) use durable::{Asker, Durable, EndReply};
+
 use super::history::History;
 use super::market::MarketWatch;
-use super::outbox::{self, Outbox, Push};
 use super::{Command, ConnId, JoinRequest, RoomContext, RoomShared};
 use crate::engage::moderation::Moderation;
-use crate::engage::poll::{Poll, PollSpec};
+use crate::engage::poll::Poll;
 use crate::engage::qa::Questions;
-use crate::engage::{text, Rejection};
-use crate::ids::{PollId, RoomId, Seq, UserId};
-use crate::protocol::{
-    now_ms, ClientMsg, CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState,
-    ServerMsg, StreamStatus, UserRef,
+use crate::engage::Rejection;
+use crate::transport::{Published, TopicId};
+use flashcast_wire::client::{
+    Announce, Answer, Ask, Ban, Chat, ClosePoll, DeleteMessage, EndShow, Mute, PinQuestion, React,
+    RoomMsg, SetBannedWords, SlowMode, Unban, Unmute, Upvote, Vote,
+};
+use flashcast_wire::ids::{PollId, Seq, UserId};
+use flashcast_wire::{
+    CloseCode, Encoding, ErrorCode, Event, EventBody, ReactionKind, RoomState, ServerMsg,
+    StreamStatus, UserRef,
 };
 
 /// Viewer counts go out at most this often (when they changed).
@@ -36,13 +45,19 @@ pub const VIEWER_COUNT_INTERVAL: Duration = Duration::from_secs(1);
 struct Subscriber {
     user: UserRef,
     encoding: Encoding,
-    outbox: Arc<Outbox>,
 }
 
 pub(crate) struct RoomActor {
     shared: Arc<RoomShared>,
     ctx: Arc<RoomContext>,
     commands: mpsc::Receiver<Command>,
+    /// The room's own queue, for the answers of its durable writes (weak:
+    /// the room still stops when its last handle is gone).
+    me: mpsc::WeakSender<Command>,
+    /// Durable changes waiting for the store (at most `room_queue`).
+    persisting: usize,
+    /// The end of the show is being made durable: no more actions or joins.
+    ending: bool,
     /// Distinguishes this run of the room from earlier ones (sequence numbers
     /// restart with the process), so a resume across a restart gets a gap.
     epoch: u64,
@@ -52,14 +67,18 @@ pub(crate) struct RoomActor {
     history: History,
     pending: Vec<Arc<Event>>,
     subscribers: HashMap<ConnId, Subscriber>,
-    /// Joins wait for the end of the tick, so that their snapshot and their
+    /// Joins wait for the next flush, so that their snapshot and their
     /// `seq` describe the same moment (nothing published half-way).
     pending_joins: Vec<(JoinRequest, JoinReply)>,
     viewers_dirty: bool,
     viewers_sent_at: Instant,
-    /// When the last batch went out: a room quiet for a whole tick sends
-    /// its next event at once instead of at the next tick (see `run`).
-    batch_sent_at: Instant,
+    /// This room's subscribers on the fanout.
+    topic: TopicId,
+    /// The last batch handed to the fanout, until it is written: the next
+    /// one waits for it (see `run`).
+    in_flight: Option<Published>,
+    /// A tick passed since the last flush: aggregates may be waiting.
+    tick_due: bool,
     moderation: Moderation,
     poll: Option<Poll>,
     next_poll_id: u64,
@@ -75,16 +94,20 @@ impl RoomActor {
         shared: Arc<RoomShared>,
         ctx: Arc<RoomContext>,
         commands: mpsc::Receiver<Command>,
+        me: mpsc::WeakSender<Command>,
     ) -> Self {
         let limits = &ctx.limits;
         Self {
             epoch: rand::random::<u64>() >> 11, // fits a JSON number exactly
             history: History::new(limits.history_len),
             moderation: Moderation::with_bans(shared.bans.clone()),
-            market: MarketWatch::new(ctx.commerce.shop(&shared.info.id)),
+            market: MarketWatch::new(ctx.commerce.shop(&shared.info.id), ctx.clock.now_ms()),
             stream: shared.stream.get(),
             shared,
             commands,
+            me,
+            persisting: 0,
+            ending: false,
             seq: 0,
             flushed_seq: 0,
             pending: Vec::new(),
@@ -94,7 +117,9 @@ impl RoomActor {
             viewers_sent_at: Instant::now()
                 .checked_sub(VIEWER_COUNT_INTERVAL)
                 .unwrap_or_else(Instant::now),
-            batch_sent_at: Instant::now(),
+            topic: crate::transport::new_topic(),
+            in_flight: None,
+            tick_due: false,
             poll: None,
             next_poll_id: 0,
             questions: Questions::default(),
@@ -104,24 +129,27 @@ impl RoomActor {
     }
 
     pub(crate) async fn run(mut self) {
-        let mut tick_len = self.ctx.limits.tick();
-        let mut tick = tokio::time::interval(tick_len);
-        // A fanout longer than the tick starts the next one as soon as it is
-        // done (not at the next multiple of the tick, which would add idle
-        // time to every event's wait); frames per second stay under
-        // `room_frames_per_sec` either way.
+        // The upper bound: aggregates (reactions, tallies, stock, poll and
+        // sale deadlines) are collected at least this often. The first tick
+        // is one period away, not at once: nothing is due yet.
+        let period = self.ctx.limits.tick();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
+            let in_flight = self.in_flight.clone();
+            let mut arrived = false;
             tokio::select! {
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { break };
+                    arrived = true;
                     if self.handle(cmd) {
                         break;
                     }
-                    // Drain what is already queued before looking at timers
-                    // again; bounded so ticks are never starved.
+                    // Drain what is already queued before flushing: all of
+                    // it can share the batch. Bounded, so the fanout is
+                    // never starved.
                     let mut stop = false;
                     for _ in 0..256 {
                         match self.commands.try_recv() {
@@ -132,39 +160,25 @@ impl RoomActor {
                     if stop {
                         break;
                     }
-                    // Leading edge: a room that sent nothing for a whole
-                    // tick sends now, so a lone event (or join) does not
-                    // wait for the tick; the tick then restarts, so a
-                    // viewer still gets at most one batch per tick and a
-                    // busy room still batches a tick's worth of events.
-                    if (!self.pending.is_empty() || !self.pending_joins.is_empty())
-                        && self.batch_sent_at.elapsed() >= tick_len
-                    {
-                        if !self.pending.is_empty() {
-                            self.ctx.metrics.batches_leading.inc();
-                        }
-                        self.flush();
-                        self.admit_joins();
-                        tick.reset();
-                    }
                 }
-                _ = tick.tick() => {
-                    self.flush();
-                    self.admit_joins();
+                _ = finished(in_flight.as_ref()), if in_flight.is_some() => {
+                    self.in_flight = None;
                 }
-                _ = housekeeping.tick() => {
-                    self.housekeeping();
-                    // A large room ticks less often: its fanout cost is
-                    // viewers x ticks, and longer ticks carry more events
-                    // per frame.
-                    let want = self.ctx.limits.tick_for(self.subscribers.len());
-                    if want != tick_len {
-                        tick_len = want;
-                        tick = tokio::time::interval_at(tokio::time::Instant::now() + want, want);
-                        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                        tracing::debug!(room = %self.shared.info.id, tick_ms = want.as_millis() as u64, "tick length changed");
-                    }
+                _ = tick.tick() => self.tick_due = true,
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+            // Fanout-paced: send as soon as the fanout is free. What
+            // arrives while it is busy waits for it and shares one batch.
+            let idle = self.in_flight.as_ref().is_none_or(Published::is_finished);
+            let waiting = !self.pending.is_empty() || !self.pending_joins.is_empty();
+            if idle && (waiting || self.tick_due) {
+                if arrived && !self.pending.is_empty() {
+                    self.ctx.metrics.batches_leading.inc();
                 }
+                self.in_flight = None;
+                self.tick_due = false;
+                self.flush();
+                self.admit_joins();
             }
         }
         self.ctx.metrics.viewers.sub(self.subscribers.len() as i64);
@@ -192,11 +206,23 @@ impl RoomActor {
                 msg,
             } => {
                 let kind = msg.kind();
+                let asker = Asker {
+                    conn: Some(conn),
+                    reference,
+                };
                 match self.act(&user, msg) {
                     Ok(Reply::None) => self.ctx.metrics.events_in.with_label_values(&[kind]).inc(),
                     Ok(Reply::Ack) => {
                         self.ctx.metrics.events_in.with_label_values(&[kind]).inc();
                         self.send_direct(conn, &ServerMsg::Ack { reference });
+                    }
+                    Ok(Reply::Persist(change)) => {
+                        self.ctx.metrics.events_in.with_label_values(&[kind]).inc();
+                        self.persist(asker, change);
+                    }
+                    Ok(Reply::End) => {
+                        self.ctx.metrics.events_in.with_label_values(&[kind]).inc();
+                        self.end(asker, None);
                     }
                     Err(rejection) => {
                         self.ctx.metrics.reject(rejection.code);
@@ -211,7 +237,18 @@ impl RoomActor {
                 }
             }
             Command::Leave(conn) => self.remove(conn),
-            Command::End => self.end(),
+            Command::End(reply) => self.end(
+                Asker {
+                    conn: None,
+                    reference: None,
+                },
+                Some(reply),
+            ),
+            Command::Persisted {
+                asker,
+                change,
+                result,
+            } => self.persisted(asker, change, result),
             Command::Shutdown => {
                 self.refuse_pending_joins(CloseCode::ServiceRestart);
                 self.flush();
@@ -222,7 +259,7 @@ impl RoomActor {
         self.ended
     }
 
-    /// Admits the joins of this tick, right after its frame was published.
+    /// Admits the waiting joins, right after a batch was handed out.
     fn admit_joins(&mut self) {
         debug_assert!(self.pending.is_empty(), "joins are admitted after a flush");
         for (req, reply) in std::mem::take(&mut self.pending_joins) {
@@ -238,7 +275,7 @@ impl RoomActor {
 
     fn join(&mut self, req: JoinRequest, reply: JoinReply) {
         let limits = &self.ctx.limits;
-        let refusal = if self.ended {
+        let refusal = if self.ended || self.ending {
             Some(CloseCode::RoomClosed)
         } else if self.moderation.is_banned(&req.user.id) {
             Some(CloseCode::Forbidden)
@@ -284,33 +321,35 @@ impl RoomActor {
             state: Box::new(self.state(self.subscribers.len() as u32 + 1)),
             events,
         };
-        // Written before the subscriber is added: `joined` comes first and
-        // the next tick's frame continues right after its `seq`.
-        let pushed = req
-            .encoding
-            .encode(&joined)
-            .map(|frame| req.outbox.push(frame.to_ws()));
-        match pushed {
-            Ok(Push::Sent | Push::Queued) => {}
-            Ok(Push::Overflow | Push::Closed) => {
-                let _ = reply.send(Err(CloseCode::Normal));
-                return;
-            }
+        // Sent before the subscription: `joined` comes first and the next
+        // batch continues right after its `seq` (the fanout keeps a
+        // connection's frames in call order). The join is answered once
+        // `joined` is in the outbox, so nothing the connection writes
+        // itself can overtake it.
+        let fanout = &self.ctx.fanout;
+        if !fanout.connected(req.conn) {
+            let _ = reply.send(Err(CloseCode::Normal));
+            return;
+        }
+        let written = match req.encoding.encode(&joined) {
+            Ok(frame) => fanout.send(req.conn, frame),
             Err(e) => {
                 tracing::error!(error = %e, "encode failed");
                 let _ = reply.send(Err(CloseCode::Normal));
                 return;
             }
-        }
-        if reply.send(Ok(())).is_err() {
-            return; // the connection went away while waiting
-        }
+        };
+        fanout.subscribe(self.topic, req.conn, req.encoding);
+        // A connection gone meanwhile is removed by housekeeping.
+        tokio::spawn(async move {
+            written.finished().await;
+            let _ = reply.send(Ok(()));
+        });
         self.subscribers.insert(
             req.conn,
             Subscriber {
                 user: req.user,
                 encoding: req.encoding,
-                outbox: req.outbox,
             },
         );
         self.viewers_changed();
@@ -319,6 +358,7 @@ impl RoomActor {
 
     fn remove(&mut self, conn: ConnId) {
         if self.subscribers.remove(&conn).is_some() {
+            self.ctx.fanout.unsubscribe(self.topic, conn);
             self.viewers_changed();
             self.ctx.metrics.viewers.dec();
         }
@@ -342,8 +382,8 @@ impl RoomActor {
             pinned_question: self.questions.pinned(),
             questions: self.questions.top(self.ctx.limits.snapshot_questions),
             pinned_product: self.market.pinned(),
-            sales: self.market.open_sales(now_ms()),
-            coupons: self.market.open_coupons(now_ms()),
+            sales: self.market.open_sales(self.ctx.clock.now_ms()),
+            coupons: self.market.open_coupons(self.ctx.clock.now_ms()),
             stream: self.stream,
         }
     }
@@ -352,7 +392,7 @@ impl RoomActor {
         self.seq += 1;
         let event = Arc::new(Event {
             seq: self.seq,
-            ts: now_ms(),
+            ts: self.ctx.clock.now_ms(),
             body,
         });
         self.history.push(event.clone());
@@ -361,14 +401,14 @@ impl RoomActor {
 
     /// Applies a viewer or moderator action. Roles and sizes were checked by
     /// the connection; room state (bans, mutes, polls...) is checked here.
-    fn act(&mut self, user: &UserRef, msg: ClientMsg) -> Result<Reply, Rejection> {
-        if self.ended {
+    fn act(&mut self, user: &UserRef, msg: RoomMsg) -> Result<Reply, Rejection> {
+        if self.ended || self.ending {
             return Err(Rejection::new(ErrorCode::RoomClosed, "the show has ended"));
         }
-        let now = now_ms();
+        let now = self.ctx.clock.now_ms();
         let limits = self.ctx.limits.clone();
         match msg {
-            ClientMsg::Chat { text } => {
+            RoomMsg::Chat(Chat { text }) => {
                 self.moderation.check_post(user, &text, now)?;
                 self.moderation.check_slow_mode(user, now)?;
                 self.moderation.record_chat(user, now);
@@ -378,13 +418,13 @@ impl RoomActor {
                     deleted: false,
                 });
             }
-            ClientMsg::Ask { text } => {
+            RoomMsg::Ask(Ask { text }) => {
                 self.moderation.check_post(user, &text, now)?;
                 let seq = self.seq + 1; // the seq its question_asked event gets
                 let question = self.questions.ask(user, text, seq, limits.max_questions)?;
                 self.push(EventBody::QuestionAsked { question });
             }
-            ClientMsg::Vote { poll_id, option } => {
+            RoomMsg::Vote(Vote { poll_id, option }) => {
                 let poll = self
                     .poll
                     .as_mut()
@@ -392,7 +432,7 @@ impl RoomActor {
                     .ok_or_else(|| Rejection::new(ErrorCode::NotFound, "no such open poll"))?;
                 poll.vote(user, option, limits.max_voters)?;
             }
-            ClientMsg::Upvote { question_id } => {
+            RoomMsg::Upvote(Upvote { question_id }) => {
                 let upvotes = self
                     .questions
                     .upvote(question_id, &user.id, limits.max_voters)?;
@@ -401,24 +441,11 @@ impl RoomActor {
                     upvotes,
                 });
             }
-            ClientMsg::Announce { text } => self.push(EventBody::Announcement {
+            RoomMsg::Announce(Announce { text }) => self.push(EventBody::Announcement {
                 user: user.clone(),
                 text,
             }),
-            ClientMsg::OpenPoll {
-                question,
-                options,
-                correct,
-                winners,
-                duration_secs,
-            } => {
-                let spec = PollSpec {
-                    question,
-                    options,
-                    correct,
-                    winners,
-                    duration_secs,
-                };
+            RoomMsg::OpenPoll(spec) => {
                 let poll = Poll::open(
                     PollId(self.next_poll_id + 1),
                     spec,
@@ -432,14 +459,14 @@ impl RoomActor {
                 self.push(EventBody::PollOpened { poll: poll.view() });
                 self.poll = Some(poll);
             }
-            ClientMsg::ClosePoll { poll_id } => {
+            RoomMsg::ClosePoll(ClosePoll { poll_id }) => {
                 if self.poll.as_ref().map(Poll::id) != Some(poll_id) {
                     return Err(Rejection::new(ErrorCode::NotFound, "no such open poll"));
                 }
                 let poll = self.poll.take().expect("checked above");
                 self.push(poll.close());
             }
-            ClientMsg::Answer { question_id, text } => {
+            RoomMsg::Answer(Answer { question_id, text }) => {
                 self.questions.answer(question_id, text.clone())?;
                 self.push(EventBody::QuestionAnswered {
                     question_id,
@@ -447,25 +474,25 @@ impl RoomActor {
                     by: user.clone(),
                 });
             }
-            ClientMsg::PinQuestion { question_id } => {
+            RoomMsg::PinQuestion(PinQuestion { question_id }) => {
                 self.questions.pin(question_id)?;
                 self.push(EventBody::QuestionPinned { question_id });
             }
-            ClientMsg::DeleteMessage { seq } => {
+            RoomMsg::DeleteMessage(DeleteMessage { seq }) => {
                 self.delete(seq)?;
                 self.push(EventBody::MessageDeleted {
                     target_seq: seq,
                     by: user.clone(),
                 });
             }
-            ClientMsg::Mute { user_id, seconds } => {
+            RoomMsg::Mute(Mute { user_id, seconds }) => {
                 self.protect(&user_id)?;
                 let until =
                     self.moderation
                         .mute(&user_id, seconds, now, limits.max_moderated_users)?;
                 self.push(EventBody::UserMuted { user_id, until });
             }
-            ClientMsg::Unmute { user_id } => {
+            RoomMsg::Unmute(Unmute { user_id }) => {
                 if !self.moderation.unmute(&user_id) {
                     return Err(Rejection::new(
                         ErrorCode::NotFound,
@@ -474,62 +501,44 @@ impl RoomActor {
                 }
                 self.push(EventBody::UserUnmuted { user_id });
             }
-            ClientMsg::Ban { user_id } => {
+            RoomMsg::Ban(Ban { user_id }) => {
                 self.protect(&user_id)?;
+                self.can_persist()?;
+                // In force at once; announced (and the viewer kicked) once
+                // durable (see `durable`).
+                let new = !self.moderation.is_banned(&user_id);
                 self.moderation.ban(&user_id, limits.max_moderated_users)?;
-                self.persist(PersistBan::Add(user_id.clone()));
-                self.push(EventBody::UserBanned {
-                    user_id: user_id.clone(),
-                });
-                let kicked: Vec<ConnId> = self
-                    .subscribers
-                    .iter()
-                    .filter(|(_, s)| s.user.id == user_id)
-                    .map(|(c, _)| *c)
-                    .collect();
-                // Publish the ban event first, so the banned viewer sees why.
-                self.flush();
-                for conn in kicked {
-                    if let Some(s) = self.subscribers.get(&conn) {
-                        s.outbox.close(CloseCode::Forbidden);
-                    }
-                    self.remove(conn);
-                }
+                return Ok(Reply::Persist(Durable::Ban { user_id, new }));
             }
-            ClientMsg::Unban { user_id } => {
+            RoomMsg::Unban(Unban { user_id }) => {
                 if !self.moderation.unban(&user_id) {
                     return Err(Rejection::new(
                         ErrorCode::NotFound,
                         "that user is not banned",
                     ));
                 }
-                self.persist(PersistBan::Remove(user_id.clone()));
-                self.push(EventBody::UserUnbanned { user_id });
+                if let Err(busy) = self.can_persist() {
+                    let _ = self.moderation.ban(&user_id, usize::MAX);
+                    return Err(busy);
+                }
+                return Ok(Reply::Persist(Durable::Unban(user_id)));
             }
-            ClientMsg::SlowMode { seconds } => {
+            RoomMsg::SlowMode(SlowMode { seconds }) => {
                 self.moderation.set_slow_mode(seconds)?;
                 self.push(EventBody::SlowMode { seconds });
             }
-            ClientMsg::SetBannedWords { words } => {
+            RoomMsg::SetBannedWords(SetBannedWords { words }) => {
                 self.moderation
                     .banned_words
                     .set(words, limits.max_banned_words)?;
                 return Ok(Reply::Ack);
             }
-            ClientMsg::EndShow => self.end(),
-            ClientMsg::Join { .. }
-            | ClientMsg::Buy { .. }
-            | ClientMsg::ClaimCoupon { .. }
-            | ClientMsg::PinProduct { .. }
-            | ClientMsg::StartSale { .. }
-            | ClientMsg::EndSale { .. }
-            | ClientMsg::DropCoupon { .. }
-            | ClientMsg::React { .. }
-            | ClientMsg::Ping { .. }
-            | ClientMsg::Leave
-            | ClientMsg::Unknown => {
-                debug_assert!(false, "connection-level message reached the room");
-                return Err(Rejection::new(ErrorCode::Internal, "unexpected message"));
+            // Connections count reactions without queueing them (see
+            // `RoomHandle::react`); one that comes this way counts the same.
+            RoomMsg::React(React { kind }) => self.shared.add_reaction(kind),
+            RoomMsg::EndShow(EndShow {}) => {
+                self.can_persist()?;
+                return Ok(Reply::End);
             }
         }
         Ok(Reply::None)
@@ -591,21 +600,9 @@ impl RoomActor {
         Ok(())
     }
 
-    fn persist(&self, op: PersistBan) {
-        let store = self.ctx.store.clone();
-        let room = self.shared.info.id.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = match &op {
-                PersistBan::Add(u) => store.add_ban(&room, u),
-                PersistBan::Remove(u) => store.remove_ban(&room, u),
-            };
-            if let Err(e) = result {
-                tracing::error!(%room, error = %e, "could not persist ban change");
-            }
-        });
-    }
-
-    fn end(&mut self) {
+    /// The end of the show is durable: tell everyone, close every
+    /// connection; the room task then stops.
+    fn finish_end(&mut self) {
         if self.ended {
             return;
         }
@@ -620,47 +617,38 @@ impl RoomActor {
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
         self.close_all(CloseCode::RoomClosed);
-        let store = self.ctx.store.clone();
-        let room: RoomId = self.shared.info.id.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.close_room(&room, now_ms()) {
-                tracing::error!(%room, error = %e, "could not persist room close");
-            }
-        });
         tracing::info!(room = %self.shared.info.id, "show ended");
     }
 
     fn close_all(&mut self, code: CloseCode) {
-        for (_, s) in self.subscribers.drain() {
-            s.outbox.close(code);
+        for (conn, _) in self.subscribers.drain() {
+            self.ctx.fanout.close(conn, code);
+            self.ctx.fanout.unsubscribe(self.topic, conn);
             self.ctx.metrics.viewers.dec();
         }
         self.viewers_changed();
     }
 
     /// Sends a private message, in order with the room's frames; a
-    /// connection whose backlog is full is dropped from the room (its task
-    /// closes it with 4008).
+    /// connection whose backlog is full is closed by its task (4008) and
+    /// then leaves the room.
     fn send_direct(&mut self, conn: ConnId, msg: &ServerMsg) {
         let Some(sub) = self.subscribers.get(&conn) else {
             return;
         };
-        let frame = match sub.encoding.encode(msg) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "encode failed");
-                return;
+        match sub.encoding.encode(msg) {
+            Ok(frame) => {
+                self.ctx.fanout.send(conn, frame);
             }
-        };
-        if let Push::Overflow | Push::Closed = sub.outbox.push(frame.to_ws()) {
-            self.remove(conn);
+            Err(e) => tracing::error!(error = %e, "encode failed"),
         }
     }
 
-    /// Publishes this tick: one encoded frame per encoding in use.
+    /// Hands what is pending to the fanout: one encoded frame per encoding
+    /// in use.
     fn flush(&mut self) {
         let started = Instant::now();
-        let now = now_ms();
+        let now = self.ctx.clock.now_ms();
         if self.poll.as_ref().is_some_and(|p| p.due(now)) {
             let poll = self.poll.take().expect("checked above");
             self.push(poll.close());
@@ -706,7 +694,6 @@ impl RoomActor {
         {
             return;
         }
-        self.batch_sent_at = started;
         let events = std::mem::take(&mut self.pending);
         let n_events = events.len();
         let kinds: Vec<&'static str> = events.iter().map(|e| e.body.kind()).collect();
@@ -722,7 +709,7 @@ impl RoomActor {
         for s in self.subscribers.values() {
             in_use[s.encoding.index()] += 1;
         }
-        let mut frames: [Option<bytes::Bytes>; 2] = [None, None];
+        let mut frames: crate::transport::Frames = [None, None];
         for encoding in Encoding::ALL {
             let receivers = in_use[encoding.index()];
             if receivers == 0 {
@@ -739,12 +726,14 @@ impl RoomActor {
                             .with_label_values(&[kind])
                             .inc_by(receivers as u64);
                     }
-                    frames[encoding.index()] = Some(frame.to_ws());
+                    frames[encoding.index()] = Some(frame);
                 }
                 Err(e) => tracing::error!(error = %e, "batch encode failed"),
             }
         }
-        self.fan_out(&frames);
+        // Overflowing viewers are closed by the transport (4008); their
+        // tasks then tell the room they left.
+        self.in_flight = Some(ctx.fanout.publish(self.topic, frames));
         metrics.fanout_batch_events.observe(n_events as f64);
         self.flushed_seq = self.seq;
         metrics
@@ -752,41 +741,14 @@ impl RoomActor {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// Writes the tick's frame to every subscriber. A full backlog or a dead
-    /// socket takes the viewer out of the room; its task closes it (4008)
-    /// and it resumes from its last `seq`.
-    ///
-    /// A large fanout first gives this worker's queued tasks to another
-    /// thread (`fanout_offload_viewers`): otherwise the connections that
-    /// happened to be scheduled here would wait for the whole fanout. It is
-    /// then split over `fanout_threads`: the last viewer's wait is the
-    /// fanout's length, and one thread writes 10,000 sockets in over 100 ms.
-    fn fan_out(&mut self, frames: &[Option<bytes::Bytes>; 2]) {
-        let viewers = self.subscribers.len();
-        let sends = Sends {
-            io_uring: self.ctx.limits.fanout_io_uring,
-            submissions: &self.ctx.metrics.fanout_uring_submissions,
-        };
-        let dropped = if viewers >= self.ctx.limits.fanout_offload_viewers && multi_thread() {
-            self.ctx.metrics.fanouts_offloaded.inc();
-            let threads = self.ctx.limits.fanout_threads_for(viewers);
-            let (subscribers, split) = (&self.subscribers, &self.ctx.metrics.fanouts_split);
-            tokio::task::block_in_place(|| write_split(subscribers, frames, threads, split, sends))
-        } else {
-            write_to(self.subscribers.iter(), frames, sends)
-        };
-        for conn in dropped {
-            self.remove(conn);
-        }
-    }
-
     fn housekeeping(&mut self) {
-        self.moderation.prune(now_ms());
+        self.moderation.prune(self.ctx.clock.now_ms());
         let gone: Vec<ConnId> = self
             .subscribers
             .iter()
-            // Only the room still holds the outbox: the connection is gone.
-            .filter(|(_, s)| Arc::strong_count(&s.outbox) == 1)
+            // Missed `leave` commands (the queue was full): the
+            // connection is gone.
+            .filter(|(c, _)| !self.ctx.fanout.connected(**c))
             .map(|(c, _)| *c)
             .collect();
         for conn in gone {
@@ -800,141 +762,16 @@ type JoinReply = oneshot::Sender<Result<(), CloseCode>>;
 enum Reply {
     None,
     Ack,
+    /// Announced once durable (see `durable`).
+    Persist(Durable),
+    /// The host ends the show.
+    End,
 }
 
-enum PersistBan {
-    Add(UserId),
-    Remove(UserId),
-}
-
-/// Cleans user text for the actions that carry some; shared by the
-/// connection (which checks before queueing) and tests.
-pub fn clean_action_text(
-    msg: &mut ClientMsg,
-    limits: &crate::config::Limits,
-) -> Result<(), Rejection> {
-    match msg {
-        ClientMsg::Chat { text } => *text = text::clean(text, limits.max_chat_chars)?,
-        ClientMsg::Ask { text } | ClientMsg::Announce { text } | ClientMsg::Answer { text, .. } => {
-            *text = text::clean(text, limits.max_text_chars)?
-        }
-        _ => {}
+/// Resolves when `published` is written (never for none).
+async fn finished(published: Option<&Published>) {
+    match published {
+        Some(p) => p.finished().await,
+        None => std::future::pending().await,
     }
-    Ok(())
-}
-
-/// How a fanout's sends reach the kernel (see `outbox::push_batch`).
-#[derive(Clone, Copy)]
-struct Sends<'a> {
-    io_uring: bool,
-    submissions: &'a prometheus::IntCounter,
-}
-
-/// Writes the tick's frame to each of `viewers` (with io_uring,
-/// `outbox::BATCH` at a time); returns the ones to drop.
-fn write_to<'a>(
-    viewers: impl Iterator<Item = (&'a ConnId, &'a Subscriber)>,
-    frames: &[Option<bytes::Bytes>; 2],
-    sends: Sends<'_>,
-) -> Vec<ConnId> {
-    let mut dropped = Vec::new();
-    if !sends.io_uring {
-        // One send per viewer, straight from the loop: no batch to build.
-        for (conn, s) in viewers {
-            let Some(frame) = &frames[s.encoding.index()] else {
-                continue;
-            };
-            if let Push::Overflow | Push::Closed = s.outbox.push(frame.clone()) {
-                dropped.push(*conn);
-            }
-        }
-        return dropped;
-    }
-    let mut conns: Vec<ConnId> = Vec::with_capacity(outbox::BATCH);
-    let mut batch: Vec<(&Outbox, &bytes::Bytes)> = Vec::with_capacity(outbox::BATCH);
-    let mut send = |conns: &mut Vec<ConnId>, batch: &mut Vec<(&Outbox, &bytes::Bytes)>| {
-        let pushes = outbox::push_batch(batch, sends.io_uring, sends.submissions);
-        for (conn, push) in conns.iter().zip(pushes) {
-            if let Push::Overflow | Push::Closed = push {
-                dropped.push(*conn);
-            }
-        }
-        conns.clear();
-        batch.clear();
-    };
-    for (conn, s) in viewers {
-        let Some(frame) = &frames[s.encoding.index()] else {
-            continue;
-        };
-        conns.push(*conn);
-        batch.push((&s.outbox, frame));
-        if batch.len() == outbox::BATCH {
-            send(&mut conns, &mut batch);
-        }
-    }
-    if !batch.is_empty() {
-        send(&mut conns, &mut batch);
-    }
-    dropped
-}
-
-/// Splits one fanout into `threads` slices: this thread writes the first,
-/// scoped threads the others, and all are done before the room goes on, so
-/// a viewer's frames still leave in tick order. A thread the system refuses
-/// to start leaves its slice to this one.
-fn write_split(
-    subscribers: &HashMap<ConnId, Subscriber>,
-    frames: &[Option<bytes::Bytes>; 2],
-    threads: usize,
-    split: &prometheus::IntCounter,
-    sends: Sends<'_>,
-) -> Vec<ConnId> {
-    if threads <= 1 {
-        return write_to(subscribers.iter(), frames, sends);
-    }
-    let all: Vec<(&ConnId, &Subscriber)> = subscribers.iter().collect();
-    let per_thread = all.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let mut slices = all.chunks(per_thread);
-        let mine = slices.next().unwrap_or_default();
-        let mut left: Vec<&[(&ConnId, &Subscriber)]> = Vec::new();
-        let mut helpers = Vec::with_capacity(threads - 1);
-        for slice in slices {
-            let spawned = std::thread::Builder::new()
-                .name("flashcast-fanout".into())
-                .spawn_scoped(scope, move || {
-                    write_to(slice.iter().copied(), frames, sends)
-                });
-            match spawned {
-                Ok(helper) => helpers.push(helper),
-                Err(e) => {
-                    tracing::warn!(error = %e, "fanout thread not started; writing its slice here");
-                    left.push(slice);
-                }
-            }
-        }
-        if !helpers.is_empty() {
-            split.inc();
-        }
-        let mut dropped = write_to(mine.iter().copied(), frames, sends);
-        for slice in left {
-            dropped.extend(write_to(slice.iter().copied(), frames, sends));
-        }
-        for helper in helpers {
-            match helper.join() {
-                Ok(d) => dropped.extend(d),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        dropped
-    })
-}
-
-/// `block_in_place` needs the multi-thread runtime (the server's); a
-/// single-threaded one (some embedders' tests) just writes in place.
-fn multi_thread() -> bool {
-    matches!(
-        tokio::runtime::Handle::current().runtime_flavor(),
-        tokio::runtime::RuntimeFlavor::MultiThread
-    )
 }

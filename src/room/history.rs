@@ -4,8 +4,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::ids::Seq;
-use crate::protocol::Event;
+use flashcast_wire::ids::Seq;
+use flashcast_wire::Event;
 
 #[derive(Debug)]
 pub struct History {
@@ -96,7 +96,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::EventBody;
+    use flashcast_wire::EventBody;
 
     fn ev(seq: Seq) -> Arc<Event> {
         Arc::new(Event {

@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::commerce::catalog::Product;
 use crate::commerce::coupon::Coupon;
-use crate::commerce::coupon::CouponView;
-use crate::commerce::sale::{Sale, SaleStatus, SaleView};
+use crate::commerce::sale::Sale;
 use crate::commerce::shop::Shop;
-use crate::ids::{CouponId, SaleId};
-use crate::protocol::{EventBody, SaleEndReason};
+use flashcast_wire::commerce::CouponView;
+use flashcast_wire::commerce::Product;
+use flashcast_wire::commerce::{SaleStatus, SaleView};
+use flashcast_wire::ids::{CouponId, SaleId};
+use flashcast_wire::{EventBody, SaleEndReason};
 
 /// Least time between two `stock` (or `coupons_left`) events of one sale
 /// (drop): during a flash sale the count changes every tick, and sending
@@ -49,7 +50,7 @@ impl MarketWatch {
     /// Starts from what the shop holds now, without announcing it: a room
     /// (re)opening does not replay old sales as news. Joins get it in
     /// their snapshot.
-    pub fn new(shop: Arc<Shop>) -> Self {
+    pub fn new(shop: Arc<Shop>, now: u64) -> Self {
         let mut w = Self {
             version: shop.version(),
             pinned: shop.pinned(),
@@ -59,7 +60,6 @@ impl MarketWatch {
             coupons_left: HashMap::new(),
             shop,
         };
-        let now = crate::protocol::now_ms();
         for s in &w.sales {
             w.announced.insert(
                 s.id(),

@@ -1,13 +1,12 @@
-//! The sharded broadcast core. One actor task per room owns all of the room's
-//! state (sequence, history, polls, Q&A, moderation, subscribers), so nothing
-//! in a room needs a lock; connections talk to it through a bounded queue.
+//! Rooms. One actor task per room owns all of the room's state (sequence,
+//! history, polls, Q&A, moderation, subscribers), so nothing in a room
+//! needs a lock; connections talk to it through a bounded queue.
 //!
 //! - `registry`: the sharded map of rooms on this node.
 //! - `actor`: the room task: applies actions, assigns sequence numbers, and
-//!   once per tick encodes the tick's events once per encoding and writes
-//!   the shared frame to every subscriber's socket.
-//! - `outbox`: a connection's outgoing stream, shared by the room's fanout
-//!   and the connection's task; bounded backlog behind a full socket.
+//!   whenever the previous fanout is done, encodes what is pending once per
+//!   encoding and hands the frames to the fanout (`transport::Fanout`),
+//!   which owns the sockets.
 //! - `history`: the bounded ring used for resume and snapshots.
 //!
 //! A chat message arrives in `http::ws`, is checked there (role, rate, size),
@@ -16,7 +15,6 @@
 pub mod actor;
 pub mod history;
 pub mod market;
-pub mod outbox;
 pub mod registry;
 pub mod stream;
 
@@ -25,27 +23,29 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Limits;
 use crate::engage::moderation::BanList;
 use crate::engage::Rejection;
-use crate::ids::{RoomId, Seq, UserId};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::protocol::{ClientMsg, CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
+use flashcast_wire::client::RoomMsg;
+use flashcast_wire::ids::{RoomId, Seq, UserId};
+use flashcast_wire::{CloseCode, Encoding, ErrorCode, ReactionKind, UserRef};
 
-pub use outbox::Outbox;
+pub use crate::transport::ConnId;
 pub use registry::{Registry, RegistryError};
-
-/// Identifies one WebSocket connection on this node.
-pub type ConnId = u64;
 
 /// What every room on a node shares.
 pub struct RoomContext {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     /// Each room announces its shop's changes (sales, stock, coupons, pin).
     pub commerce: Arc<crate::commerce::Commerce>,
+    /// Where rooms hand their frames (the node's fanout workers).
+    pub fanout: Arc<dyn crate::transport::Fanout>,
+    /// What "now" is for mutes, slow mode, polls and event timestamps.
+    pub clock: crate::clock::Clock,
 }
 
 /// The fixed facts of a room.
@@ -57,8 +57,19 @@ pub struct RoomInfo {
     pub created_at: u64,
 }
 
+impl From<&crate::store::RoomRecord> for RoomInfo {
+    fn from(record: &crate::store::RoomRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            title: record.title.clone(),
+            allow_guests: record.allow_guests,
+            created_at: record.created_at,
+        }
+    }
+}
+
 /// State the room shares with connections without going through its queue:
-/// reactions are counted here lock-free and collected by the actor each tick.
+/// reactions are counted here lock-free and collected by the actor per batch.
 pub struct RoomShared {
     pub info: RoomInfo,
     reactions: [AtomicU32; ReactionKind::ALL.len()],
@@ -94,21 +105,25 @@ impl RoomShared {
         self.bans.contains(user)
     }
 
+    /// Counts one reaction; it goes out aggregated with the next tick.
+    fn add_reaction(&self, kind: ReactionKind) {
+        self.reactions[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Takes this tick's reaction counts, leaving zeros.
     fn take_reactions(&self) -> [u32; ReactionKind::ALL.len()] {
         std::array::from_fn(|i| self.reactions[i].swap(0, Ordering::Relaxed))
     }
 }
 
-/// A connection's request to join. The room writes the `joined` answer
-/// and then every tick's frame to `outbox`, in that order.
+/// A connection's request to join. The room sends the `joined` answer and
+/// then every batch to `conn` through the fanout, in that order.
 pub struct JoinRequest {
     pub conn: ConnId,
     pub user: UserRef,
     pub encoding: Encoding,
     pub last_seq: Option<Seq>,
     pub epoch: Option<u64>,
-    pub outbox: Arc<Outbox>,
 }
 
 pub(crate) enum Command {
@@ -117,11 +132,19 @@ pub(crate) enum Command {
         conn: ConnId,
         user: UserRef,
         reference: Option<u32>,
-        msg: ClientMsg,
+        msg: RoomMsg,
     },
     Leave(ConnId),
-    /// Ends the show (admin close or host `end_show` arriving by REST).
-    End,
+    /// Ends the show (admin close or host `end_show` arriving by REST);
+    /// answered once the close is durable (true) or if the show was
+    /// already ending (false).
+    End(actor::EndReply),
+    /// The store's answer to a durable room change (see `actor::durable`).
+    Persisted {
+        asker: actor::Asker,
+        change: actor::Durable,
+        result: StoreResult<()>,
+    },
     /// The node is shutting down: tell everyone to reconnect elsewhere.
     Shutdown,
 }
@@ -138,9 +161,9 @@ impl RoomHandle {
         &self.shared.info.id
     }
 
-    /// Counts one reaction; it goes out aggregated with the next tick.
+    /// Counts one reaction; it goes out aggregated with the next batch.
     pub fn react(&self, kind: ReactionKind) {
-        self.shared.reactions[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.shared.add_reaction(kind);
     }
 
     /// Joins; once this returns `Ok` the `joined` message is on its way.
@@ -172,7 +195,7 @@ impl RoomHandle {
         conn: ConnId,
         user: UserRef,
         reference: Option<u32>,
-        msg: ClientMsg,
+        msg: RoomMsg,
     ) -> Result<(), Rejection> {
         self.commands
             .try_send(Command::Act {

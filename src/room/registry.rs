@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::actor::RoomActor;
 use super::{Command, RoomContext, RoomHandle, RoomInfo, RoomShared};
-use crate::ids::{RoomId, UserId};
+use crate::store::{RoomRecord, StoreError, StoreResult, Write};
+use flashcast_wire::ids::{RoomId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -16,6 +17,10 @@ pub enum RegistryError {
     Exists,
     #[error("this node already hosts max_rooms open rooms")]
     LimitReached,
+    /// The room (or its stored catalog) could not be written or read
+    /// (logged where it happened); it was not opened.
+    #[error("could not store the room")]
+    NotStored,
 }
 
 pub struct Registry {
@@ -58,10 +63,28 @@ impl Registry {
             commands: tx,
         };
         entry.insert(handle.clone());
-        let actor = RoomActor::new(shared, self.ctx.clone(), rx);
+        let actor = RoomActor::new(shared, self.ctx.clone(), rx, handle.commands.downgrade());
         tokio::spawn(actor.run());
         self.ctx.metrics.rooms.inc();
         Ok(handle)
+    }
+
+    /// Opens a new room and stores it, so it survives a restart; answers
+    /// once it is stored. Used by the admin API and by the demo room's
+    /// seeding at start-up.
+    pub async fn create(&self, record: RoomRecord) -> Result<RoomHandle, RegistryError> {
+        // A reused id finds its stored catalog (the show may have run before).
+        if let Err(e) = self.ctx.commerce.load_shop(&record.id).await {
+            tracing::error!(error = %e, room = %record.id, "could not load a room's shop");
+            return Err(RegistryError::NotStored);
+        }
+        let room = self.open(RoomInfo::from(&record), Vec::new())?;
+        if let Err(e) = self.ctx.store.write(Write::PutRoom(record)).await {
+            tracing::error!(error = %e, room = %room.id(), "could not persist room");
+            let _ = self.end(room.id()).await;
+            return Err(RegistryError::NotStored);
+        }
+        Ok(room)
     }
 
     /// Keeps an ended room's id known, so joins get "room closed" rather
@@ -111,16 +134,27 @@ impl Registry {
         rooms
     }
 
-    /// Ends a room's show; returns false if there is no such open room.
-    pub async fn end(&self, id: &RoomId) -> bool {
+    /// Ends a room's show and returns once the end is durable; false if
+    /// there is no such open room (or its show is already ending).
+    pub async fn end(&self, id: &RoomId) -> StoreResult<bool> {
         let Some(room) = self.get(id) else {
-            return false;
+            return Ok(false);
         };
         if room.shared.is_closed() {
-            return false;
+            return Ok(false);
         }
-        room.send(Command::End).await;
-        true
+        let (tx, rx) = oneshot::channel();
+        room.send(Command::End(tx)).await;
+        rx.await.unwrap_or_else(|_| {
+            // The room stopped first (a shutdown) or had already ended.
+            if room.shared.is_closed() {
+                Ok(false)
+            } else {
+                Err(StoreError::Backend(
+                    "the room stopped before its end was stored".into(),
+                ))
+            }
+        })
     }
 
     /// Tells every room to send 1012 to its viewers and stop.

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::protocol::{StreamState, StreamStatus};
+use flashcast_wire::{StreamState, StreamStatus};
 
 const LIVE: u64 = 1 << 63;
 

@@ -1,13 +1,14 @@
-//! Group commit: one writer thread owns the SQLite connection and applies
-//! many callers' writes in one transaction with one fsync, then answers each
-//! caller. Throughput comes from batching, not from relaxing durability:
-//! the database runs in WAL mode with `synchronous=FULL`, and a caller's
-//! future resolves only after the COMMIT of its batch returned.
+//! Group commit: the store's one writer. A thread owns the [`WriteBackend`]
+//! and applies many callers' [`Write`]s in one transaction with one fsync,
+//! then answers each caller. Throughput comes from batching, not from
+//! relaxing durability: a caller's future resolves only after the COMMIT of
+//! its batch returned (SQLite: WAL, `synchronous=FULL`).
 //!
-//! Each write runs under its own SAVEPOINT, so one failing write (a
-//! constraint, say) is rolled back alone and the rest of its batch commits.
-//! The queue is bounded: callers wait for room (backpressure), nothing grows
-//! without limit.
+//! Each write succeeds or fails alone (SQLite: its own SAVEPOINT), so one
+//! failing write (a constraint, a conditional write that found another
+//! state) is rolled back alone and the rest of its batch commits. The queue
+//! is bounded: callers wait for room (backpressure), nothing grows without
+//! limit.
 //!
 //! A write may carry an after-commit hook ([`GroupCommit::write_then`]): it
 //! runs on the writer thread right after its batch's COMMIT, before the
@@ -15,23 +16,18 @@
 //! an acknowledged order leaves as soon as it is durable instead of waiting
 //! for the buyer's task to be scheduled again behind thousands of others.
 
-use std::path::Path;
 use std::thread;
 
-use rusqlite::{Connection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{StoreError, StoreResult};
-
-/// One write: runs inside the batch's transaction.
-pub type WriteOp = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>;
+use super::{StoreError, StoreResult, Write, WriteBackend};
 
 /// Runs on the writer thread once its write is durably committed; dropped
 /// unrun when the write fails. Keep it short: the next batch waits for it.
 pub type AfterCommit = Box<dyn FnOnce() + Send>;
 
 struct Job {
-    op: WriteOp,
+    write: Write,
     then: Option<AfterCommit>,
     done: oneshot::Sender<StoreResult<()>>,
 }
@@ -69,51 +65,46 @@ pub struct CommitStats {
 }
 
 impl GroupCommit {
-    /// Opens (or creates) the database at `path` and starts the writer.
-    /// `init` runs once on the connection (schema).
-    pub fn open(
-        path: &Path,
+    /// Starts the writer thread on `backend`.
+    pub fn start(
+        backend: Box<dyn WriteBackend>,
         config: GroupCommitConfig,
-        init: impl FnOnce(&Connection) -> rusqlite::Result<()>,
     ) -> StoreResult<(GroupCommit, thread::JoinHandle<CommitStats>)> {
         assert!(
             config.queue > 0 && config.max_batch > 0,
             "bounds must be positive"
         );
-        let backend = |e: rusqlite::Error| StoreError::Backend(e.to_string());
-        let conn = Connection::open(path).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(backend)?;
-        // Other connections (the room store, readers) share the file.
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(backend)?;
-        init(&conn).map_err(backend)?;
         let (tx, rx) = mpsc::channel(config.queue);
+        // The thread drives the backend's futures itself: SQLite blocks in
+        // them (which must not happen on a runtime worker); a network
+        // backend awaits its client from here.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         let writer = thread::Builder::new()
             .name("flashcast-group-commit".into())
-            .spawn(move || run(conn, rx, config.max_batch))
+            .spawn(move || runtime.block_on(run(backend, rx, config.max_batch)))
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok((GroupCommit { jobs: tx }, writer))
     }
 
     /// Queues a write and resolves once it is durably committed (or failed).
-    pub async fn write(&self, op: WriteOp) -> StoreResult<()> {
-        self.submit(op, None).await
+    pub async fn write(&self, write: Write) -> StoreResult<()> {
+        self.submit(write, None).await
     }
 
     /// Like `write`, and runs `then` on the writer thread right after the
     /// COMMIT, before this future resolves; `then` is dropped unrun if the
     /// write fails.
-    pub async fn write_then(&self, op: WriteOp, then: AfterCommit) -> StoreResult<()> {
-        self.submit(op, Some(then)).await
+    pub async fn write_then(&self, write: Write, then: AfterCommit) -> StoreResult<()> {
+        self.submit(write, Some(then)).await
     }
 
-    async fn submit(&self, op: WriteOp, then: Option<AfterCommit>) -> StoreResult<()> {
+    async fn submit(&self, write: Write, then: Option<AfterCommit>) -> StoreResult<()> {
         let (done, result) = oneshot::channel();
         self.jobs
-            .send(Job { op, then, done })
+            .send(Job { write, then, done })
             .await
             .map_err(|_| StoreError::Backend("the writer has stopped".into()))?;
         result
@@ -122,69 +113,55 @@ impl GroupCommit {
     }
 }
 
-fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, max_batch: usize) -> CommitStats {
+async fn run(
+    mut backend: Box<dyn WriteBackend>,
+    mut jobs: mpsc::Receiver<Job>,
+    max_batch: usize,
+) -> CommitStats {
     let mut stats = CommitStats::default();
-    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
-    while let Some(first) = jobs.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    let mut writes: Vec<Write> = Vec::with_capacity(max_batch);
+    let mut waiting: Vec<Waiting> = Vec::with_capacity(max_batch);
+    while let Some(first) = jobs.recv().await {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            writes.push(job.write);
+            waiting.push((job.then, job.done));
+            if writes.len() < max_batch {
+                next = jobs.try_recv().ok();
             }
         }
         stats.batches += 1;
-        stats.writes += batch.len() as u64;
-        commit_batch(&mut conn, &mut batch);
+        stats.writes += writes.len() as u64;
+        let outcome = backend.apply(&writes).await;
+        writes.clear();
+        answer(outcome, &mut waiting);
     }
     stats
 }
 
-/// Applies a batch in one transaction, each write under a savepoint, and
-/// answers every caller after COMMIT (or with the error that stopped it).
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
-    let fail_all = |batch: &mut Vec<Job>, e: &rusqlite::Error| {
-        for job in batch.drain(..) {
-            let _ = job.done.send(Err(StoreError::Backend(e.to_string())));
-        }
-    };
-    let tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(batch, &e),
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    let mut dones = Vec::with_capacity(batch.len());
-    let mut hooks = Vec::with_capacity(batch.len());
-    for job in batch.drain(..) {
-        let applied = (|| {
-            tx.prepare_cached("SAVEPOINT w")?.execute([])?;
-            match (job.op)(&tx) {
-                Ok(()) => tx.prepare_cached("RELEASE w")?.execute([]).map(|_| ()),
-                Err(e) => {
-                    tx.execute_batch("ROLLBACK TO w; RELEASE w")?;
-                    Err(e)
-                }
-            }
-        })();
-        results.push(applied.map_err(|e| StoreError::Backend(e.to_string())));
-        dones.push(job.done);
-        hooks.push(job.then);
-    }
-    match tx.commit() {
-        Ok(()) => {
-            // Hooks first: they carry the answers that are waited for.
-            for (then, result) in hooks.into_iter().zip(&results) {
+/// A queued write's hook and caller.
+type Waiting = (Option<AfterCommit>, oneshot::Sender<StoreResult<()>>);
+
+/// Answers every caller of a batch after its COMMIT (or with the error that
+/// stopped it); hooks first, they carry the answers that are waited for.
+fn answer(outcome: StoreResult<Vec<StoreResult<()>>>, waiting: &mut Vec<Waiting>) {
+    match outcome {
+        Ok(results) => {
+            assert_eq!(results.len(), waiting.len(), "one result per write");
+            let mut dones = Vec::with_capacity(waiting.len());
+            for ((then, done), result) in waiting.drain(..).zip(&results) {
                 if let (Some(then), Ok(())) = (then, result) {
                     run_hook(then);
                 }
+                dones.push(done);
             }
             for (done, result) in dones.into_iter().zip(results) {
                 let _ = done.send(result);
             }
         }
         Err(e) => {
-            for done in dones {
-                let _ = done.send(Err(StoreError::Backend(e.to_string())));
+            for (_, done) in waiting.drain(..) {
+                let _ = done.send(Err(e.clone()));
             }
         }
     }
@@ -201,31 +178,51 @@ fn run_hook(then: AfterCommit) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rusqlite::params;
+    use crate::store::sqlite;
+    use crate::store::ReadBackend;
+    use flashcast_wire::commerce::OrderStatus;
+    use flashcast_wire::ids::{CouponId, OrderId, RoomId, UserId};
+    use rusqlite::Connection;
     use std::sync::Arc;
 
-    fn schema(c: &Connection) -> rusqlite::Result<()> {
-        c.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    fn ban(i: usize) -> Write {
+        Write::Ban {
+            room: RoomId::new("r").unwrap(),
+            user: UserId::new(&format!("u{i}")).unwrap(),
+        }
     }
 
-    fn insert(id: i64) -> WriteOp {
-        Box::new(move |tx| {
-            tx.execute("INSERT INTO t (id, v) VALUES (?1, 'x')", params![id])
-                .map(|_| ())
-        })
+    fn claim(user: &str) -> Write {
+        Write::ClaimCoupon {
+            coupon: CouponId(1),
+            user: UserId::new(user).unwrap(),
+            at: 1,
+        }
+    }
+
+    fn count(path: &std::path::Path, sql: &str) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn start(
+        dir: &std::path::Path,
+        config: GroupCommitConfig,
+    ) -> (GroupCommit, thread::JoinHandle<CommitStats>) {
+        let (w, _) = sqlite::open(dir).unwrap();
+        GroupCommit::start(Box::new(w), config).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_are_batched_and_every_acknowledged_one_is_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("orders.db");
-        let (writer, thread) =
-            GroupCommit::open(&path, GroupCommitConfig::default(), schema).unwrap();
-        let writer = Arc::new(writer);
+        let (writer, thread) = start(dir.path(), GroupCommitConfig::default());
         let tasks: Vec<_> = (0..2_000)
-            .map(|id| {
+            .map(|i| {
                 let w = writer.clone();
-                tokio::spawn(async move { w.write(insert(id)).await })
+                tokio::spawn(async move { w.write(ban(i)).await })
             })
             .collect();
         for t in tasks {
@@ -240,77 +237,72 @@ mod tests {
             stats.batches < 2_000,
             "concurrent writes share commits: {stats:?}"
         );
-
-        let c = Connection::open(&path).unwrap();
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 2_000);
+        let path = dir.path().join("flashcast.db");
+        assert_eq!(count(&path, "SELECT count(*) FROM bans"), 2_000);
     }
 
     #[tokio::test]
     async fn a_failing_write_rolls_back_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("orders.db");
         let config = GroupCommitConfig {
             queue: 16,
             max_batch: 16,
         };
-        let (writer, thread) = GroupCommit::open(&path, config, schema).unwrap();
-        writer.write(insert(1)).await.unwrap();
-        // One batch: a good write, a duplicate key that half-applies, a good write.
-        let dup: WriteOp = Box::new(|tx| {
-            tx.execute("INSERT INTO t (id, v) VALUES (50, 'partial')", [])?;
-            tx.execute("INSERT INTO t (id, v) VALUES (1, 'dup')", [])
-                .map(|_| ())
-        });
-        let (a, b, c) = tokio::join!(
-            writer.write(insert(2)),
-            writer.write(dup),
-            writer.write(insert(3))
+        let (writer, thread) = start(dir.path(), config);
+        writer.write(claim("a")).await.unwrap();
+        // One batch: a good write, a payment of an order that is not
+        // reserved (its payment row is written, then the conditional
+        // update finds nothing), a duplicate claim, a good write.
+        let pay = Write::PayOrder {
+            order: OrderId(404),
+            event_id: "evt".into(),
+            at: 1,
+        };
+        let (b, p, d, c) = tokio::join!(
+            writer.write(claim("b")),
+            writer.write(pay),
+            writer.write(claim("a")),
+            writer.write(claim("c"))
         );
-        assert!(a.is_ok() && c.is_ok());
-        assert!(b.is_err(), "the duplicate key is refused");
+        assert!(b.is_ok() && c.is_ok());
+        assert!(matches!(p, Err(StoreError::Conflict(_))), "{p:?}");
+        assert!(d.is_err(), "the duplicate claim is refused");
         drop(writer);
         thread.join().unwrap();
-        let conn = Connection::open(&path).unwrap();
-        let ids: Vec<i64> = conn
-            .prepare("SELECT id FROM t ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(ids, vec![1, 2, 3], "the failed write left nothing behind");
+        let path = dir.path().join("flashcast.db");
+        assert_eq!(count(&path, "SELECT count(*) FROM coupon_claims"), 3);
+        assert_eq!(
+            count(&path, "SELECT count(*) FROM payments"),
+            0,
+            "the failed write left nothing behind"
+        );
     }
 
     #[tokio::test]
     async fn after_commit_hooks_run_once_durable_before_the_caller_resumes() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("orders.db");
-        let (writer, thread) =
-            GroupCommit::open(&path, GroupCommitConfig::default(), schema).unwrap();
-        let seen = Arc::new(std::sync::Mutex::new(Vec::<(i64, i64)>::new()));
+        let path = dir.path().join("flashcast.db");
+        let (writer, thread) = start(dir.path(), GroupCommitConfig::default());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, i64)>::new()));
         // The hook reads through another connection: only a committed row shows.
-        let probe = |id: i64| -> AfterCommit {
-            let (seen, path) = (seen.clone(), path.clone());
+        let probe = |user: &str| -> AfterCommit {
+            let (seen, path, user) = (seen.clone(), path.clone(), user.to_string());
             Box::new(move || {
-                let c = Connection::open(&path).unwrap();
-                let n: i64 = c
-                    .query_row("SELECT count(*) FROM t WHERE id = ?1", [id], |r| r.get(0))
-                    .unwrap();
-                seen.lock().unwrap().push((id, n));
+                let n = count(
+                    &path,
+                    &format!("SELECT count(*) FROM coupon_claims WHERE user_id = '{user}'"),
+                );
+                seen.lock().unwrap().push((user, n));
             })
         };
-        writer.write_then(insert(7), probe(7)).await.unwrap();
+        writer.write_then(claim("x"), probe("x")).await.unwrap();
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![(7, 1)],
+            vec![("x".into(), 1)],
             "ran, after COMMIT, before resuming"
         );
-
-        let refused = writer.write_then(insert(7), probe(-7)).await;
-        assert!(refused.is_err(), "duplicate key");
+        let refused = writer.write_then(claim("x"), probe("never")).await;
+        assert!(refused.is_err(), "duplicate claim");
         assert_eq!(
             seen.lock().unwrap().len(),
             1,
@@ -318,13 +310,58 @@ mod tests {
         );
 
         let boom: AfterCommit = Box::new(|| panic!("hook bug"));
-        writer.write_then(insert(8), boom).await.unwrap();
-        writer.write_then(insert(9), probe(9)).await.unwrap();
+        writer.write_then(claim("y"), boom).await.unwrap();
+        writer.write_then(claim("z"), probe("z")).await.unwrap();
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![(7, 1), (9, 1)],
+            vec![("x".into(), 1), ("z".into(), 1)],
             "the writer survived a panicking hook"
         );
+        drop(writer);
+        thread.join().unwrap();
+    }
+
+    /// A backend that fails whole batches: nobody is told "done".
+    struct Broken;
+
+    #[async_trait::async_trait]
+    impl WriteBackend for Broken {
+        async fn apply(&mut self, _: &[Write]) -> StoreResult<Vec<StoreResult<()>>> {
+            Err(StoreError::Backend("disk full".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_every_write_of_its_batch_and_runs_no_hook() {
+        let (writer, thread) =
+            GroupCommit::start(Box::new(Broken), GroupCommitConfig::default()).unwrap();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let hook: AfterCommit =
+            Box::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+        assert!(writer.write_then(ban(1), hook).await.is_err());
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+        drop(writer);
+        thread.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn conditional_order_writes_commit_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, r) = sqlite::open(dir.path()).unwrap();
+        let (writer, thread) =
+            GroupCommit::start(Box::new(w), GroupCommitConfig::default()).unwrap();
+        let close = |to| Write::CloseOrder {
+            order: OrderId(1),
+            to,
+            at: 5,
+        };
+        // No such order: nothing to close.
+        assert!(matches!(
+            writer.write(close(OrderStatus::Cancelled)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(r.order(OrderId(1)).await.unwrap().is_none());
         drop(writer);
         thread.join().unwrap();
     }

@@ -296,8 +296,9 @@ test('on a server restart (1012) the page says so, reconnects and rejoins', { sk
   // A second server of our own, so restarting it disturbs nothing else.
   const port = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), 'flashcast-restart-'));
+  // No drain: this is about the page, not about a load balancer.
   const start = () => spawn(BIN, ['--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
-    '--admin-key', 'restartkey'], { stdio: 'ignore' });
+    '--admin-key', 'restartkey', '--shutdown-drain-ms', '0'], { stdio: 'ignore' });
   const base = `http://127.0.0.1:${port}`;
   let server = start();
   let guest;

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use flashcast::ids::{RoomId, UserId};
-use flashcast::protocol::codec::{decode_server, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
-use flashcast::protocol::{Encoding, ErrorCode, Event, Role, ServerMsg};
+use flashcast::clock::ManualClock;
 use flashcast::{Server, Settings};
+use flashcast_wire::codec::{decode_server, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{Encoding, ErrorCode, Event, Role, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -25,6 +26,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub server: Option<Server>,
+    /// The server's clock: runs with the system clock until a test
+    /// advances it past a deadline (instead of sleeping until then).
+    pub clock: ManualClock,
     pub addr: std::net::SocketAddr,
     pub dir: tempfile::TempDir,
 }
@@ -55,11 +59,18 @@ impl TestServer {
             "10000",
             "--shutdown-grace-ms",
             "2000",
+            // Tests that stop a server do not wait for a load balancer.
+            "--shutdown-drain-ms",
+            "0",
         ];
         args.extend_from_slice(extra);
         let settings = Settings::load_from(args).expect("valid test settings");
-        let server = flashcast::start(settings).await.expect("server starts");
+        let clock = ManualClock::running();
+        let server = flashcast::start_with_clock(settings, clock.clock())
+            .await
+            .expect("server starts");
         TestServer {
+            clock,
             addr: server.addr,
             server: Some(server),
             dir,
@@ -439,7 +450,7 @@ pub fn chat_texts(events: &[Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match &e.body {
-            flashcast::protocol::EventBody::Chat { text, .. } => Some(text.clone()),
+            flashcast_wire::EventBody::Chat { text, .. } => Some(text.clone()),
             _ => None,
         })
         .collect()

@@ -1,24 +1,27 @@
-//! Every message on the wire, in both directions. docs/protocol.md is the
-//! human version of this file; keep them in step.
+//! Flashcast's wire protocol: every message in both directions, both
+//! encodings, error and close codes, ids, the shop's views and the recording
+//! format. Shared by the server and the load tester, so neither can drift
+//! from the protocol the other speaks. docs/protocol.md is the human version
+//! of this crate; keep them in step.
 //!
 //! Field names are the same in both encodings (MessagePack maps use the JSON
 //! names), so one set of serde types serves both.
 
+pub mod client;
 pub mod codec;
 pub mod codes;
+pub mod commerce;
+pub mod ids;
+pub mod money;
+pub mod recording;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::commerce::catalog::Product;
-use crate::commerce::coupon::{CouponScope, CouponView, Discount};
-use crate::commerce::order::OrderView;
-use crate::commerce::sale::SaleView;
-use crate::ids::{
-    CouponId, IdemKey, PollId, ProductId, QuestionId, RoomId, SaleId, Seq, Sku, UserId,
-};
+use crate::commerce::{CouponView, OrderView, Product, SaleView};
+use crate::ids::{CouponId, PollId, QuestionId, RoomId, SaleId, Seq, UserId};
 pub use codec::{DecodeError, Encoding};
 pub use codes::{CloseCode, ErrorCode};
 
@@ -77,222 +80,6 @@ impl ReactionKind {
     pub fn index(self) -> usize {
         self as usize
     }
-}
-
-/// A client frame: an optional correlation number (echoed in any `error`
-/// caused by this frame) and the message itself.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ClientFrame {
-    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
-    pub reference: Option<u32>,
-    #[serde(flatten)]
-    pub msg: ClientMsg,
-}
-
-/// Messages a client sends. Viewers (and guests) may send the first group;
-/// the rest need a moderator or host token.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ClientMsg {
-    /// Must be the first message. `last_seq` asks to resume after that event.
-    Join {
-        room: RoomId,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        token: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        last_seq: Option<Seq>,
-        /// The `epoch` from the earlier `joined`; a different epoch means the
-        /// room restarted and `last_seq` no longer applies (you get a gap).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        epoch: Option<u64>,
-    },
-    Chat {
-        text: String,
-    },
-    React {
-        kind: ReactionKind,
-    },
-    Vote {
-        poll_id: PollId,
-        option: u8,
-    },
-    Ask {
-        text: String,
-    },
-    Upvote {
-        question_id: QuestionId,
-    },
-    /// Echoed as `pong`; `t` is returned untouched, for round-trip timing.
-    Ping {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        t: Option<u64>,
-    },
-    Leave,
-
-    // Signed-in viewers (not guests) and up.
-    /// Reserves `qty` units of the SKU's running sale. The server computes
-    /// the price; the same `key` returns the same order on a retry.
-    Buy {
-        sku: Sku,
-        qty: u32,
-        key: IdemKey,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        coupon_id: Option<CouponId>,
-    },
-    ClaimCoupon {
-        coupon_id: CouponId,
-    },
-
-    // Moderator and host only.
-    Announce {
-        text: String,
-    },
-    OpenPoll {
-        question: String,
-        options: Vec<String>,
-        /// Makes it a quiz: the index of the right option.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        correct: Option<u8>,
-        /// Quiz only: how many first correct voters to name at the end.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        winners: Option<u32>,
-        /// Close automatically after this long.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        duration_secs: Option<u32>,
-    },
-    ClosePoll {
-        poll_id: PollId,
-    },
-    Answer {
-        question_id: QuestionId,
-        text: String,
-    },
-    /// `question_id: null` unpins.
-    PinQuestion {
-        question_id: Option<QuestionId>,
-    },
-    DeleteMessage {
-        seq: Seq,
-    },
-    Mute {
-        user_id: UserId,
-        seconds: u32,
-    },
-    Unmute {
-        user_id: UserId,
-    },
-    Ban {
-        user_id: UserId,
-    },
-    Unban {
-        user_id: UserId,
-    },
-    /// Minimum seconds between two chat messages of one viewer; 0 turns it off.
-    SlowMode {
-        seconds: u32,
-    },
-    /// Replaces the room's banned-word list (case-insensitive substrings).
-    SetBannedWords {
-        words: Vec<String>,
-    },
-    /// Host only: ends the show, closes the room for everyone.
-    EndShow,
-
-    // Host only: commerce.
-    /// Shows a product card to every viewer; `product_id: null` unpins.
-    PinProduct {
-        product_id: Option<ProductId>,
-    },
-    /// Schedules (or starts now) a flash sale on one SKU.
-    StartSale {
-        sku: Sku,
-        sale_price_minor: u64,
-        stock: u32,
-        per_user_limit: u32,
-        /// Unix ms; absent starts now.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        starts_at: Option<u64>,
-        duration_secs: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        payment_window_secs: Option<u64>,
-    },
-    EndSale {
-        sale_id: SaleId,
-    },
-    /// Drops `count` first-come coupons.
-    DropCoupon {
-        count: u32,
-        discount: Discount,
-        #[serde(default = "room_scope")]
-        scope: CouponScope,
-        expires_in_secs: u64,
-    },
-
-    /// Any `type` this server does not know.
-    #[serde(other, skip_serializing)]
-    Unknown,
-}
-
-impl ClientMsg {
-    /// Short name for metrics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ClientMsg::Join { .. } => "join",
-            ClientMsg::Chat { .. } => "chat",
-            ClientMsg::React { .. } => "react",
-            ClientMsg::Vote { .. } => "vote",
-            ClientMsg::Ask { .. } => "ask",
-            ClientMsg::Upvote { .. } => "upvote",
-            ClientMsg::Ping { .. } => "ping",
-            ClientMsg::Leave => "leave",
-            ClientMsg::Announce { .. } => "announce",
-            ClientMsg::OpenPoll { .. } => "open_poll",
-            ClientMsg::ClosePoll { .. } => "close_poll",
-            ClientMsg::Answer { .. } => "answer",
-            ClientMsg::PinQuestion { .. } => "pin_question",
-            ClientMsg::DeleteMessage { .. } => "delete_message",
-            ClientMsg::Mute { .. } => "mute",
-            ClientMsg::Unmute { .. } => "unmute",
-            ClientMsg::Ban { .. } => "ban",
-            ClientMsg::Unban { .. } => "unban",
-            ClientMsg::SlowMode { .. } => "slow_mode",
-            ClientMsg::SetBannedWords { .. } => "set_banned_words",
-            ClientMsg::EndShow => "end_show",
-            ClientMsg::Buy { .. } => "buy",
-            ClientMsg::ClaimCoupon { .. } => "claim_coupon",
-            ClientMsg::PinProduct { .. } => "pin_product",
-            ClientMsg::StartSale { .. } => "start_sale",
-            ClientMsg::EndSale { .. } => "end_sale",
-            ClientMsg::DropCoupon { .. } => "drop_coupon",
-            ClientMsg::Unknown => "unknown",
-        }
-    }
-
-    /// The least role allowed to send this message.
-    pub fn required_role(&self) -> Role {
-        match self {
-            ClientMsg::Join { .. }
-            | ClientMsg::Chat { .. }
-            | ClientMsg::React { .. }
-            | ClientMsg::Vote { .. }
-            | ClientMsg::Ask { .. }
-            | ClientMsg::Upvote { .. }
-            | ClientMsg::Ping { .. }
-            | ClientMsg::Leave
-            | ClientMsg::Unknown => Role::Guest,
-            ClientMsg::Buy { .. } | ClientMsg::ClaimCoupon { .. } => Role::Viewer,
-            ClientMsg::EndShow
-            | ClientMsg::PinProduct { .. }
-            | ClientMsg::StartSale { .. }
-            | ClientMsg::EndSale { .. }
-            | ClientMsg::DropCoupon { .. } => Role::Host,
-            _ => Role::Moderator,
-        }
-    }
-}
-
-fn room_scope() -> CouponScope {
-    CouponScope::Room
 }
 
 /// Why a sale ended.

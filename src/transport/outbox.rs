@@ -1,11 +1,12 @@
-//! A connection's outgoing byte stream, written from two places: the room's
-//! fanout (the tick's frame, shared by every viewer) and the connection's own
-//! task (replies, close). Both push whole WebSocket frames here.
+//! A connection's outgoing byte stream, written from two places: its
+//! fanout worker (the room's batches, shared by every viewer; the room's
+//! private replies) and the connection's own task (replies, close; answers
+//! from the commit writer's thread). All push whole WebSocket frames here.
 //!
 //! The fast path is one non-blocking send on the socket from the pushing
-//! task, with no task wake-up, channel or per-viewer copy in between. A
-//! tick's fanout hands its sends to the kernel 256 at a time as io_uring
-//! submissions (`push_batch`, `fanout_io_uring`): 10,000 viewers, 40 system
+//! thread, with no task wake-up, channel or per-viewer copy in between. A
+//! fanout worker hands its sends to the kernel 256 at a time as io_uring
+//! submissions (`uring`, `fanout_io_uring`): 10,000 viewers, 40 system
 //! calls, and no outbox locked while the kernel sends. Only when the
 //! kernel's send buffer is full does a frame wait here, and then the
 //! connection's task is woken to write the backlog as the socket drains.
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::protocol::CloseCode;
+use flashcast_wire::CloseCode;
 
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +67,7 @@ pub struct Outbox {
     /// cold cache line per viewer per fanout (1.7% of the server's samples
     /// in a 2,000-viewer, 10 msgs/s profile).
     #[cfg(target_os = "linux")]
-    fd: std::os::fd::RawFd,
+    pub(super) fd: std::os::fd::RawFd,
     state: Mutex<State>,
     wake: Notify,
     max_backlog: usize,
@@ -167,7 +168,7 @@ impl Outbox {
     /// Marks `frame`'s send as handed to io_uring, if it may go now: the
     /// lock is not held while the kernel has it. `Err`: what `push` did
     /// instead (queued behind a backlog, overflow, closed).
-    fn take_off(&self, frame: &Bytes) -> Result<(), Push> {
+    pub(super) fn take_off(&self, frame: &Bytes) -> Result<(), Push> {
         let mut st = self.lock();
         if st.broken || st.close.is_some() {
             return Err(Push::Closed);
@@ -183,7 +184,7 @@ impl Outbox {
     /// Records what the in-flight send of `frame` did. What was pushed
     /// meanwhile waits behind it; the connection's task is woken to write
     /// whatever remains.
-    fn land(&self, frame: &Bytes, sent: io::Result<usize>) -> Push {
+    pub(super) fn land(&self, frame: &Bytes, sent: io::Result<usize>) -> Push {
         let mut st = self.lock();
         assert!(st.in_flight, "land follows take_off");
         st.in_flight = false;
@@ -289,152 +290,13 @@ impl Outbox {
     }
 }
 
-/// Outboxes one `push_batch` call takes: one io_uring submission (one
-/// system call) sends to this many viewers.
-pub const BATCH: usize = 256;
-
-/// Pushes a frame to each of up to `BATCH` outboxes, with the same outcome
-/// per outbox as `push`. With `uring`, the sends of all outboxes whose
-/// backlog is empty go to the kernel as one io_uring submission instead of
-/// one `send` each: the TCP work is the same, the system call entries and
-/// exits are not (about 1 µs of the 6-9 µs a loopback send costs on the
-/// 2-core benchmark machine, docs/benchmarks.md). Where io_uring is not
-/// available (an old kernel, a seccomp profile that forbids it), it warns
-/// once and sends one by one. `submissions` counts io_uring submissions.
-pub fn push_batch(
-    batch: &[(&Outbox, &Bytes)],
-    uring: bool,
-    submissions: &prometheus::IntCounter,
-) -> Vec<Push> {
-    assert!(batch.len() <= BATCH, "at most BATCH outboxes per call");
-    #[cfg(target_os = "linux")]
-    if uring {
-        if let Some(pushes) = uring::push_batch(batch) {
-            submissions.inc();
-            return pushes;
-        }
-    }
-    let _ = (uring, submissions);
-    batch.iter().map(|(o, f)| o.push((*f).clone())).collect()
-}
-
-#[cfg(target_os = "linux")]
-mod uring {
-    use std::cell::RefCell;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
-
-    use bytes::Bytes;
-    use io_uring::{opcode, types, IoUring};
-
-    use super::{Outbox, Push, BATCH};
-
-    /// Rings kept for reuse when their thread ends.
-    const MAX_POOLED: usize = 64;
-
-    /// A thread's ring; given back to `POOL` when the thread ends. A large
-    /// room's fanout threads last one fanout each: without the pool every
-    /// tick would set up a ring and tear one down.
-    struct ThreadRing(Option<IoUring>);
-
-    impl Drop for ThreadRing {
-        fn drop(&mut self) {
-            if let Some(ring) = self.0.take() {
-                let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-                if pool.len() < MAX_POOLED {
-                    pool.push(ring);
-                }
-            }
-        }
-    }
-
-    static POOL: Mutex<Vec<IoUring>> = Mutex::new(Vec::new());
-
-    thread_local! {
-        /// The writing thread's ring, taken from the pool or made on first use.
-        static RING: RefCell<ThreadRing> = const { RefCell::new(ThreadRing(None)) };
-    }
-    /// Cleared, with a warning, the first time a ring cannot be made.
-    static AVAILABLE: AtomicBool = AtomicBool::new(true);
-
-    /// `None`: io_uring is not available; nothing was sent.
-    pub(super) fn push_batch(batch: &[(&Outbox, &Bytes)]) -> Option<Vec<Push>> {
-        if !AVAILABLE.load(Ordering::Relaxed) {
-            return None;
-        }
-        RING.with_borrow_mut(|ThreadRing(slot)| {
-            if slot.is_none() {
-                let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                match pooled.map_or_else(|| IoUring::new(BATCH as u32), Ok) {
-                    Ok(ring) => *slot = Some(ring),
-                    Err(e) => {
-                        if AVAILABLE.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(error = %e, "io_uring not available; fanouts send one by one");
-                        }
-                        return None;
-                    }
-                }
-            }
-            let ring = slot.as_mut().expect("made above");
-            Some(send_all(ring, batch))
-        })
-    }
-
-    fn send_all(ring: &mut IoUring, batch: &[(&Outbox, &Bytes)]) -> Vec<Push> {
-        // No outbox stays locked while the kernel sends: a connection task
-        // pushing a reply meanwhile queues it behind the frame in flight
-        // instead of blocking its runtime worker for the whole submission.
-        let mut pushes = vec![Push::Sent; batch.len()];
-        let mut in_flight = 0;
-        for (i, (outbox, frame)) in batch.iter().enumerate() {
-            if let Err(push) = outbox.take_off(frame) {
-                pushes[i] = push;
-                continue;
-            }
-            debug_assert!(!frame.is_empty(), "frames have a header");
-            let send = opcode::Send::new(types::Fd(outbox.fd), frame.as_ptr(), frame.len() as u32)
-                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(i as u64);
-            // SAFETY: the frame's bytes (held by `batch`) and the socket
-            // (held by the outbox, which `batch` borrows) outlive the
-            // completions, which are all reaped before this returns.
-            unsafe { ring.submission().push(&send) }.expect("the ring holds BATCH entries");
-            in_flight += 1;
-        }
-        let mut reaped = 0;
-        while reaped < in_flight {
-            match ring.submit_and_wait(in_flight - reaped) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // Only a broken ring fails here; the sends in it must still
-                // be reaped before their frames may be freed.
-                Err(e) => panic!("io_uring submit failed: {e}"),
-            }
-            for done in ring.completion() {
-                let i = done.user_data() as usize;
-                let res = done.result();
-                let sent = if res >= 0 {
-                    Ok(res as usize)
-                } else {
-                    Err(std::io::Error::from_raw_os_error(-res))
-                };
-                let (outbox, frame) = batch[i];
-                pushes[i] = outbox.land(frame, sent);
-                reaped += 1;
-            }
-        }
-        pushes
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
-    async fn pair(send_buffer: usize) -> (Arc<TcpStream>, TcpStream) {
+    pub(in crate::transport) async fn pair(send_buffer: usize) -> (Arc<TcpStream>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
@@ -493,65 +355,6 @@ mod tests {
         // The close frame still goes in, behind the partial frame.
         assert_eq!(outbox.push_final(Bytes::from_static(b"x")), Push::Queued);
         assert_eq!(outbox.woken().await, Wake::Close(CloseCode::SlowConsumer));
-    }
-
-    /// Many outboxes pushed together, through io_uring and one by one:
-    /// sockets that fill give partial writes and queued frames, and every
-    /// reader still gets every frame whole and in order.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_arrive_whole_and_in_order_with_and_without_io_uring() {
-        for uring in [true, false] {
-            let submissions = prometheus::IntCounter::new("s", "s").unwrap();
-            let mut pairs = Vec::new();
-            for _ in 0..5 {
-                let (server, client) = pair(4096).await;
-                // A small send buffer fills; a roomy receive window keeps
-                // delayed ACKs from pacing the test.
-                socket2::SockRef::from(&client)
-                    .set_recv_buffer_size(1 << 20)
-                    .unwrap();
-                pairs.push((server, client));
-            }
-            let outboxes: Vec<Outbox> = pairs
-                .iter()
-                .map(|(server, _)| Outbox::new(server.clone(), 10_000))
-                .collect();
-            let frames: Vec<Bytes> = (0..400u32)
-                .map(|i| Bytes::from(vec![(i % 251) as u8; 1 + (i as usize * 13) % 1500]))
-                .collect();
-            // Readers read while the frames are pushed: with nobody reading,
-            // the 4 KiB windows close and TCP's persist timer paces the test.
-            let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
-            let mut readers = Vec::new();
-            for (_, mut client) in pairs.drain(..) {
-                let expected = expected.clone();
-                readers.push(tokio::spawn(async move {
-                    let mut got = vec![0u8; expected.len()];
-                    client.read_exact(&mut got).await.unwrap();
-                    assert!(got == expected, "a reader's bytes differ");
-                }));
-            }
-            let mut queued = 0;
-            for f in &frames {
-                let batch: Vec<(&Outbox, &Bytes)> = outboxes.iter().map(|o| (o, f)).collect();
-                for push in push_batch(&batch, uring, &submissions) {
-                    match push {
-                        Push::Sent => {}
-                        Push::Queued => queued += 1,
-                        other => panic!("unexpected {other:?}"),
-                    }
-                }
-            }
-            assert!(queued > 0, "4 KiB socket buffers must fill");
-            for o in &outboxes {
-                o.drain().await.unwrap();
-            }
-            for r in readers {
-                r.await.unwrap();
-            }
-            let available = uring && io_uring::IoUring::new(8).is_ok();
-            assert_eq!(submissions.get() > 0, available, "uring {uring}");
-        }
     }
 
     /// A reply pushed while a fanout's io_uring send is with the kernel

@@ -1,14 +1,16 @@
 //! The WebSocket protocol on a connection's own TCP socket.
 //!
 //! Reads go through tungstenite (masking, fragments, control frames, size
-//! limits). Writes go through the connection's [`Outbox`], which the room
-//! shares: a tick's frame is written by the room's fanout straight to the
-//! socket, formatted once for every viewer (`WireFrame::to_ws`). What
-//! tungstenite itself answers (pongs, the reply to a close) joins the same
-//! outbox, so nothing is reordered.
+//! limits). Writes go through the connection's [`Outbox`], which the
+//! fanout workers share: a room's batch is written by the connection's
+//! worker straight to the socket, formatted once for every viewer
+//! (`WireFrame::to_ws`). What tungstenite itself answers (pongs, the reply
+//! to a close) joins the same outbox, so nothing is reordered. The socket is
+//! registered with the [`Transport`] for as long as it lives.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -16,8 +18,10 @@ use tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
-use crate::protocol::codec::WireFrame;
-use crate::room::outbox::{Outbox, Push};
+use super::outbox::{Outbox, Push};
+use super::{ConnId, Transport};
+use crate::ws_frame;
+use flashcast_wire::codec::WireFrame;
 
 pub struct WsSocket {
     tcp: Arc<TcpStream>,
@@ -25,6 +29,20 @@ pub struct WsSocket {
     /// Bytes tungstenite wrote (pongs, close frames) not yet pushed.
     replies: Vec<u8>,
     pub outbox: Arc<Outbox>,
+    /// Longest a backlog may take to drain (`write_timeout_ms`).
+    write_timeout: Duration,
+    conn: ConnId,
+    transport: Arc<Transport>,
+}
+
+/// How a socket is set up (from the limits).
+#[derive(Debug, Clone, Copy)]
+pub struct SocketConfig {
+    pub ws: WebSocketConfig,
+    /// Frames that may wait behind a full socket (`outbound_queue`).
+    pub max_backlog: usize,
+    /// `write_timeout_ms`.
+    pub write_timeout: Duration,
 }
 
 /// tungstenite's view of the socket: reads never wait (it copes with
@@ -53,19 +71,36 @@ impl Write for Io<'_> {
 
 impl WsSocket {
     /// `already_read`: bytes the HTTP layer read past the upgrade request.
+    /// The socket is `conn` on `transport` until dropped.
     pub fn new(
         tcp: TcpStream,
         already_read: Vec<u8>,
-        config: WebSocketConfig,
-        max_backlog: usize,
+        config: SocketConfig,
+        conn: ConnId,
+        transport: Arc<Transport>,
     ) -> Self {
         let tcp = Arc::new(tcp);
+        let outbox = Arc::new(Outbox::new(tcp.clone(), config.max_backlog));
+        transport.register(conn, outbox.clone());
         Self {
-            outbox: Arc::new(Outbox::new(tcp.clone(), max_backlog)),
-            ctx: WebSocketContext::from_partially_read(already_read, Role::Server, Some(config)),
+            outbox,
+            ctx: WebSocketContext::from_partially_read(already_read, Role::Server, Some(config.ws)),
             replies: Vec::new(),
             tcp,
+            write_timeout: config.write_timeout,
+            conn,
+            transport,
         }
+    }
+
+    /// Writes the backlog as the peer reads. False when the socket is dead
+    /// or the peer took longer than `write_timeout_ms` to take it (it is
+    /// not reading, and is dropped).
+    pub async fn drain(&self) -> bool {
+        matches!(
+            tokio::time::timeout(self.write_timeout, self.outbox.drain()).await,
+            Ok(Ok(()))
+        )
     }
 
     /// The next message from the client; `None` once the peer is gone.
@@ -102,13 +137,13 @@ impl WsSocket {
 
     /// Queues one data frame behind everything pushed before it.
     pub fn send(&self, frame: &WireFrame) -> Push {
-        self.outbox.push(frame.to_ws())
+        self.outbox.push(ws_frame::data(frame))
     }
 
     /// Queues a data frame that must go out even past the backlog limit:
     /// the error that explains a close.
     pub fn send_final(&self, frame: &WireFrame) -> Push {
-        self.outbox.push_final(frame.to_ws())
+        self.outbox.push_final(ws_frame::data(frame))
     }
 
     /// Starts the closing handshake with `code`.
@@ -136,5 +171,11 @@ impl WsSocket {
                 self.outbox.push(bytes);
             }
         }
+    }
+}
+
+impl Drop for WsSocket {
+    fn drop(&mut self) {
+        self.transport.deregister(self.conn);
     }
 }

@@ -1,0 +1,360 @@
+//! A room behind its fanout seam, with no socket at all: an in-memory
+//! `Fanout` records what each connection would receive, and can hold a
+//! publish "in flight" to show fanout-paced batching: a room sends its next
+//! batch as soon as the previous fanout finished, and events share a batch
+//! only while the fanout is busy, not because a tick is due.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flashcast::clock::Clock;
+use flashcast::commerce::Commerce;
+use flashcast::limits::Limits;
+use flashcast::metrics::Metrics;
+use flashcast::room::{ConnId, JoinRequest, Registry, RoomContext, RoomHandle, RoomInfo};
+use flashcast::store::Store;
+use flashcast::transport::{Fanout, Frames, Published, TopicId};
+use flashcast_wire::client::{Ban, Chat, RoomMsg, Unmute};
+use flashcast_wire::codec::{decode_server, WireFrame};
+use flashcast_wire::ids::{RoomId, UserId};
+use flashcast_wire::{
+    CloseCode, Encoding, ErrorCode, EventBody, ReactionKind, Role, ServerMsg, UserRef,
+};
+
+/// What a connection would have received.
+#[derive(Debug)]
+// Test-only records; their size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Seen {
+    Msg(ServerMsg),
+    Closed(CloseCode),
+}
+
+#[derive(Default)]
+struct Memory {
+    connected: Mutex<HashSet<ConnId>>,
+    subs: Mutex<HashMap<TopicId, HashMap<ConnId, Encoding>>>,
+    inbox: Mutex<HashMap<ConnId, Vec<Seen>>>,
+    encodings: Mutex<HashMap<ConnId, Encoding>>,
+    /// While set, publishes stay in flight until `release`.
+    hold: Mutex<Option<Vec<Published>>>,
+    publishes: Mutex<usize>,
+}
+
+fn decode(encoding: Encoding, frame: &WireFrame) -> ServerMsg {
+    let bytes: &[u8] = match frame {
+        WireFrame::Binary(b) => b,
+        WireFrame::Text(t) => t,
+    };
+    decode_server(encoding, bytes).expect("a server message")
+}
+
+impl Memory {
+    fn connect(&self, conn: ConnId, encoding: Encoding) {
+        self.connected.lock().unwrap().insert(conn);
+        self.encodings.lock().unwrap().insert(conn, encoding);
+    }
+
+    fn hold(&self) {
+        *self.hold.lock().unwrap() = Some(Vec::new());
+    }
+
+    fn release(&self) {
+        for p in self.hold.lock().unwrap().take().unwrap_or_default() {
+            p.part_done();
+        }
+    }
+
+    fn publishes(&self) -> usize {
+        *self.publishes.lock().unwrap()
+    }
+
+    fn take(&self, conn: ConnId) -> Vec<Seen> {
+        std::mem::take(self.inbox.lock().unwrap().entry(conn).or_default())
+    }
+
+    fn deliver(&self, conn: ConnId, seen: Seen) {
+        self.inbox
+            .lock()
+            .unwrap()
+            .entry(conn)
+            .or_default()
+            .push(seen);
+    }
+}
+
+impl Fanout for Memory {
+    fn subscribe(&self, topic: TopicId, conn: ConnId, encoding: Encoding) {
+        let mut subs = self.subs.lock().unwrap();
+        subs.entry(topic).or_default().insert(conn, encoding);
+    }
+
+    fn unsubscribe(&self, topic: TopicId, conn: ConnId) {
+        if let Some(t) = self.subs.lock().unwrap().get_mut(&topic) {
+            t.remove(&conn);
+        }
+    }
+
+    fn publish(&self, topic: TopicId, frames: Frames) -> Published {
+        *self.publishes.lock().unwrap() += 1;
+        let subs = self.subs.lock().unwrap().get(&topic).cloned();
+        for (conn, encoding) in subs.unwrap_or_default() {
+            if let Some(frame) = &frames[encoding.index()] {
+                self.deliver(conn, Seen::Msg(decode(encoding, frame)));
+            }
+        }
+        let published = Published::new(1);
+        match self.hold.lock().unwrap().as_mut() {
+            Some(held) => held.push(published.clone()),
+            None => published.part_done(),
+        }
+        published
+    }
+
+    fn send(&self, conn: ConnId, frame: WireFrame) -> Published {
+        let encoding = self.encodings.lock().unwrap()[&conn];
+        self.deliver(conn, Seen::Msg(decode(encoding, &frame)));
+        Published::finished_now()
+    }
+
+    fn close(&self, conn: ConnId, code: CloseCode) {
+        self.deliver(conn, Seen::Closed(code));
+    }
+
+    fn connected(&self, conn: ConnId) -> bool {
+        self.connected.lock().unwrap().contains(&conn)
+    }
+}
+
+struct Room {
+    handle: RoomHandle,
+    memory: Arc<Memory>,
+    _dir: tempfile::TempDir,
+}
+
+async fn room(tick_ms: u64) -> Room {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Arc::new(Limits {
+        tick_ms,
+        ..Limits::default()
+    });
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open_sqlite(dir.path(), Default::default()).unwrap();
+    let commerce = Arc::new(
+        Commerce::open(
+            store.clone(),
+            limits.clone(),
+            metrics.clone(),
+            b"s".to_vec(),
+            Clock::system(),
+        )
+        .await
+        .unwrap(),
+    );
+    let memory = Arc::new(Memory::default());
+    let registry = Registry::new(Arc::new(RoomContext {
+        clock: Clock::system(),
+        limits,
+        metrics,
+        store,
+        commerce,
+        fanout: memory.clone(),
+    }));
+    let info = RoomInfo {
+        id: RoomId::new("mem").unwrap(),
+        title: "in memory".into(),
+        allow_guests: true,
+        created_at: 0,
+    };
+    let handle = registry.open(info, Vec::new()).unwrap();
+    Room {
+        handle,
+        memory,
+        _dir: dir,
+    }
+}
+
+fn user(id: &str, role: Role) -> UserRef {
+    UserRef {
+        id: UserId::new(id).unwrap(),
+        name: Arc::from(id),
+        role,
+    }
+}
+
+impl Room {
+    async fn join(&self, conn: ConnId, encoding: Encoding, who: &UserRef) {
+        self.memory.connect(conn, encoding);
+        let req = JoinRequest {
+            conn,
+            user: who.clone(),
+            encoding,
+            last_seq: None,
+            epoch: None,
+        };
+        self.handle.join(req).await.unwrap();
+    }
+
+    fn chat(&self, conn: ConnId, who: &UserRef, text: &str) {
+        let msg = RoomMsg::Chat(Chat { text: text.into() });
+        self.handle.act(conn, who.clone(), None, msg).unwrap();
+    }
+
+    /// Waits until `n` publishes happened in all.
+    async fn publishes(&self, n: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while self.memory.publishes() < n {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} publishes, not {n}", self.memory.publishes()));
+    }
+}
+
+/// The chat texts of every batch `seen` holds, one list per batch.
+fn chat_batches(seen: &[Seen]) -> Vec<Vec<String>> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Msg(ServerMsg::Batch { events, .. }) => Some(
+                events
+                    .iter()
+                    .filter_map(|e| match &e.body {
+                        EventBody::Chat { text, .. } => Some(text.clone()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .filter(|texts: &Vec<String>| !texts.is_empty())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_room_talks_to_its_viewers_only_through_the_fanout() {
+    let room = room(50).await;
+    let (ann, bob) = (user("ann", Role::Viewer), user("bob", Role::Moderator));
+    room.join(1, Encoding::Json, &ann).await;
+    room.join(2, Encoding::MsgPack, &bob).await;
+    room.chat(1, &ann, "hello");
+    // A room-level refusal is a private reply to its sender only.
+    let unmute = RoomMsg::Unmute(Unmute {
+        user_id: ann.id.clone(),
+    });
+    room.handle.act(2, bob.clone(), Some(7), unmute).unwrap();
+    room.handle
+        .act(
+            2,
+            bob.clone(),
+            None,
+            RoomMsg::Ban(Ban {
+                user_id: ann.id.clone(),
+            }),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let ann_saw = room.memory.take(1);
+    assert!(
+        matches!(ann_saw.first(), Some(Seen::Msg(ServerMsg::Joined { .. }))),
+        "joined comes first: {ann_saw:?}"
+    );
+    assert_eq!(chat_batches(&ann_saw), [["hello"]]);
+    // The ban is published before the banned viewer is closed.
+    let banned_at = ann_saw
+        .iter()
+        .position(|s| match s {
+            Seen::Msg(ServerMsg::Batch { events, .. }) => events
+                .iter()
+                .any(|e| matches!(e.body, EventBody::UserBanned { .. })),
+            _ => false,
+        })
+        .expect("ann saw her ban");
+    assert!(matches!(
+        ann_saw.last(),
+        Some(Seen::Closed(CloseCode::Forbidden))
+    ));
+    assert_eq!(banned_at, ann_saw.len() - 2);
+
+    let bob_saw = room.memory.take(2);
+    assert_eq!(chat_batches(&bob_saw), [["hello"]]);
+    let error = bob_saw.iter().find_map(|s| match s {
+        Seen::Msg(ServerMsg::Error {
+            code, reference, ..
+        }) => Some((*code, *reference)),
+        _ => None,
+    });
+    assert_eq!(error, Some((ErrorCode::NotFound, Some(7))));
+}
+
+/// With a one-second tick: a batch leaves as soon as the fanout is free,
+/// what arrives while it is busy shares the next batch, which leaves the
+/// moment the busy fanout finishes (not at the tick).
+#[tokio::test]
+async fn batches_follow_the_fanout_not_the_tick() {
+    let room = room(1_000).await;
+    let ann = user("ann", Role::Viewer);
+    room.join(1, Encoding::Json, &ann).await;
+    let base = room.memory.publishes();
+    room.memory.hold();
+
+    room.chat(1, &ann, "first");
+    room.publishes(base + 1).await;
+    room.chat(1, &ann, "second");
+    room.chat(1, &ann, "third");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        room.memory.publishes(),
+        base + 1,
+        "nothing more is handed out while the fanout is busy"
+    );
+
+    room.memory.release();
+    let released = std::time::Instant::now();
+    room.publishes(base + 2).await;
+    assert!(
+        released.elapsed() < Duration::from_millis(500),
+        "the waiting batch left when the fanout finished, not at the tick"
+    );
+    room.memory.release();
+
+    // Idle again: a lone event leaves at once.
+    let sent = std::time::Instant::now();
+    room.chat(1, &ann, "fourth");
+    room.publishes(base + 3).await;
+    assert!(sent.elapsed() < Duration::from_millis(500));
+    room.memory.release();
+
+    assert_eq!(
+        chat_batches(&room.memory.take(1)),
+        [vec!["first"], vec!["second", "third"], vec!["fourth"]]
+    );
+}
+
+/// Reactions carry no event: they are counted and go out with the next
+/// batch, at the latest one tick after they arrived.
+#[tokio::test]
+async fn reactions_go_out_aggregated_within_a_tick() {
+    let room = room(100).await;
+    let ann = user("ann", Role::Viewer);
+    room.join(1, Encoding::MsgPack, &ann).await;
+    room.memory.take(1);
+    for _ in 0..5 {
+        room.handle.react(ReactionKind::Heart);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let counts: Vec<u32> = room
+        .memory
+        .take(1)
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Msg(ServerMsg::Batch { reactions, .. }) => {
+                reactions.get(&ReactionKind::Heart).copied()
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, [5], "one aggregated count");
+}
