@@ -209,6 +209,11 @@ pub enum Phase {
         over: f64,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         stages: Vec<(f64, f64)>,
+        /// Open model: each of these viewers leaves `stay` seconds after
+        /// its join moment, so viewers come and go at the phase's rate
+        /// instead of staying to the end (a fixed population).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stay: Option<f64>,
     },
     /// `senders` viewers chat, `rate` messages per second in all, for
     /// `duration` seconds.
@@ -591,10 +596,14 @@ impl Scenario {
                 viewers,
                 over,
                 stages,
+                stay,
                 ..
             } => {
                 within_viewers("viewers", *viewers)?;
                 secs("over", *over, true)?;
+                if let Some(stay) = stay {
+                    secs("stay", *stay, false)?;
+                }
                 if stages.is_empty() {
                     return Ok(());
                 }

@@ -172,6 +172,7 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                 viewers,
                 over,
                 stages,
+                stay,
             } => {
                 if (first_unjoined..first_unjoined + viewers).contains(&i) {
                     let share = (i - first_unjoined) as f64 / *viewers as f64;
@@ -180,6 +181,10 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                     } else {
                         secs(at + crate::scenario::ramp_time(stages, share))
                     };
+                    if let Some(stay) = stay {
+                        let leave = script.join_at + secs(*stay);
+                        script.timed.push((leave, Act::Leave));
+                    }
                 }
                 first_unjoined += viewers;
             }
@@ -1252,6 +1257,18 @@ over = 2
         let t = script_for(&s, "r", 300, ip).join_at.as_secs_f64();
         assert!((t - 6.0 / 2f64.sqrt()).abs() < 0.01, "{t}");
         assert!(script_for(&s, "r", 0, ip).join_at.is_zero());
+        // Open model: with `stay`, each leaves that long after joining.
+        let s = scenario(&S.replace(
+            "viewers = 600\nover = 6",
+            "viewers = 600\nover = 6\nstay = 2.5",
+        ));
+        let v = script_for(&s, "r", 300, ip);
+        let leave = v.timed.iter().find(|(_, a)| matches!(a, Act::Leave));
+        assert_eq!(leave.map(|(t, _)| *t), Some(v.join_at + secs(2.5)));
+        assert!(!script_for(&s, "r", 700, ip)
+            .timed
+            .iter()
+            .any(|(_, a)| matches!(a, Act::Leave)));
     }
 
     #[test]
