@@ -23,7 +23,13 @@ pub enum Command {
     Check {
         /// The scenario file (TOML).
         file: PathBuf,
+        /// Check it scaled, as `run --scale` would run it.
+        #[arg(long)]
+        scale: Option<f64>,
     },
+    /// Compares two JSON reports of `run` (percentiles, CPU per event, RSS,
+    /// errors); exit code 1 when B is worse than A beyond the tolerance.
+    Diff(crate::diff::DiffArgs),
     /// Internal: one worker process of `run`.
     #[command(hide = true)]
     ScenarioWorker {
@@ -63,19 +69,37 @@ pub struct RunArgs {
     /// /proc every second.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Worker processes, overriding the file's `load.workers`.
+    /// Worker processes, overriding the file's `load.workers` (1-64).
     #[arg(long)]
     pub workers: Option<u32>,
+    /// Runs the scenario with this many times the people (0.01 = a
+    /// hundredth: viewers, senders and their rates, voters, buyers, stock,
+    /// coupons, replay copies); times and pass criteria stay.
+    #[arg(long)]
+    pub scale: Option<f64>,
     /// Write the JSON report here.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write the HTML report (charts) here.
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// Write the per-second series (the report's `seconds`) as CSV here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Serve the tool's own metrics (Prometheus text) on this address while
+    /// the run goes on, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Write what the tool sent as a recording (JSON lines), replayable
     /// with a `replay` phase.
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Ends the run as soon as a criterion that the live counters can
+    /// judge fails (gaps, duplicates, unexpected errors, resume gaps, failed
+    /// reconnects, undecodable frames; max_p99_ms with one worker); the
+    /// report says ABORTED and the exit code is 1.
+    #[arg(long)]
+    pub abort_on_fail: bool,
     /// No progress lines (the summary is still printed).
     #[arg(long, short)]
     pub quiet: bool,

@@ -631,6 +631,48 @@ fn figure(h: &mut String, title: &str, chart: &Chart, caption: &str) {
     let _ = write!(h, "<figcaption>{}</figcaption>\n</figure>\n", esc(caption));
 }
 
+/// Pixels per character of a phase name (15 px sans) and between names.
+const NAME_CHAR_PX: i32 = 8;
+const NAME_PAD_PX: i32 = 10;
+/// Lanes of phase names at the top of a chart.
+const NAME_LANES: usize = 4;
+
+/// Places phase names (x of the band's start, name) in lanes: each goes to
+/// the first lane whose last name ends before it starts. When every lane is
+/// taken, it goes to the lane that frees first, cut to the room left before
+/// the next name of that lane (at least 3 characters, else dropped) or the
+/// chart's right edge. Returns (text, lane) per name, in order.
+fn label_lanes(starts: &[(i32, &str)], right: i32) -> Vec<(String, usize)> {
+    let width = |n: usize| n as i32 * NAME_CHAR_PX + NAME_PAD_PX;
+    let mut lane_end = [i32::MIN; NAME_LANES];
+    let mut out = Vec::with_capacity(starts.len());
+    for (i, &(x0, name)) in starts.iter().enumerate() {
+        let n = name.chars().count();
+        let room_right = (right - x0).max(0);
+        let free = lane_end.iter().position(|&e| e <= x0);
+        let lane =
+            free.unwrap_or_else(|| (0..NAME_LANES).min_by_key(|&l| lane_end[l]).expect("lanes"));
+        let mut fits = ((room_right - NAME_PAD_PX) / NAME_CHAR_PX).max(0) as usize;
+        if free.is_none() {
+            // Shares the lane: up to where the next name starts.
+            let next = starts.get(i + 1).map(|s| s.0).unwrap_or(right);
+            fits = fits.min(((next - x0 - NAME_PAD_PX) / NAME_CHAR_PX).max(0) as usize);
+        }
+        let text = if n <= fits {
+            name.to_string()
+        } else if fits >= 3 {
+            let mut s: String = name.chars().take(fits - 1).collect();
+            s.push('…');
+            s
+        } else {
+            String::new()
+        };
+        lane_end[lane] = x0 + width(text.chars().count());
+        out.push((text, lane));
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------
 // Axes.
 
@@ -1090,26 +1132,26 @@ impl Chart<'_> {
             }
         }
 
-        // Phase names on top, cut to the width of their band.
+        // Phase names on top, in lanes so that names of phases starting
+        // close together do not overlap; a name is cut only when no lane
+        // has room for it (the list above the charts has every name whole).
         let name_style = (FONT, 15).into_font().color(&TEXT);
-        for (_, p) in &bands {
-            let x0 = chart.backend_coord(&(p.start.max(x.min), y.max)).0;
-            let x1 = chart.backend_coord(&(p.end.min(x.max), y.max)).0;
-            let fits = ((x1 - x0 - 8).max(0) / 7) as usize;
-            let n = p.name.chars().count();
-            if fits < 3 {
+        let starts: Vec<(i32, &str)> = bands
+            .iter()
+            .map(|(_, p)| {
+                let x0 = chart.backend_coord(&(p.start.max(x.min), y.max)).0;
+                (x0, p.name.as_str())
+            })
+            .collect();
+        let right = chart.backend_coord(&(x.max, y.max)).0;
+        for ((_, p), (name, lane)) in bands.iter().zip(label_lanes(&starts, right)) {
+            if name.is_empty() {
                 continue;
             }
-            let name = if n <= fits {
-                p.name.clone()
-            } else {
-                let mut s: String = p.name.chars().take(fits - 1).collect();
-                s.push('…');
-                s
-            };
             let at = (p.start.max(x.min), y.max);
             chart.draw_series(std::iter::once(
-                EmptyElement::at(at) + Text::new(name, (5, 4), name_style.clone()),
+                EmptyElement::at(at)
+                    + Text::new(name, (5, 4 + 17 * lane as i32), name_style.clone()),
             ))?;
         }
         root.present()?;
@@ -1223,6 +1265,7 @@ mod tests {
                 claims_answered: if sale { 50 } else { 0 },
                 server_cpu_pct: (t % 97 != 5).then_some(40.0 + 110.0 * x + rnd() * 20.0),
                 server_rss_mib: Some(80.0 + 300.0 * x),
+                ..SecondSample::default()
             });
         }
         (seconds, phases)
@@ -1467,6 +1510,38 @@ mod tests {
         assert_eq!(svgs(&doc), 6);
         assert!(!doc.contains("NaN"));
         assert!(!doc.contains("backwards"));
+    }
+
+    #[test]
+    fn phase_names_starting_close_together_take_separate_lanes_whole() {
+        // Three phases within a few pixels: three lanes, nothing cut.
+        let starts = [(100, "join #1"), (104, "flash sale #2"), (108, "chat #3")];
+        let placed = label_lanes(&starts, 900);
+        assert_eq!(
+            placed,
+            vec![
+                ("join #1".to_string(), 0),
+                ("flash sale #2".to_string(), 1),
+                ("chat #3".to_string(), 2)
+            ]
+        );
+        // Far apart: all on the first lane.
+        let starts = [(100, "join #1"), (400, "flash sale #2")];
+        assert!(label_lanes(&starts, 900).iter().all(|(_, l)| *l == 0));
+        // At the right edge, a long name is cut to the room left.
+        let placed = label_lanes(&[(850, "flash sale #2")], 900);
+        assert!(
+            placed[0].0.ends_with('…') && placed[0].0.len() < 14,
+            "{placed:?}"
+        );
+        // More names at one spot than lanes: the extra one is not drawn
+        // over another (no room before the next), the lanes stay whole.
+        let starts: Vec<(i32, &str)> = (0..6).map(|i| (100 + i, "reconnect #9")).collect();
+        let placed = label_lanes(&starts, 900);
+        assert!(placed[..NAME_LANES]
+            .iter()
+            .all(|(t, _)| t == "reconnect #9"));
+        assert!(placed[NAME_LANES].0.is_empty(), "{placed:?}");
     }
 
     #[test]

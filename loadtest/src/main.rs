@@ -14,7 +14,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => flashcast_storm::storm::main(args).await,
-        Command::Check { file } => flashcast_storm::storm::check_main(&file),
+        Command::Check { file, scale } => flashcast_storm::storm::check_main(&file, scale),
+        Command::Diff(args) => flashcast_storm::diff::main(args),
         Command::ScenarioWorker { plan } => worker_main::<WorkerPlan>(&plan).await,
         Command::Nchan(args) => flashcast_storm::nchan::main(args).await,
         Command::Video(args) => flashcast_storm::video::main(args).await,

@@ -92,6 +92,37 @@ fn from_metrics(m: &BTreeMap<String, f64>) -> Option<ProcReading> {
     })
 }
 
+/// The step of the CPU counter the readings came from.
+fn cpu_resolution(pid: Option<u32>, first: ProcReading, last: ProcReading) -> f64 {
+    if pid.is_some() {
+        // SAFETY: sysconf has no preconditions.
+        return 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    }
+    if first.cpu_secs.fract() == 0.0 && last.cpu_secs.fract() == 0.0 {
+        1.0
+    } else {
+        0.01
+    }
+}
+
+impl ServerFigures {
+    /// Whether the CPU used over the run is known to within 10%: a counter
+    /// of whole seconds that moved by 3 s says little about 5 µs per event.
+    pub fn cpu_trustworthy(&self) -> Result<f64, String> {
+        let Some(cpu) = self.cpu_secs else {
+            return Err("the server's CPU was not sampled".into());
+        };
+        let step = self.cpu_resolution_secs.unwrap_or(0.01);
+        if cpu < step * 10.0 {
+            return Err(format!(
+                "the server's CPU from {} moved {cpu:.2} s in steps of {step} s, too coarse to judge (pass --server-pid for /proc, or run longer)",
+                if self.source == "proc" { "/proc" } else { "/metrics" }
+            ));
+        }
+        Ok(cpu)
+    }
+}
+
 /// What was seen of the server during the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ServerFigures {
@@ -100,6 +131,10 @@ pub struct ServerFigures {
     pub source: String,
     /// Server CPU from the go signal to the end of the run, seconds.
     pub cpu_secs: Option<f64>,
+    /// The step of that CPU counter, seconds: 1/CLK_TCK from /proc, 1 when
+    /// the server's `/metrics` counts whole seconds.
+    #[serde(default)]
+    pub cpu_resolution_secs: Option<f64>,
     /// Resident memory before the go signal and at its highest.
     pub rss_start_mib: Option<f64>,
     pub rss_peak_mib: Option<f64>,
@@ -200,6 +235,7 @@ impl ServerProbe {
         let mut s = self.state.lock().expect("lock");
         if let (Some(first), Some(last)) = (s.first, last) {
             s.figures.cpu_secs = Some(last.cpu_secs - first.cpu_secs);
+            s.figures.cpu_resolution_secs = Some(cpu_resolution(self.pid, first, last));
         }
         let start = std::mem::take(&mut s.metrics_start);
         s.figures.metrics_delta = metrics
@@ -239,5 +275,36 @@ mod tests {
         );
         let r = from_metrics(&with).unwrap();
         assert_eq!((r.cpu_secs, r.rss_mib), (12.5, 100.0));
+    }
+
+    #[test]
+    fn a_cpu_counter_of_whole_seconds_is_not_trusted_for_a_short_run() {
+        let reading = |cpu_secs| ProcReading {
+            at_ms: 0,
+            cpu_secs,
+            rss_mib: 1.0,
+        };
+        let figures = |source: &str, pid, a, b| ServerFigures {
+            source: source.into(),
+            cpu_secs: Some(b - a),
+            cpu_resolution_secs: Some(cpu_resolution(pid, reading(a), reading(b))),
+            ..ServerFigures::default()
+        };
+        // /metrics in whole seconds, 0 s moved: the 0.00 us/event false pass.
+        let e = figures("metrics", None, 7.0, 7.0).cpu_trustworthy();
+        assert!(e.unwrap_err().contains("too coarse"));
+        assert!(figures("metrics", None, 7.0, 10.0)
+            .cpu_trustworthy()
+            .is_err());
+        assert_eq!(
+            figures("metrics", None, 7.0, 30.0).cpu_trustworthy(),
+            Ok(23.0)
+        );
+        // Fractional seconds on /metrics, and /proc ticks, are fine.
+        assert!(figures("metrics", None, 7.25, 7.75)
+            .cpu_trustworthy()
+            .is_ok());
+        assert!(figures("proc", Some(1), 1.0, 1.5).cpu_trustworthy().is_ok());
+        assert!(ServerFigures::default().cpu_trustworthy().is_err());
     }
 }

@@ -19,6 +19,9 @@ pub const MAX_SCENARIO_SECS: f64 = 3_600.0;
 pub const MAX_VIEWERS: u32 = 200_000;
 /// Most phases in one file.
 pub const MAX_PHASES: usize = 64;
+/// Questions a room keeps by the server's default (`max_questions`): more
+/// asks in one run would be refused.
+pub const MAX_QUESTIONS: u64 = 1_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +39,9 @@ pub struct Scenario {
     pub phases: Vec<Phase>,
     #[serde(default)]
     pub pass: Pass,
+    /// Bounds per phase and per kind (`[[threshold]]`).
+    #[serde(default, rename = "threshold", skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<crate::threshold::Threshold>,
 }
 
 /// Where the server is and which room to storm.
@@ -156,13 +162,59 @@ fn seed() -> u64 {
     0x5eed
 }
 
+/// How the participants of a triggered phase (flash sale, coupon drop)
+/// spread their actions over its `within` seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// Evenly (a seeded uniform draw).
+    #[default]
+    Uniform,
+    /// "The host says BUY NOW": most act at once, the rest trail off (a
+    /// truncated exponential: about 63% in the first fifth of `within`,
+    /// 86% in the first two fifths).
+    Spike,
+}
+
+impl Arrival {
+    /// The moment, as a fraction of `within`, of a participant whose
+    /// seeded draw is `u` in [0, 1).
+    pub fn fraction(self, u: f64) -> f64 {
+        match self {
+            Arrival::Uniform => u,
+            Arrival::Spike => {
+                // Inverse of the exponential CDF with rate 5, truncated to [0, 1).
+                let k: f64 = 5.0;
+                -(1.0 - u * (1.0 - (-k).exp())).ln() / k
+            }
+        }
+    }
+}
+
 /// One step of the timeline.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Phase {
     /// `viewers` viewers (the next ones not yet assigned to a join phase)
     /// connect and join, evenly spread over `over` seconds.
-    Join { at: f64, viewers: u32, over: f64 },
+    ///
+    /// With `stages` (`[[secs, to_rate], ...]`, from rate 0), the joins
+    /// follow that shape instead of an even spread: the rate ramps linearly
+    /// to each stage's `to_rate` over its seconds (a stage with the same
+    /// rate holds it), scaled so that exactly `viewers` join; `over` must
+    /// be the stages' total.
+    Join {
+        at: f64,
+        viewers: u32,
+        over: f64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stages: Vec<(f64, f64)>,
+        /// Open model: each of these viewers leaves `stay` seconds after
+        /// its join moment, so viewers come and go at the phase's rate
+        /// instead of staying to the end (a fixed population).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stay: Option<f64>,
+    },
     /// `senders` viewers chat, `rate` messages per second in all, for
     /// `duration` seconds.
     Chat {
@@ -204,6 +256,8 @@ pub enum Phase {
         price_minor: u64,
         #[serde(default = "sale_secs")]
         duration_secs: u64,
+        #[serde(default)]
+        arrival: Arrival,
     },
     /// A host drops `count` coupons at `at`; `claimers` viewers claim within
     /// `within` seconds of seeing the drop.
@@ -214,7 +268,21 @@ pub enum Phase {
         within: f64,
         #[serde(default = "ten_percent")]
         percent_off: u8,
+        #[serde(default)]
+        arrival: Arrival,
     },
+    /// `senders` viewers ask questions, `rate` questions per second in all
+    /// (questions share the server's per-user chat limit).
+    Questions {
+        at: f64,
+        duration: f64,
+        rate: f64,
+        senders: u32,
+    },
+    /// `voters` viewers each upvote, at a moment within `within` seconds of
+    /// `at`, the newest question they have seen (the most upvoted one of
+    /// their snapshot if none was asked since they joined).
+    Upvotes { at: f64, voters: u32, within: f64 },
     /// `fraction` of the joined viewers drop their connection at moments
     /// spread over `over` seconds and resume at once with their last seq.
     Reconnect { at: f64, fraction: f64, over: f64 },
@@ -256,6 +324,8 @@ impl Phase {
             Phase::Join { .. } => "join",
             Phase::Chat { .. } => "chat",
             Phase::Reactions { .. } => "reactions",
+            Phase::Questions { .. } => "questions",
+            Phase::Upvotes { .. } => "upvotes",
             Phase::Poll { .. } => "poll",
             Phase::FlashSale { .. } => "flash_sale",
             Phase::CouponDrop { .. } => "coupon_drop",
@@ -269,6 +339,8 @@ impl Phase {
             Phase::Join { at, .. }
             | Phase::Chat { at, .. }
             | Phase::Reactions { at, .. }
+            | Phase::Questions { at, .. }
+            | Phase::Upvotes { at, .. }
             | Phase::Poll { at, .. }
             | Phase::FlashSale { at, .. }
             | Phase::CouponDrop { at, .. }
@@ -282,9 +354,10 @@ impl Phase {
     pub fn end(&self, replay_secs: f64) -> f64 {
         match self {
             Phase::Join { at, over, .. } => at + over,
-            Phase::Chat { at, duration, .. } | Phase::Reactions { at, duration, .. } => {
-                at + duration
-            }
+            Phase::Chat { at, duration, .. }
+            | Phase::Reactions { at, duration, .. }
+            | Phase::Questions { at, duration, .. } => at + duration,
+            Phase::Upvotes { at, within, .. } => at + within + 1.0,
             Phase::Poll { at, over, .. } => at + over + 2.0,
             Phase::FlashSale { at, within, .. } | Phase::CouponDrop { at, within, .. } => {
                 at + within + 1.0
@@ -400,7 +473,8 @@ impl Scenario {
     pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
         let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
             file: file.into(),
-            message: e.to_string().trim_end().to_string(),
+            message: locate_phase_error(text)
+                .unwrap_or_else(|| e.to_string().trim_end().to_string()),
         })?;
         s.validate().map_err(|message| ScenarioError::Invalid {
             file: file.into(),
@@ -457,7 +531,17 @@ impl Scenario {
             return Err(format!("at most {MAX_PHASES} phases"));
         }
         let mut joining = 0u64;
+        let mut questions = 0u64;
         for (i, p) in self.phases.iter().enumerate() {
+            if let Phase::Questions { duration, rate, .. } = p {
+                questions += (rate * duration).round() as u64;
+                if questions > MAX_QUESTIONS {
+                    return Err(format!(
+                        "phase {} (questions): the questions phases ask {questions} questions, more than the {MAX_QUESTIONS} a room keeps by the server's default max_questions",
+                        i + 1
+                    ));
+                }
+            }
             let here = |m: String| format!("phase {} ({}): {m}", i + 1, p.kind());
             secs("at", p.at(), true).map_err(here)?;
             self.check_phase(p).map_err(here)?;
@@ -478,6 +562,13 @@ impl Scenario {
         let p = &self.pass;
         if !(0.0..=100.0).contains(&p.min_joined_pct) {
             return Err("pass.min_joined_pct must be 0-100".into());
+        }
+        if self.thresholds.len() > MAX_PHASES * 4 {
+            return Err(format!("at most {} thresholds", MAX_PHASES * 4));
+        }
+        for (i, t) in self.thresholds.iter().enumerate() {
+            t.validate(self.phases.len())
+                .map_err(|m| format!("threshold {}: {m}", i + 1))?;
         }
         Ok(())
     }
@@ -501,9 +592,41 @@ impl Scenario {
             }
         };
         match p {
-            Phase::Join { viewers, over, .. } => {
+            Phase::Join {
+                viewers,
+                over,
+                stages,
+                stay,
+                ..
+            } => {
                 within_viewers("viewers", *viewers)?;
-                secs("over", *over, true)
+                secs("over", *over, true)?;
+                if let Some(stay) = stay {
+                    secs("stay", *stay, false)?;
+                }
+                if stages.is_empty() {
+                    return Ok(());
+                }
+                if stages.len() > 32 {
+                    return Err("stages: at most 32".into());
+                }
+                let mut total = 0.0;
+                for (k, &(d, r)) in stages.iter().enumerate() {
+                    secs(&format!("stages[{k}] seconds"), d, false)?;
+                    if !(r.is_finite() && r >= 0.0) {
+                        return Err(format!("stages[{k}] rate must be >= 0, got {r}"));
+                    }
+                    total += d;
+                }
+                if (total - over).abs() > 1e-9 {
+                    return Err(format!(
+                        "the stages last {total} s but over is {over}: make over the stages' total"
+                    ));
+                }
+                if ramp_area(stages) <= 0.0 {
+                    return Err("stages: every rate is 0, nobody would join".into());
+                }
+                Ok(())
             }
             Phase::Chat {
                 duration,
@@ -528,6 +651,20 @@ impl Scenario {
                     return Err("kinds must list at least one reaction".into());
                 }
                 rate_ok(*rate, *senders, 10.0, "reactions_per_sec")
+            }
+            Phase::Questions {
+                duration,
+                rate,
+                senders,
+                ..
+            } => {
+                within_viewers("senders", *senders)?;
+                secs("duration", *duration, false)?;
+                rate_ok(*rate, *senders, 2.0, "chat_per_sec (shared by questions)")
+            }
+            Phase::Upvotes { voters, within, .. } => {
+                within_viewers("voters", *voters)?;
+                secs("within", *within, true)
             }
             Phase::Poll {
                 voters,
@@ -597,6 +734,69 @@ impl Scenario {
         }
     }
 
+    /// The same show with `factor` times the people: viewers, senders (their
+    /// rates with them, so each sender keeps its pace), voters, buyers,
+    /// claimers, stock, coupons and replay copies, each rounded and at least
+    /// 1; times, fractions and the pass criteria stay. Joins are split so
+    /// that they still add up to `viewers.count`. Checked like a file.
+    pub fn scaled(&self, factor: f64) -> Result<Scenario, String> {
+        if !(factor.is_finite() && factor > 0.0 && factor <= 100.0) {
+            return Err(format!(
+                "--scale must be more than 0 and at most 100, got {factor}"
+            ));
+        }
+        let mut s = self.clone();
+        let count = ((self.viewers.count as f64 * factor).round() as u32).max(1);
+        let f = count as f64 / self.viewers.count as f64;
+        let people = |n: u32| ((n as f64 * f).round() as u32).clamp(1, count);
+        let things = |n: u32| ((n as f64 * factor).round() as u32).max(1);
+        s.viewers.count = count;
+        s.load.workers = s.load.workers.min(count);
+        let (mut before, mut placed) = (0u64, 0u32);
+        for (i, p) in s.phases.iter_mut().enumerate() {
+            match p {
+                Phase::Join { viewers, .. } => {
+                    before += *viewers as u64;
+                    let upto = (before as f64 * f).round() as u32;
+                    *viewers = upto.min(count) - placed;
+                    placed += *viewers;
+                    if *viewers == 0 {
+                        return Err(format!(
+                            "--scale {factor}: phase {} (join) would join no viewer; scale less",
+                            i + 1
+                        ));
+                    }
+                }
+                Phase::Chat { rate, senders, .. }
+                | Phase::Reactions { rate, senders, .. }
+                | Phase::Questions { rate, senders, .. } => {
+                    let n = people(*senders);
+                    *rate *= n as f64 / *senders as f64;
+                    *senders = n;
+                }
+                Phase::Poll { voters, .. } | Phase::Upvotes { voters, .. } => {
+                    *voters = people(*voters)
+                }
+                Phase::FlashSale { stock, buyers, .. } => {
+                    *stock = things(*stock);
+                    *buyers = people(*buyers);
+                }
+                Phase::CouponDrop {
+                    count: coupons,
+                    claimers,
+                    ..
+                } => {
+                    *coupons = things(*coupons);
+                    *claimers = people(*claimers);
+                }
+                Phase::Reconnect { .. } => {}
+                Phase::Replay { scale, .. } => *scale = things(*scale),
+            }
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
     /// When the last phase is over (seconds after go), not counting the drain.
     pub fn end(&self, replay_secs: &[f64]) -> f64 {
         self.phases
@@ -615,6 +815,119 @@ impl Scenario {
                 .replace("http://", "ws://")
         )
     }
+}
+
+/// The error of the first `[[phase]]` that does not deserialize on its own,
+/// at the line at fault. Phases are a tagged enum, which serde reads from a
+/// buffer without positions, so the whole-file error points at the first
+/// phase's header whatever phase is wrong; reading them one by one names the
+/// phase, and the key is found again in the file by its name or its value.
+fn locate_phase_error(text: &str) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let (_, phases) = root
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == "phase")?;
+    let DeValue::Array(items) = phases.get_ref() else {
+        return None;
+    };
+    let plain: toml::Table = toml::from_str(text).ok()?;
+    let plain = plain.get("phase")?.as_array()?;
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    for (i, item) in items.iter().enumerate() {
+        let DeValue::Table(table) = item.get_ref() else {
+            continue;
+        };
+        let Some(owned) = plain.get(i) else {
+            continue;
+        };
+        let Err(e) = owned.clone().try_into::<Phase>() else {
+            continue;
+        };
+        let message = e.to_string().trim_end().to_string();
+        let kind = table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == "type")
+            .and_then(|(_, v)| match v.get_ref() {
+                DeValue::String(s) => Some(s.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "no type".into());
+        // The key at fault: named in the message (unknown field), or whose
+        // value the message shows (wrong type); else the phase's first line.
+        let at_fault = table.iter().find(|(k, v)| {
+            let name = k.get_ref().as_ref();
+            message.contains(&format!("unknown field `{name}`"))
+                || (message.starts_with("invalid") && message.contains(&unexpected(v.get_ref())))
+        });
+        let line = match at_fault {
+            Some((k, _)) => line_of(k.span().start),
+            None => {
+                let first = table.iter().map(|(k, _)| k.span().start).min();
+                let start = first.unwrap_or(item.span().start);
+                // The `[[phase]]` header above the phase's first key.
+                text[..start]
+                    .rfind("[[phase]]")
+                    .map(line_of)
+                    .unwrap_or_else(|| line_of(start))
+            }
+        };
+        return Some(format!("line {line}: phase {} ({kind}): {message}", i + 1));
+    }
+    None
+}
+
+/// A TOML value as serde's "invalid type" message shows it.
+fn unexpected(v: &toml::de::DeValue) -> String {
+    use toml::de::DeValue;
+    match v {
+        DeValue::String(s) => format!("string {:?}", s.as_ref()),
+        DeValue::Integer(i) => format!("integer `{}`", i.as_str()),
+        DeValue::Float(f) => format!("floating point `{}`", f.as_str()),
+        DeValue::Boolean(b) => format!("boolean `{b}`"),
+        DeValue::Datetime(_) => "datetime".into(),
+        DeValue::Array(_) => "sequence".into(),
+        DeValue::Table(_) => "map".into(),
+    }
+}
+
+/// Joins (in rate x seconds) under piecewise-linear `stages` from rate 0.
+fn ramp_area(stages: &[(f64, f64)]) -> f64 {
+    let mut from = 0.0;
+    stages
+        .iter()
+        .map(|&(d, to)| {
+            let a = (from + to) / 2.0 * d;
+            from = to;
+            a
+        })
+        .sum()
+}
+
+/// When (seconds into the phase) the joiner at `share` in [0, 1) of a
+/// phase with `stages` joins: where the cumulative arrivals of the
+/// piecewise-linear rate reach that share of them all.
+pub fn ramp_time(stages: &[(f64, f64)], share: f64) -> f64 {
+    let mut want = share * ramp_area(stages);
+    let (mut from, mut t0) = (0.0f64, 0.0f64);
+    for &(d, to) in stages {
+        let area = (from + to) / 2.0 * d;
+        if want <= area && area > 0.0 {
+            // from*t + (to-from)/(2d)*t^2 = want
+            let a = (to - from) / (2.0 * d);
+            let t = if a.abs() < 1e-12 {
+                want / from
+            } else {
+                (-from + (from * from + 4.0 * a * want).max(0.0).sqrt()) / (2.0 * a)
+            };
+            return t0 + t.clamp(0.0, d);
+        }
+        want -= area;
+        from = to;
+        t0 += d;
+    }
+    t0
 }
 
 fn secs(name: &str, v: f64, zero_ok: bool) -> Result<(), String> {
@@ -700,6 +1013,22 @@ within = 1
         assert!(e.contains("dance") && e.contains("line"), "{e}");
         let e = err(&GOOD.replace("within = 1", "within = 1\nwhoops = 2"));
         assert!(e.contains("whoops"), "{e}");
+        // Inside a later phase: the line at fault, not the first phase's.
+        let e = err(&GOOD.replace("within = 1", "within = 1\nwhoops = 2"));
+        assert!(
+            e.contains("line 17: phase 2 (flash_sale): unknown field `whoops`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("stock = 10", "stock = \"ten\""));
+        assert!(
+            e.contains("line 14: phase 2 (flash_sale): invalid type"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("buyers = 100\n", ""));
+        assert!(
+            e.contains("line 11: phase 2 (flash_sale): missing field `buyers`"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("auth = \"token\"", "auth = \"guest\""));
         assert!(e.contains("phase 2 (flash_sale): guests cannot buy"), "{e}");
         let e = err(&GOOD.replace("viewers = 100", "viewers = 90"));
@@ -720,6 +1049,84 @@ within = 1
             "name = \"sale\"\n[target]\nurl = \"ws://x\"",
         ));
         assert!(e.contains("target.url must be an http:// URL"), "{e}");
+    }
+
+    #[test]
+    fn a_scaled_scenario_keeps_its_shape_and_adds_up() {
+        let s = Scenario::parse(GOOD, "good.toml").unwrap();
+        let small = s.scaled(0.1).unwrap();
+        assert_eq!(small.viewers.count, 10);
+        let Phase::Join { viewers, .. } = small.phases[0] else {
+            panic!()
+        };
+        assert_eq!(viewers, 10);
+        let Phase::FlashSale { stock, buyers, .. } = small.phases[1] else {
+            panic!()
+        };
+        assert_eq!((stock, buyers), (1, 10));
+        // Every shipped scenario scales down to 1% and stays valid; joins
+        // still add up to the count, senders keep their pace.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        for name in ["chat-10k", "flash-sale-10k", "reconnect-storm", "full-show"] {
+            let s = Scenario::load(&dir.join(format!("{name}.toml"))).unwrap();
+            let small = s.scaled(0.01).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                small.viewers.count,
+                (s.viewers.count as f64 * 0.01).round() as u32
+            );
+            for (a, b) in s.phases.iter().zip(&small.phases) {
+                if let (
+                    Phase::Chat {
+                        rate: r0,
+                        senders: n0,
+                        ..
+                    },
+                    Phase::Chat {
+                        rate: r1,
+                        senders: n1,
+                        ..
+                    },
+                ) = (a, b)
+                {
+                    assert!((r0 / *n0 as f64 - r1 / *n1 as f64).abs() < 1e-9);
+                }
+            }
+        }
+        let e = s.scaled(0.0).unwrap_err();
+        assert!(e.contains("--scale must be more than 0"), "{e}");
+        // Two joins of 50 scaled to 1 viewer: the second joins nobody.
+        let two = GOOD.replace(
+            "viewers = 100\nover = 2",
+            "viewers = 50\nover = 2\n[[phase]]\ntype = \"join\"\nat = 1\nviewers = 50\nover = 1",
+        );
+        let e = Scenario::parse(&two, "t")
+            .unwrap()
+            .scaled(0.01)
+            .unwrap_err();
+        assert!(e.contains("phase 2 (join) would join no viewer"), "{e}");
+    }
+
+    #[test]
+    fn staged_joins_ramp_hold_and_drop() {
+        // 0 -> 100/s over 10 s, hold 10 s, drop to 0 over 5 s: 500 + 1000
+        // + 250 joins.
+        let stages = [(10.0, 100.0), (10.0, 100.0), (5.0, 0.0)];
+        let at = |k: f64| ramp_time(&stages, k / 1750.0);
+        assert!((at(125.0) - 5.0).abs() < 1e-9, "{}", at(125.0));
+        assert!((at(500.0) - 10.0).abs() < 1e-9);
+        assert!((at(1000.0) - 15.0).abs() < 1e-9);
+        assert!((at(1500.0) - 20.0).abs() < 1e-9);
+        assert!(at(1749.0) < 25.0 && at(1749.0) > 22.0);
+        let text = GOOD.replace(
+            "viewers = 100\nover = 2",
+            "viewers = 100\nover = 25\nstages = [[10, 100], [10, 100], [5, 0]]",
+        );
+        let s = Scenario::parse(&text, "t").unwrap();
+        assert_eq!(s.end(&[]), 25.0);
+        let e = err(&text.replace("over = 25", "over = 20"));
+        assert!(e.contains("the stages last 25 s but over is 20"), "{e}");
+        let e = err(&text.replace("[5, 0]]", "[5, -1]]"));
+        assert!(e.contains("stages[2] rate must be >= 0"), "{e}");
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub struct RunOptions {
     pub worker_exe: Option<PathBuf>,
     /// Writes the actions the tool sent as a recording (JSON lines).
     pub record: Option<PathBuf>,
+    /// Ends the run as soon as a criterion judged on the live counters
+    /// fails (`--abort-on-fail`).
+    pub abort_on_fail: bool,
+    /// Serves the tool's own /metrics here during the run.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub quiet: bool,
 }
 
@@ -162,10 +167,24 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
     for (p, phase) in s.phases.iter().enumerate() {
         let u = unit(seed, i, p);
         match phase {
-            Phase::Join { at, viewers, over } => {
+            Phase::Join {
+                at,
+                viewers,
+                over,
+                stages,
+                stay,
+            } => {
                 if (first_unjoined..first_unjoined + viewers).contains(&i) {
-                    let k = i - first_unjoined;
-                    script.join_at = secs(at + over * k as f64 / *viewers as f64);
+                    let share = (i - first_unjoined) as f64 / *viewers as f64;
+                    script.join_at = if stages.is_empty() {
+                        secs(at + over * share)
+                    } else {
+                        secs(at + crate::scenario::ramp_time(stages, share))
+                    };
+                    if let Some(stay) = stay {
+                        let leave = script.join_at + secs(*stay);
+                        script.timed.push((leave, Act::Leave));
+                    }
                 }
                 first_unjoined += viewers;
             }
@@ -193,6 +212,22 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                     Act::React(kind)
                 }));
             }
+            Phase::Questions {
+                at,
+                duration,
+                rate,
+                senders,
+            } => {
+                let pace = Pace::new(i, total, *at, *duration, *rate, *senders);
+                script.timed.extend(
+                    pace.acts(|k, _| Act::Ask(format!("storm {run_id} viewer {i} question {k}?"))),
+                );
+            }
+            Phase::Upvotes { at, voters, within } => {
+                if participants(i, *voters, total).is_some() {
+                    script.timed.push((secs(at + u * within), Act::UpvoteSeen));
+                }
+            }
             Phase::Poll {
                 voters,
                 over,
@@ -208,6 +243,7 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                 buyers,
                 within,
                 qty,
+                arrival,
                 ..
             } => {
                 if participants(i, *buyers, total).is_some() {
@@ -215,16 +251,22 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                         sku: phase_sku(run_id, p),
                         qty: *qty,
                         key: IdemKey::new(&format!("storm-{run_id}-{i}-{p}")).expect("valid key"),
-                        delay: secs(u * within),
+                        delay: secs(arrival.fraction(u) * within),
                         fired: false,
                     });
                 }
             }
             Phase::CouponDrop {
-                claimers, within, ..
+                claimers,
+                within,
+                arrival,
+                ..
             } => {
                 if participants(i, *claimers, total).is_some() {
-                    script.triggers.claims.push_back(secs(u * within));
+                    script
+                        .triggers
+                        .claims
+                        .push_back(secs(arrival.fraction(u) * within));
                 }
             }
             Phase::Reconnect { at, fraction, over } => {
@@ -243,8 +285,31 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
 /// One recorded connection of a replay phase.
 #[derive(Debug, Clone)]
 struct RecordedConn {
-    role_guest: bool,
+    role: flashcast_wire::Role,
     lines: Vec<TraceLine>,
+}
+
+impl RecordedConn {
+    /// A host's or moderator's connection is not replayed: the scenario
+    /// plays the host's part itself (polls, sales, coupon drops), and a
+    /// viewer cannot do what a host did.
+    fn is_staff(&self) -> bool {
+        use flashcast_wire::Role;
+        matches!(self.role, Role::Host | Role::Moderator)
+    }
+
+    /// Recorded actions a replayed copy of this connection cannot send:
+    /// all of a staff connection's, and every `host` line.
+    fn skipped(&self) -> u64 {
+        self.lines
+            .iter()
+            .filter(|l| match &l.action {
+                TraceAction::Join { .. } | TraceAction::Leave => false,
+                TraceAction::Host { .. } => true,
+                _ => self.is_staff(),
+            })
+            .count() as u64
+    }
 }
 
 /// A replay phase's file, grouped by connection.
@@ -270,8 +335,16 @@ fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
         else {
             continue;
         };
-        let f = std::fs::File::open(file)
-            .with_context(|| format!("phase {} (replay): {}", p + 1, file.display()))?;
+        let f = std::fs::File::open(file).with_context(|| {
+            format!(
+                "scenario {:?}, phase {} (replay): cannot open the recording {}",
+                s.name,
+                p + 1,
+                std::path::absolute(file)
+                    .unwrap_or_else(|_| file.clone())
+                    .display()
+            )
+        })?;
         let (_, lines) = read_trace(std::io::BufReader::new(f), MAX_TRACE_LINES)
             .map_err(|e| anyhow::anyhow!("phase {} (replay): {}: {e}", p + 1, file.display()))?;
         let mut by_conn: BTreeMap<u32, RecordedConn> = BTreeMap::new();
@@ -279,11 +352,11 @@ fn load_replays(s: &Scenario) -> anyhow::Result<Vec<Replay>> {
         for line in lines {
             length_ms = length_ms.max(line.t_ms);
             let c = by_conn.entry(line.conn).or_insert(RecordedConn {
-                role_guest: true,
+                role: flashcast_wire::Role::Guest,
                 lines: Vec::new(),
             });
             if let TraceAction::Join { role } = &line.action {
-                c.role_guest = *role == flashcast_wire::Role::Guest;
+                c.role = *role;
             }
             c.lines.push(line);
         }
@@ -317,6 +390,20 @@ pub fn source_ip_count(s: &Scenario, replayed: u64) -> u32 {
 pub struct ReplaySummary {
     pub lengths: Vec<f64>,
     pub viewers: u64,
+    /// Recorded actions not replayed (`host` lines and everything a host
+    /// or moderator connection did), once per copy: `replay_skipped`.
+    pub skipped: u64,
+    /// Recorded connections not replayed because they were a host's or a
+    /// moderator's.
+    pub staff_conns: u64,
+    /// Units replayed buyers ask of the scenario's first flash sale while
+    /// it is on sale (each copy capped at `per_user_limit`): added to that
+    /// sale's demand for `exact_sale`.
+    pub sale_demand: u64,
+    /// Per replay phase: (phase index, speed, chat messages and reactions
+    /// of one copy that the server's default per-user limits would refuse
+    /// at that speed).
+    pub rate_limited: Vec<(usize, f64, u64, u64)>,
 }
 
 impl ReplaySummary {
@@ -330,13 +417,101 @@ impl ReplaySummary {
         for r in replays {
             lengths[r.phase] = r.length_secs;
         }
-        ReplaySummary {
+        let sale = s.phases.iter().find_map(|p| match p {
+            Phase::FlashSale {
+                at,
+                per_user_limit,
+                duration_secs,
+                ..
+            } => Some((*at, *at + *duration_secs as f64, *per_user_limit as u64)),
+            _ => None,
+        });
+        let mut sum = ReplaySummary {
             lengths,
-            viewers: replays
-                .iter()
-                .map(|r| r.conns.len() as u64 * r.scale as u64)
-                .sum(),
+            ..ReplaySummary::default()
+        };
+        for r in replays {
+            let mut limited = (0u64, 0u64);
+            for c in &r.conns {
+                let copies = r.scale as u64;
+                sum.skipped += c.skipped() * copies;
+                if c.is_staff() {
+                    sum.staff_conns += 1;
+                    continue;
+                }
+                sum.viewers += copies;
+                let buys = c.role != flashcast_wire::Role::Guest && s.viewers.auth == Auth::Token;
+                if let (Some((from, to, limit)), true) = (sale, buys) {
+                    let units: u64 = c
+                        .lines
+                        .iter()
+                        .filter_map(|l| match &l.action {
+                            TraceAction::Buy { qty, .. } => {
+                                let t = r.at + l.t_ms as f64 / 1_000.0 / r.speed;
+                                (t >= from && t < to).then_some(*qty as u64)
+                            }
+                            _ => None,
+                        })
+                        .sum();
+                    sum.sale_demand += units.min(limit) * copies;
+                }
+                let refused = |f: fn(&TraceAction) -> bool, (rate, burst): (f64, f64)| {
+                    let times = c.lines.iter().filter(|l| f(&l.action));
+                    refused_by_bucket(
+                        times.map(|l| l.t_ms as f64 / 1_000.0 / r.speed),
+                        rate,
+                        burst,
+                    )
+                };
+                limited.0 += refused(|a| matches!(a, TraceAction::Chat { .. }), CHAT_LIMIT);
+                limited.1 += refused(|a| matches!(a, TraceAction::React { .. }), REACTION_LIMIT);
+            }
+            sum.rate_limited
+                .push((r.phase, r.speed, limited.0, limited.1));
         }
+        sum
+    }
+}
+
+/// The server's default per-user limits (sustained per second, burst).
+const CHAT_LIMIT: (f64, f64) = (2.0, 5.0);
+const REACTION_LIMIT: (f64, f64) = (10.0, 30.0);
+
+/// How many sends at `times` (seconds, in order) a token bucket of `rate`
+/// per second holding at most `burst` refuses, as the server's limiter does.
+fn refused_by_bucket(times: impl Iterator<Item = f64>, rate: f64, burst: f64) -> u64 {
+    let (mut tokens, mut last, mut refused) = (burst, 0.0f64, 0u64);
+    for t in times {
+        tokens = (tokens + (t - last).max(0.0) * rate).min(burst);
+        last = t;
+        if tokens >= 1.0 {
+            tokens -= 1.0;
+        } else {
+            refused += 1;
+        }
+    }
+    refused
+}
+
+impl ReplaySummary {
+    /// Refuses a replay that the server's default per-user rate limits
+    /// would cut: at its speed, a recorded viewer sends faster than one
+    /// user may.
+    pub fn check_rates(&self) -> Result<(), String> {
+        for &(p, speed, chat, reactions) in &self.rate_limited {
+            for (n, what, (rate, burst), limit) in [
+                (chat, "chat messages", CHAT_LIMIT, "chat_per_sec"),
+                (reactions, "reactions", REACTION_LIMIT, "reactions_per_sec"),
+            ] {
+                if n > 0 {
+                    return Err(format!(
+                        "phase {} (replay): at speed {speed}, {n} recorded {what} would be refused by the server's default {limit} ({rate}/s per user, burst {burst}): lower speed",
+                        p + 1
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -359,7 +534,7 @@ fn replay_scripts(
         .map(|p| phase_sku(run_id, p));
     let mut out = Vec::new();
     let mut r = 0u32;
-    for conn in &replay.conns {
+    for conn in replay.conns.iter().filter(|c| !c.is_staff()) {
         for _copy in 0..replay.scale {
             let id = first_id + r;
             r += 1;
@@ -401,7 +576,8 @@ fn replay_scripts(
             }
             // A recorded signed-in viewer needs a token to buy; a guest
             // stays a guest.
-            let wants_token = !conn.role_guest && s.viewers.auth == Auth::Token;
+            let wants_token =
+                conn.role != flashcast_wire::Role::Guest && s.viewers.auth == Auth::Token;
             out.push((script, wants_token));
         }
     }
@@ -469,7 +645,7 @@ pub async fn run_worker(plan: &WorkerPlan, live: Arc<Live>, go: Go) -> anyhow::R
     let end = s.end(&ReplaySummary::of_loaded(s, &replays).lengths) + s.load.drain;
     let mut first_id = s.viewers.count;
     for replay in &replays {
-        let n = replay.conns.len() as u32 * replay.scale;
+        let n = replay.conns.iter().filter(|c| !c.is_staff()).count() as u32 * replay.scale;
         scripts.extend(replay_scripts(
             s,
             &plan.run_id,
@@ -498,7 +674,7 @@ pub async fn run_worker(plan: &WorkerPlan, live: Arc<Live>, go: Go) -> anyhow::R
         }
     }
 
-    let t0_ms = go.ready().await?;
+    let (t0_ms, mut stop) = go.ready_with_stop().await?;
     live.set_t0(t0_ms);
     let t0 = Instant::now() + Duration::from_millis(t0_ms.saturating_sub(now_ms()));
     let shared = Arc::new(Shared {
@@ -524,7 +700,10 @@ pub async fn run_worker(plan: &WorkerPlan, live: Arc<Live>, go: Go) -> anyhow::R
             }
         })
     };
-    tokio::time::sleep_until(t0 + secs(end)).await;
+    tokio::select! {
+        _ = tokio::time::sleep_until(t0 + secs(end)) => {}
+        _ = stop.stopped() => {}
+    }
     let _ = stop_tx.send(true);
     for t in tasks {
         t.await.context("viewer task panicked")?;
@@ -543,6 +722,9 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         .or_else(|| s.target.admin_key.clone());
     let admin = Admin::new(&s.target.url, key.clone());
     let replays = ReplaySummary::of(s)?;
+    replays.check_rates().map_err(anyhow::Error::msg)?;
+    // The file first, then the server: a bad file is reported as such.
+    reachable(&s.target.url).await?;
     let end = s.end(&replays.lengths);
     let seconds = (end + s.load.drain).ceil() as u32 + 2;
 
@@ -586,6 +768,15 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         p.record = opts.record.is_some();
     }
     let probe = ServerProbe::new(opts.server_pid, admin.clone());
+    let live_metrics = std::sync::Arc::new(crate::live_metrics::LiveMetrics::default());
+    let metrics_server = match opts.metrics_listen {
+        Some(addr) => {
+            let (bound, task) = crate::live_metrics::serve(addr, live_metrics.clone()).await?;
+            eprintln!("flashcast-storm metrics on http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
 
     let mut workers = Workers::start(&plans, opts.worker_exe.clone())?;
     workers.ready(async |_| {}).await?;
@@ -618,7 +809,18 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
                 .create_sale(&room, spec)
                 .await
                 .context("scheduling the flash sale")?;
-            sales.push(SaleCheck::new(p, id, *stock, *buyers as u64 * *qty as u64));
+            // Replayed buys go to the first sale (see replay_scripts).
+            let replayed = if sales.is_empty() {
+                replays.sale_demand
+            } else {
+                0
+            };
+            sales.push(SaleCheck::new(
+                p,
+                id,
+                *stock,
+                *buyers as u64 * *qty as u64 + replayed,
+            ));
         }
     }
     workers.go(t0_ms);
@@ -634,16 +836,36 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
 
     // Progress until every worker has reported its result.
     let mut line = crate::verdict::ProgressLine::new(t0_ms);
+    let stopper = workers.stopper();
+    let mut abort: Option<String> = None;
     let results = workers
         .finish(async |sum| {
             probe.sample().await;
             if !opts.quiet && now_ms() >= t0_ms {
                 line.print(sum, probe.last());
             }
+            let elapsed = (now_ms() as i64 - t0_ms as i64) / 1_000;
+            live_metrics.update(sum, elapsed);
+            if opts.abort_on_fail && abort.is_none() {
+                if let Some(why) = crate::verdict::live_failure(&s.pass, sum, k) {
+                    let t = now_ms().saturating_sub(t0_ms) as f64 / 1_000.0;
+                    eprintln!("aborting at {t:.1} s: {why}");
+                    abort = Some(format!("at {t:.1} s: {why}"));
+                    stopper.stop();
+                }
+            }
         })
         .await?;
     probe.sample().await;
-    let host_result = host.await.context("host task")?;
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
+    let host_result = if abort.is_some() {
+        host.abort();
+        Ok(())
+    } else {
+        host.await.context("host task")?
+    };
     let mut tally = Tally::default();
     for r in &results {
         tally.merge(r);
@@ -659,7 +881,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
     if s.target.create_room {
         let _ = admin.close_room(&room).await;
     }
-    Ok(Verdict::build(
+    let mut verdict = Verdict::build(
         s,
         &run_id,
         &room,
@@ -671,7 +893,37 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Verdict> {
         server,
         sales,
         host_result.err().map(|e| format!("{e:#}")),
-    ))
+    );
+    if let Some(why) = abort {
+        verdict.aborted(why);
+    }
+    Ok(verdict)
+}
+
+/// Fails when nothing accepts a TCP connection at the server's address, so
+/// that a wrong URL or a stopped server is "the run could not be carried
+/// out" (exit 2), not a timeline of failed joins (exit 1).
+async fn reachable(url: &str) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or(rest);
+    let addr = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => anyhow::bail!("the server at {url} is unreachable: {e}"),
+        Err(_) => anyhow::bail!("the server at {url} is unreachable: no answer within 5 s"),
+    }
 }
 
 /// Writes what the viewers sent as one recording, in time order.
@@ -749,8 +1001,20 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(url) = &args.url {
-        s.target.url = url.clone();
+    if let Some(f) = args.scale {
+        s = match s.scaled(f) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {}: {e}", args.file.display());
+                return ExitCode::from(2);
+            }
+        };
+    }
+    if let Some(w) = args.workers {
+        s.load.workers = w;
+    }
+    if args.url.is_some() || args.workers.is_some() {
+        s.target.url = args.url.clone().unwrap_or(s.target.url);
         if let Err(e) = s.validate() {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -763,6 +1027,8 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
         workers: args.workers,
         worker_exe: std::env::current_exe().ok(),
         record: args.record.clone(),
+        abort_on_fail: args.abort_on_fail,
+        metrics_listen: args.metrics_listen,
         quiet: args.quiet,
     };
     let verdict = match run(&s, &opts).await {
@@ -773,9 +1039,12 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
         }
     };
     println!(
-        "\nflashcast-storm run {} ({}), run {}",
+        "\nflashcast-storm run {} ({}{}), run {}",
         args.file.display(),
         s.name,
+        args.scale
+            .map(|f| format!(", scaled x{f}"))
+            .unwrap_or_default(),
         verdict.run_id
     );
     print!("{}", verdict.table());
@@ -790,6 +1059,11 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
             "HTML report",
             args.html.as_ref().map(|p| verdict.write_html(p)),
         ),
+        (
+            &args.csv,
+            "per-second CSV",
+            args.csv.as_ref().map(|p| verdict.write_csv(p)),
+        ),
     ] {
         match (path, result) {
             (Some(p), Some(Ok(()))) => println!("  {what} written to {}", p.display()),
@@ -800,6 +1074,9 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
             _ => {}
         }
     }
+    if let Some(p) = &args.record {
+        println!("  recording written to {}", p.display());
+    }
     if verdict.passed {
         ExitCode::SUCCESS
     } else {
@@ -808,7 +1085,7 @@ pub async fn main(args: crate::cli::RunArgs) -> std::process::ExitCode {
 }
 
 /// `flashcast-storm check`: validates a file and prints its timeline.
-pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
+pub fn check_main(file: &std::path::Path, scale: Option<f64>) -> std::process::ExitCode {
     let s = match Scenario::load(file) {
         Ok(s) => s,
         Err(e) => {
@@ -816,7 +1093,17 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let replays = match ReplaySummary::of(&s) {
+    let s = match scale.map(|f| s.scaled(f)).unwrap_or(Ok(s)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let replays = match ReplaySummary::of(&s).and_then(|r| {
+        r.check_rates().map_err(anyhow::Error::msg)?;
+        Ok(r)
+    }) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -825,10 +1112,13 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
     };
     let (lengths, replayed) = (&replays.lengths, replays.viewers);
     println!(
-        "{}: {} viewers ({:?}) + {replayed} replayed, {} phases, {} worker(s), {} source addresses",
+        "{}: {} viewers (auth = \"{}\") + {replayed} replayed, {} phases, {} worker(s), {} source addresses",
         s.name,
         s.viewers.count,
-        s.viewers.auth,
+        match s.viewers.auth {
+            Auth::Guest => "guest",
+            Auth::Token => "token",
+        },
         s.phases.len(),
         s.load.workers,
         source_ip_count(&s, replayed)
@@ -840,6 +1130,12 @@ pub fn check_main(file: &std::path::Path) -> std::process::ExitCode {
             p.kind(),
             p.at(),
             p.end(lengths[i])
+        );
+    }
+    if replays.staff_conns > 0 || replays.skipped > 0 {
+        println!(
+            "  replay: {} host/moderator connection(s) not replayed, {} recorded action(s) skipped",
+            replays.staff_conns, replays.skipped
         );
     }
     println!(
@@ -947,5 +1243,105 @@ over = 2
         let a = script_for(&s, "r", 123, ip);
         let b = script_for(&s, "r", 123, ip);
         assert_eq!(format!("{:?}", a.timed), format!("{:?}", b.timed));
+    }
+
+    #[test]
+    fn staged_joins_follow_the_ramp() {
+        // The first wave of 600 ramps 0 -> 100/s over 6 s: half of the
+        // area is reached at 6/sqrt(2) s, not at 3 s as evenly.
+        let s = scenario(&S.replace(
+            "viewers = 600\nover = 6",
+            "viewers = 600\nover = 6\nstages = [[6, 100]]",
+        ));
+        let ip = std::net::Ipv4Addr::LOCALHOST;
+        let t = script_for(&s, "r", 300, ip).join_at.as_secs_f64();
+        assert!((t - 6.0 / 2f64.sqrt()).abs() < 0.01, "{t}");
+        assert!(script_for(&s, "r", 0, ip).join_at.is_zero());
+        // Open model: with `stay`, each leaves that long after joining.
+        let s = scenario(&S.replace(
+            "viewers = 600\nover = 6",
+            "viewers = 600\nover = 6\nstay = 2.5",
+        ));
+        let v = script_for(&s, "r", 300, ip);
+        let leave = v.timed.iter().find(|(_, a)| matches!(a, Act::Leave));
+        assert_eq!(leave.map(|(t, _)| *t), Some(v.join_at + secs(2.5)));
+        assert!(!script_for(&s, "r", 700, ip)
+            .timed
+            .iter()
+            .any(|(_, a)| matches!(a, Act::Leave)));
+    }
+
+    #[test]
+    fn a_spike_sale_has_most_buyers_at_once() {
+        let delays = |text: &str| -> Vec<f64> {
+            let s = scenario(text);
+            let ip = std::net::Ipv4Addr::LOCALHOST;
+            (0..1000)
+                .flat_map(|i| script_for(&s, "r", i, ip).triggers.buys)
+                .map(|b| b.delay.as_secs_f64())
+                .collect()
+        };
+        let early = |d: &[f64]| d.iter().filter(|&&t| t < 0.2).count();
+        let uniform = delays(S);
+        let spike = delays(&S.replace("within = 1\n", "within = 1\narrival = \"spike\"\n"));
+        assert_eq!((uniform.len(), spike.len()), (250, 250));
+        // Uniform: about a fifth in the first fifth; spike: about 63%.
+        assert!((35..=65).contains(&early(&uniform)), "{}", early(&uniform));
+        assert!((140..=175).contains(&early(&spike)), "{}", early(&spike));
+        assert!(spike.iter().all(|&t| (0.0..1.0).contains(&t)));
+    }
+
+    #[test]
+    fn questions_and_upvotes_phases_script_their_acts() {
+        let s = scenario(&S.replace(
+            "[[phase]]\ntype = \"reconnect\"",
+            "[[phase]]\ntype = \"questions\"\nat = 5\nduration = 4\nrate = 10\nsenders = 20\n[[phase]]\ntype = \"upvotes\"\nat = 9\nvoters = 300\nwithin = 2\n[[phase]]\ntype = \"reconnect\"",
+        ));
+        let ip = std::net::Ipv4Addr::LOCALHOST;
+        let acts: Vec<(Duration, Act)> = (0..1000)
+            .flat_map(|i| script_for(&s, "r", i, ip).timed)
+            .collect();
+        let asks: Vec<_> = acts
+            .iter()
+            .filter(|(_, a)| matches!(a, Act::Ask(_)))
+            .collect();
+        assert_eq!(asks.len(), 40);
+        assert!(asks.iter().all(|(t, _)| *t >= secs(5.0) && *t < secs(9.0)));
+        let ups: Vec<_> = acts
+            .iter()
+            .filter(|(_, a)| matches!(a, Act::UpvoteSeen))
+            .collect();
+        assert_eq!(ups.len(), 300);
+        assert!(ups.iter().all(|(t, _)| *t >= secs(9.0) && *t < secs(11.0)));
+        // More questions than a room keeps are refused.
+        let e = Scenario::parse(
+            &S.replace(
+                "[[phase]]\ntype = \"reconnect\"",
+                "[[phase]]\ntype = \"questions\"\nat = 5\nduration = 100\nrate = 20\nsenders = 20\n[[phase]]\ntype = \"reconnect\"",
+            ),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("more than the 1000 a room keeps"), "{e}");
+    }
+
+    #[test]
+    fn a_replay_faster_than_the_chat_limit_is_refused() {
+        // Two chats a second are fine at 1x; five a second for 3 s is not.
+        let steady = (0..10).map(|k| k as f64 * 0.5);
+        assert_eq!(refused_by_bucket(steady, 2.0, 5.0), 0);
+        let fast = (0..15).map(|k| k as f64 * 0.2);
+        assert!(refused_by_bucket(fast, 2.0, 5.0) > 0);
+        let sum = ReplaySummary {
+            rate_limited: vec![(1, 4.0, 3, 0)],
+            ..ReplaySummary::default()
+        };
+        let e = sum.check_rates().unwrap_err();
+        assert!(
+            e.contains("phase 2 (replay): at speed 4, 3 recorded chat messages"),
+            "{e}"
+        );
+        assert!(ReplaySummary::default().check_rates().is_ok());
     }
 }

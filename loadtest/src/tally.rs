@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use flashcast_wire::now_ms;
 use flashcast_wire::recording::{TraceAction, TraceLine};
 
 use crate::stats::{new_histogram, HistData};
@@ -52,8 +53,16 @@ counters! {
     disconnected,
     /// Tick frames received.
     frames,
-    /// Sequenced events received, all viewers together (event x viewer).
+    /// Sequenced events received in tick batches, all viewers together
+    /// (event x viewer). Events handed back in a resume's `joined` are not
+    /// in it: they are `resume_events`.
     events,
+    /// Missed events a resume's `joined` carried (checked for gaps, not
+    /// timed: their latency would be the outage, not the delivery).
+    resume_events,
+    /// Reactions in the batches' per-tick counts, all viewers together
+    /// (reaction x viewer).
+    reactions_received,
     /// WebSocket payload bytes received.
     bytes,
     /// Times a viewer's sequence jumped forward, and events skipped so.
@@ -66,6 +75,9 @@ counters! {
     votes_sent,
     asks_sent,
     upvotes_sent,
+    /// Upvotes of an `upvotes` phase not sent: the viewer had seen no
+    /// question.
+    upvotes_skipped,
     buys_sent,
     /// Buys answered with an order, and the units in those orders.
     buys_accepted,
@@ -113,7 +125,15 @@ struct LiveSecond {
     buys_accepted: AtomicU64,
     buys_refused: AtomicU64,
     claims_answered: AtomicU64,
+    claims_sent: AtomicU64,
+    sent: AtomicU64,
+    errors: AtomicU64,
+    buy_errors: AtomicU64,
+    claim_errors: AtomicU64,
     latency: Mutex<Option<Histogram<u64>>>,
+    /// Answer times of the buys and claims answered in this second.
+    buy_ms: Mutex<Option<Histogram<u64>>>,
+    claim_ms: Mutex<Option<Histogram<u64>>>,
 }
 
 /// Which per-second counter to add to.
@@ -125,6 +145,9 @@ pub enum PerSecond {
     BuysAccepted,
     BuysRefused,
     ClaimsAnswered,
+    ClaimsSent,
+    /// Any action sent (chat, reaction, vote, question, upvote, buy, claim).
+    Sent,
 }
 
 #[derive(Default)]
@@ -236,6 +259,8 @@ impl Live {
                 PerSecond::BuysAccepted => &s.buys_accepted,
                 PerSecond::BuysRefused => &s.buys_refused,
                 PerSecond::ClaimsAnswered => &s.claims_answered,
+                PerSecond::ClaimsSent => &s.claims_sent,
+                PerSecond::Sent => &s.sent,
             };
             c.fetch_add(1, Relaxed);
         }
@@ -275,6 +300,17 @@ impl Live {
             Timing::SendLag => &self.send_lag_ms,
         };
         h.lock().expect("lock").saturating_record(ms);
+        let per_second = match which {
+            Timing::Buy => self.second(now_ms()).map(|s| &s.buy_ms),
+            Timing::Claim => self.second(now_ms()).map(|s| &s.claim_ms),
+            _ => None,
+        };
+        if let Some(h) = per_second {
+            h.lock()
+                .expect("lock")
+                .get_or_insert_with(new_histogram)
+                .saturating_record(ms);
+        }
     }
 
     pub fn join_failure(&self, reason: &str) {
@@ -291,6 +327,14 @@ impl Live {
 
     pub fn unexpected_error(&self, what: &str) {
         Self::add(&self.c.unexpected_errors, 1);
+        if let Some(s) = self.second(now_ms()) {
+            s.errors.fetch_add(1, Relaxed);
+            if what.starts_with("buy:") {
+                s.buy_errors.fetch_add(1, Relaxed);
+            } else if what.starts_with("claim_coupon:") {
+                s.claim_errors.fetch_add(1, Relaxed);
+            }
+        }
         bump(&mut self.maps.lock().expect("lock").errors, what);
     }
 
@@ -338,6 +382,8 @@ impl Live {
         let hist = |h: &Mutex<Histogram<u64>>| HistData::from_histogram(&h.lock().expect("lock"));
         let mut seconds = Vec::with_capacity(self.seconds.len());
         let mut second_latency = Vec::with_capacity(self.seconds.len());
+        let mut second_buy_ms = Vec::with_capacity(self.seconds.len());
+        let mut second_claim_ms = Vec::with_capacity(self.seconds.len());
         for (t, s) in self.seconds.iter().enumerate() {
             let g = |c: &AtomicU64| c.load(Relaxed);
             seconds.push(SecondSample {
@@ -351,8 +397,22 @@ impl Live {
                 buys_accepted: g(&s.buys_accepted),
                 buys_refused: g(&s.buys_refused),
                 claims_answered: g(&s.claims_answered),
+                claims_sent: g(&s.claims_sent),
+                sent: g(&s.sent),
+                errors: g(&s.errors),
+                buy_errors: g(&s.buy_errors),
+                claim_errors: g(&s.claim_errors),
                 ..SecondSample::default()
             });
+            let h = |m: &Mutex<Option<Histogram<u64>>>| {
+                m.lock()
+                    .expect("lock")
+                    .as_ref()
+                    .map(HistData::from_histogram)
+                    .unwrap_or_default()
+            };
+            second_buy_ms.push(h(&s.buy_ms));
+            second_claim_ms.push(h(&s.claim_ms));
             second_latency.push(
                 s.latency
                     .lock()
@@ -378,6 +438,8 @@ impl Live {
             send_lag_ms: hist(&self.send_lag_ms),
             seconds,
             second_latency,
+            second_buy_ms,
+            second_claim_ms,
             orders: self.orders.lock().expect("lock").clone(),
             trace: self
                 .trace
@@ -428,6 +490,12 @@ pub struct Tally {
     pub seconds: Vec<SecondSample>,
     /// Delivery latency of each second, parallel to `seconds`.
     pub second_latency: Vec<HistData>,
+    /// Buy and claim answer times of each second (by answer), parallel to
+    /// `seconds`: the per-phase thresholds are judged from them.
+    #[serde(default)]
+    pub second_buy_ms: Vec<HistData>,
+    #[serde(default)]
+    pub second_claim_ms: Vec<HistData>,
     /// Ids of the orders the server acknowledged.
     pub orders: Vec<u64>,
     /// What was sent, when recording; not part of the JSON report.
@@ -466,6 +534,17 @@ impl Tally {
             self.second_latency
                 .resize_with(o.seconds.len(), HistData::default);
         }
+        for (into, from) in [
+            (&mut self.second_buy_ms, &o.second_buy_ms),
+            (&mut self.second_claim_ms, &o.second_claim_ms),
+        ] {
+            if into.len() < from.len() {
+                into.resize_with(from.len(), HistData::default);
+            }
+            for (i, h) in from.iter().enumerate() {
+                merge_hist(&mut into[i], h);
+            }
+        }
         for (i, s) in o.seconds.iter().enumerate() {
             let m = &mut self.seconds[i];
             m.t = i as u32;
@@ -478,6 +557,11 @@ impl Tally {
             m.buys_accepted += s.buys_accepted;
             m.buys_refused += s.buys_refused;
             m.claims_answered += s.claims_answered;
+            m.claims_sent += s.claims_sent;
+            m.sent += s.sent;
+            m.errors += s.errors;
+            m.buy_errors += s.buy_errors;
+            m.claim_errors += s.claim_errors;
             if let Some(h) = o.second_latency.get(i) {
                 merge_hist(&mut self.second_latency[i], h);
             }

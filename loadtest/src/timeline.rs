@@ -32,6 +32,20 @@ pub struct SecondSample {
     pub buys_refused: u64,
     /// Coupon claims answered in this second (claimed or refused).
     pub claims_answered: u64,
+    /// Coupon claims sent in this second.
+    #[serde(default)]
+    pub claims_sent: u64,
+    /// Actions of any kind the tool sent in this second.
+    #[serde(default)]
+    pub sent: u64,
+    /// Unexpected error frames received in this second: all of them, and
+    /// those answering a buy or a claim.
+    #[serde(default)]
+    pub errors: u64,
+    #[serde(default)]
+    pub buy_errors: u64,
+    #[serde(default)]
+    pub claim_errors: u64,
     /// Server CPU in this second, in percent of one core (from /proc), if
     /// a local server PID was given.
     pub server_cpu_pct: Option<f64>,

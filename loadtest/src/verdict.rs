@@ -88,6 +88,89 @@ impl SaleCheck {
     }
 }
 
+/// The first pass criterion the live progress (all workers' counters
+/// added up) already fails, for `--abort-on-fail`. Counters only grow, so
+/// such a failure is final. The progress p99 is each worker's own, so it
+/// is judged only with one worker (the worst of several is not the p99 of
+/// all).
+pub fn live_failure(p: &crate::scenario::Pass, sum: &Progress, workers: u32) -> Option<String> {
+    let c = &sum.counts;
+    for (what, got, max) in [
+        ("sequence gaps", c.gaps, p.max_gaps),
+        ("duplicate events", c.duplicates, p.max_duplicates),
+        (
+            "unexpected error frames",
+            c.unexpected_errors,
+            p.max_unexpected_errors,
+        ),
+        (
+            "resumes answered with gap: true",
+            c.resume_gaps,
+            p.max_resume_gaps,
+        ),
+        ("failed reconnects", c.reconnect_failed, 0),
+        ("undecodable frames", c.decode_errors, 0),
+    ] {
+        if got > max {
+            return Some(format!("{got} {what}, at most {max} allowed"));
+        }
+    }
+    if workers == 1 {
+        if let (Some(max), Some(p99)) = (p.max_p99_ms, sum.p99_ms) {
+            // The first events of a run are few; wait for a meaningful p99.
+            if p99 > max && c.events >= 1_000 {
+                return Some(format!("p99 delivery latency {p99} ms > {max} ms"));
+            }
+        }
+    }
+    None
+}
+
+/// Judges every `[[threshold]]` on its phase's seconds (or the run's).
+fn judge_thresholds(
+    s: &Scenario,
+    lengths: &[f64],
+    v: &Verdict,
+    per_second: &[Vec<HistData>; 3],
+) -> Vec<crate::threshold::ThresholdResult> {
+    let series = crate::threshold::Series {
+        seconds: &v.seconds,
+        delivery: &per_second[0],
+        buy: &per_second[1],
+        claim: &per_second[2],
+        cpu_resolution_secs: v.server.cpu_resolution_secs,
+    };
+    s.thresholds
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let kind = serde_json::to_value(t.kind)
+                .ok()
+                .and_then(|k| k.as_str().map(String::from))
+                .unwrap_or_default();
+            let (name, from, to) = match t.phase {
+                Some(p) => {
+                    let phase = &s.phases[p - 1];
+                    let end = phase.end(lengths.get(p - 1).copied().unwrap_or(0.0));
+                    let from = phase.at().floor() as u32;
+                    let to = (end.ceil() as u32).max(from + 1);
+                    (
+                        format!("threshold {} ({kind}, phase {p} {})", i + 1, phase.kind()),
+                        from,
+                        to,
+                    )
+                }
+                None => (
+                    format!("threshold {} ({kind}, whole run)", i + 1),
+                    0,
+                    u32::MAX,
+                ),
+            };
+            crate::threshold::judge(t, name, from, to, &series)
+        })
+        .collect()
+}
+
 /// The report of one run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
@@ -138,6 +221,11 @@ pub struct Verdict {
     pub seconds: Vec<SecondSample>,
     /// Failures of the host's part (opening polls, dropping coupons).
     pub host_error: Option<String>,
+
+    /// The `[[threshold]]`s applied, each with its window, the values
+    /// found and its failures.
+    #[serde(default)]
+    pub thresholds: Vec<crate::threshold::ThresholdResult>,
 
     pub passed: bool,
     pub failures: Vec<String>,
@@ -197,6 +285,13 @@ impl Verdict {
             // reported once, on the first sale.
             first.acknowledged_missing = missing;
         }
+        let mut tally = tally;
+        tally.counts.replay_skipped += replays.skipped;
+        let per_second = [
+            std::mem::take(&mut tally.second_latency),
+            std::mem::take(&mut tally.second_buy_ms),
+            std::mem::take(&mut tally.second_claim_ms),
+        ];
         let events = tally.counts.events;
         let mut v = Verdict {
             scenario: s.name.clone(),
@@ -229,19 +324,31 @@ impl Verdict {
             closes: tally.closes,
             unexpected_errors: tally.errors,
             server_cpu_us_per_event: server
-                .cpu_secs
+                .cpu_trustworthy()
+                .ok()
                 .filter(|_| events > 0)
                 .map(|c| (c * 1e6 / events as f64 * 100.0).round() / 100.0),
             server,
             phases: phase_spans(s, &replays.lengths),
+            thresholds: Vec::new(),
             seconds,
             host_error,
             passed: false,
             failures: Vec::new(),
         };
+        v.thresholds = judge_thresholds(s, &replays.lengths, &v, &per_second);
         v.failures = v.check(s);
+        for t in &v.thresholds {
+            v.failures.extend(t.failures.iter().cloned());
+        }
         v.passed = v.failures.is_empty();
         v
+    }
+
+    /// Whether the run was cut short by `--abort-on-fail`.
+    pub fn aborted(&mut self, why: String) {
+        self.failures.insert(0, format!("ABORTED: {why}"));
+        self.passed = false;
     }
 
     /// The scenario's pass criteria; each failure is one sentence.
@@ -318,9 +425,13 @@ impl Verdict {
                     "server CPU {us:.2} us per delivered event > {max} us"
                 )),
                 Some(_) => {}
-                None => {
-                    f.push("max_server_cpu_us_per_event: the server's CPU was not sampled".into())
-                }
+                None => f.push(format!(
+                    "max_server_cpu_us_per_event: {}",
+                    match self.server.cpu_trustworthy() {
+                        Err(why) => why,
+                        Ok(_) => "no events were delivered".into(),
+                    }
+                )),
             }
         }
         let acked_units = c.units_accepted;
@@ -372,6 +483,47 @@ impl Verdict {
         f
     }
 
+    /// The per-second series as CSV: one row per second since go, the
+    /// columns of [`SecondSample`]; empty cells where nothing was measured.
+    pub fn csv(&self) -> String {
+        let mut out = String::from(
+            "t,viewers,events,bytes,p50_ms,p99_ms,max_ms,chat_sent,reactions_sent,buys_sent,buys_accepted,buys_refused,claims_sent,claims_answered,sent,errors,buy_errors,claim_errors,server_cpu_pct,server_rss_mib\n",
+        );
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let optf = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_default();
+        for s in &self.seconds {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                s.t,
+                s.viewers,
+                s.events,
+                s.bytes,
+                opt(s.p50_ms),
+                opt(s.p99_ms),
+                opt(s.max_ms),
+                s.chat_sent,
+                s.reactions_sent,
+                s.buys_sent,
+                s.buys_accepted,
+                s.buys_refused,
+                s.claims_sent,
+                s.claims_answered,
+                s.sent,
+                s.errors,
+                s.buy_errors,
+                s.claim_errors,
+                optf(s.server_cpu_pct),
+                optf(s.server_rss_mib),
+            );
+        }
+        out
+    }
+
+    pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, self.csv()).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// The human summary.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -413,19 +565,43 @@ impl Verdict {
             (
                 "sent".into(),
                 format!(
-                    "chat {}, reactions {}, votes {}, questions {}, upvotes {}",
-                    c.chat_sent, c.reactions_sent, c.votes_sent, c.asks_sent, c.upvotes_sent
+                    "chat {}, reactions {}, votes {}, questions {}, upvotes {}{}",
+                    c.chat_sent,
+                    c.reactions_sent,
+                    c.votes_sent,
+                    c.asks_sent,
+                    c.upvotes_sent,
+                    if c.upvotes_skipped > 0 {
+                        format!(" ({} upvotes skipped: no question seen)", c.upvotes_skipped)
+                    } else {
+                        String::new()
+                    }
                 ),
             ),
             (
                 "events delivered".into(),
                 format!(
-                    "{} ({:.0}/s over {} s, {} frames, {:.1} MB/s)",
+                    "{} ({:.0}/s over {} s, {} frames, {:.1} MB/s){}",
                     c.events,
                     self.events_per_sec,
                     self.delivery_secs,
                     c.frames,
-                    self.bytes_per_sec / 1e6
+                    self.bytes_per_sec / 1e6,
+                    if c.resume_events > 0 {
+                        format!(
+                            "; not counted: {} handed back to resuming viewers (checked, not timed)",
+                            c.resume_events
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+            (
+                "reactions received".into(),
+                format!(
+                    "{} (the batches' per-tick counts, reaction x viewer)",
+                    c.reactions_received
                 ),
             ),
             ("delivery latency".into(), lat(l)),
@@ -502,6 +678,31 @@ impl Verdict {
         }
         if c.replay_skipped > 0 {
             rows.push(("replay skipped".into(), c.replay_skipped.to_string()));
+        }
+        for t in &self.thresholds {
+            let ms = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("-".into());
+            rows.push((
+                t.name
+                    .split_once(' ')
+                    .map(|(_, rest)| format!("threshold {rest}"))
+                    .unwrap_or_else(|| t.name.clone()),
+                format!(
+                    "{}  p95 {}  p99 {}  max {} ms (n={}), error rate {}, cpu {} us/event, s {}-{}",
+                    if t.passed { "pass" } else { "FAIL" },
+                    ms(t.p95_ms),
+                    ms(t.p99_ms),
+                    ms(t.max_ms),
+                    t.count,
+                    t.error_rate
+                        .map(|r| format!("{r:.4}"))
+                        .unwrap_or("-".into()),
+                    t.server_cpu_us_per_event
+                        .map(|c| format!("{c:.2}"))
+                        .unwrap_or("-".into()),
+                    t.from_s,
+                    t.to_s.min(self.seconds.len() as u32)
+                ),
+            ));
         }
         rows.push(("server closes".into(), fmt_map(&self.closes)));
         rows.push(("unexpected errors".into(), fmt_map(&self.unexpected_errors)));
@@ -594,6 +795,8 @@ fn phase_spans(s: &Scenario, lengths: &[f64]) -> Vec<PhaseSpan> {
                 Phase::Join { viewers, .. } => format!("join {viewers}"),
                 Phase::Chat { rate, .. } => format!("chat {rate}/s"),
                 Phase::Reactions { rate, .. } => format!("reactions {rate}/s"),
+                Phase::Questions { rate, .. } => format!("questions {rate}/s"),
+                Phase::Upvotes { voters, .. } => format!("upvotes {voters}"),
                 Phase::Poll { .. } => "poll".into(),
                 Phase::FlashSale { stock, .. } => format!("flash sale {stock}"),
                 Phase::CouponDrop { count, .. } => format!("coupons {count}"),
@@ -659,5 +862,34 @@ impl ProgressLine {
         );
         self.last = *p;
         self.last_ms = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_failures_are_the_counters_already_past_their_bound() {
+        let pass = crate::scenario::Pass::default();
+        let mut sum = Progress::default();
+        assert_eq!(live_failure(&pass, &sum, 1), None);
+        sum.counts.unexpected_errors = 1;
+        let why = live_failure(&pass, &sum, 3).unwrap();
+        assert!(why.contains("1 unexpected error frames"), "{why}");
+        // p99: only with one worker, and once there are enough events.
+        let strict = crate::scenario::Pass {
+            max_p99_ms: Some(10),
+            ..crate::scenario::Pass::default()
+        };
+        let mut sum = Progress {
+            p99_ms: Some(50),
+            ..Progress::default()
+        };
+        sum.counts.events = 10;
+        assert_eq!(live_failure(&strict, &sum, 1), None);
+        sum.counts.events = 5_000;
+        assert!(live_failure(&strict, &sum, 1).is_some());
+        assert_eq!(live_failure(&strict, &sum, 2), None);
     }
 }

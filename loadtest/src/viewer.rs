@@ -41,6 +41,8 @@ pub enum Act {
     Vote(u8),
     Ask(String),
     Upvote(QuestionId),
+    /// Upvotes the newest question this viewer has seen (`upvotes` phase).
+    UpvoteSeen,
     Buy {
         sku: Sku,
         qty: u32,
@@ -115,6 +117,8 @@ struct Conn {
     epoch: u64,
     poll: Option<PollId>,
     coupon: Option<CouponId>,
+    /// The newest question seen, for `upvotes` phases.
+    question: Option<QuestionId>,
     pending: HashMap<u32, Pending>,
     next_ref: u32,
 }
@@ -267,6 +271,7 @@ fn fire_from_state(
     let now = Instant::now();
     conn.poll = state.poll.as_ref().map(|p| p.id);
     conn.coupon = state.coupons.last().map(|c| c.id);
+    conn.question = state.questions.first().map(|q| q.id);
     for sale in &state.sales {
         if sale.status == flashcast_wire::commerce::SaleStatus::Live {
             fire_buy(triggers, &sale.sku, now, soon);
@@ -316,6 +321,7 @@ fn on_frame(
     }
     let now = now_ms();
     if scan_buf.is_batch {
+        Live::add(&live.c.reactions_received, scan_buf.reactions);
         latencies.clear();
         for &(seq, ts) in &scan_buf.events {
             match conn.seq.observe(seq) {
@@ -352,6 +358,7 @@ fn on_frame(
                         conn.poll = None;
                     }
                     EventBody::SaleStarted { sale } => fire_buy(triggers, &sale.sku, at, soon),
+                    EventBody::QuestionAsked { question } => conn.question = Some(question.id),
                     EventBody::CouponDropped { coupon } => {
                         conn.coupon = Some(coupon.id);
                         if let Some(delay) = triggers.claims.pop_front() {
@@ -441,6 +448,14 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
             Live::add(&live.c.asks_sent, 1);
             (Ask { text }.into(), Pending::Other("ask"))
         }
+        Act::UpvoteSeen => {
+            let Some(question_id) = conn.question else {
+                Live::add(&live.c.upvotes_skipped, 1);
+                return true;
+            };
+            Live::add(&live.c.upvotes_sent, 1);
+            (Upvote { question_id }.into(), Pending::Other("upvote"))
+        }
         Act::Upvote(question_id) => {
             Live::add(&live.c.upvotes_sent, 1);
             (Upvote { question_id }.into(), Pending::Other("upvote"))
@@ -468,6 +483,7 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
                 return true;
             };
             Live::add(&live.c.claims_sent, 1);
+            live.per_second(now, PerSecond::ClaimsSent);
             (
                 ClaimCoupon { coupon_id }.into(),
                 Pending::Claim { at: Instant::now() },
@@ -475,6 +491,7 @@ async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
         }
         Act::Reconnect | Act::Leave => unreachable!("handled by the viewer loop"),
     };
+    live.per_second(now, PerSecond::Sent);
     conn.next_ref = conn.next_ref.wrapping_add(1).max(1);
     let reference = conn.next_ref;
     if conn.pending.len() >= MAX_PENDING {
@@ -566,6 +583,7 @@ async fn join_once(
                         } else {
                             Live::add(&live.c.resumed, 1);
                             // The missed events must be exactly last+1..=seq.
+                            Live::add(&live.c.resume_events, events.len() as u64);
                             let mut replayed = SeqCheck::starting_at(last);
                             for ev in &events {
                                 replayed.observe(ev.seq);
@@ -586,6 +604,7 @@ async fn join_once(
                         epoch,
                         poll: None,
                         coupon: None,
+                        question: None,
                         pending: HashMap::new(),
                         next_ref: 0,
                     };

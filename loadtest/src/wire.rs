@@ -15,12 +15,22 @@ pub struct Scan {
     pub is_batch: bool,
     /// (seq, ts) of each sequenced event, in order.
     pub events: Vec<(u64, u64)>,
-    /// A `poll_opened`, `sale_started` or `coupon_dropped` is among them.
+    /// A `poll_opened`, `sale_started`, `coupon_dropped` or `question_asked`
+    /// is among them.
     pub needs_full_decode: bool,
+    /// Reactions the batch carries (its `reactions` counts per kind, summed):
+    /// the server aggregates them per tick instead of sending events.
+    pub reactions: u64,
 }
 
 /// Event kinds a viewer acts on.
-const TRIGGERS: [&[u8]; 3] = [b"poll_opened", b"sale_started", b"coupon_dropped"];
+const TRIGGERS: [&[u8]; 4] = [
+    b"poll_opened",
+    b"sale_started",
+    b"coupon_dropped",
+    // The newest question is what an `upvotes` phase upvotes.
+    b"question_asked",
+];
 
 /// Scans a frame; `None` if it is not well-formed MessagePack of the
 /// expected shape (counted as a decode error by the caller).
@@ -28,6 +38,7 @@ pub fn scan(bytes: &[u8], out: &mut Scan) -> Option<()> {
     out.events.clear();
     out.is_batch = false;
     out.needs_full_decode = false;
+    out.reactions = 0;
     let mut r = Reader { b: bytes, i: 0 };
     let n = r.map_len()?;
     let mut events_at = None;
@@ -38,6 +49,12 @@ pub fn scan(bytes: &[u8], out: &mut Scan) -> Option<()> {
             b"events" => {
                 events_at = Some(r.i);
                 r.skip()?;
+            }
+            b"reactions" => {
+                for _ in 0..r.map_len()? {
+                    r.skip()?;
+                    out.reactions += r.uint()?;
+                }
             }
             _ => r.skip()?,
         }
@@ -258,6 +275,7 @@ mod tests {
         let mut s = Scan::default();
         scan(&encode(&msg), &mut s).unwrap();
         assert!(s.is_batch && !s.needs_full_decode);
+        assert_eq!(s.reactions, 65_003);
         let want: Vec<(u64, u64)> = (1..=40)
             .map(|q| (q, 1_795_000_000_000 + q * 1_000_000))
             .collect();

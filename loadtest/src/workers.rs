@@ -6,7 +6,8 @@
 //! process; with more, each is a child process of the same binary (a hidden
 //! subcommand, [`Job::SUBCOMMAND`]) that prints JSON lines on stdout
 //! ([`WorkerLine`]: progress, ready, result) and reads `go <unix ms>` on
-//! stdin. The coordinator waits until every worker is ready, sends the go
+//! stdin (and `stop` later, to end the timeline early: `--abort-on-fail`).
+//! The coordinator waits until every worker is ready, sends the go
 //! signal ([`GO_LEAD_MS`] ahead, so every worker has it before the
 //! timeline starts), and merges the results.
 
@@ -118,34 +119,87 @@ enum GoVia {
     Local {
         ready: mpsc::UnboundedSender<usize>,
         go: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
     },
     /// A child process: stdout and stdin.
     Process,
 }
 
+/// Resolves when the coordinator asks the worker to end its timeline now.
+pub struct Stop(StopVia);
+
+enum StopVia {
+    Local(watch::Receiver<bool>),
+    Process(BufReader<tokio::io::Stdin>),
+}
+
+impl Stop {
+    /// Waits for the stop signal; never resolves if none comes (a closed
+    /// stdin means the coordinator is gone: that stops too).
+    pub async fn stopped(&mut self) {
+        match &mut self.0 {
+            StopVia::Local(rx) => {
+                if rx.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            StopVia::Process(stdin) => {
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match stdin.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line.trim() == "stop" => return,
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Go {
     /// Reports ready and waits for the go signal: its unix ms.
     pub async fn ready(self) -> anyhow::Result<u64> {
+        Ok(self.ready_with_stop().await?.0)
+    }
+
+    /// [`Go::ready`], and the stop signal that may come later.
+    pub async fn ready_with_stop(self) -> anyhow::Result<(u64, Stop)> {
         match self.0 {
-            GoVia::Local { ready, mut go } => {
+            GoVia::Local {
+                ready,
+                mut go,
+                stop,
+            } => {
                 let _ = ready.send(0);
                 go.changed().await.context("no go")?;
                 let t0 = *go.borrow();
-                Ok(t0)
+                Ok((t0, Stop(StopVia::Local(stop))))
             }
             GoVia::Process => {
                 emit::<()>(&WorkerLine::Ready);
                 let mut line = String::new();
-                BufReader::new(tokio::io::stdin())
-                    .read_line(&mut line)
-                    .await
-                    .context("reading go")?;
-                line.trim()
+                let mut stdin = BufReader::new(tokio::io::stdin());
+                stdin.read_line(&mut line).await.context("reading go")?;
+                let t0 = line
+                    .trim()
                     .strip_prefix("go ")
                     .and_then(|t| t.parse().ok())
-                    .context("the coordinator went away before go")
+                    .context("the coordinator went away before go")?;
+                Ok((t0, Stop(StopVia::Process(stdin))))
             }
         }
+    }
+}
+
+/// Ends every worker's timeline early (their results still come).
+#[derive(Clone)]
+pub struct Stopper(Arc<watch::Sender<bool>>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
     }
 }
 
@@ -174,6 +228,7 @@ pub struct Workers<O> {
     count: usize,
     ready_rx: mpsc::UnboundedReceiver<usize>,
     go_tx: watch::Sender<u64>,
+    stop_tx: Arc<watch::Sender<bool>>,
     progress_rx: mpsc::UnboundedReceiver<(usize, Progress)>,
     progress: Vec<Progress>,
     tasks: Pin<Box<JoinAll<Task<O>>>>,
@@ -187,6 +242,7 @@ impl<O: Serialize + DeserializeOwned + Send + 'static> Workers<O> {
         let count = plans.len();
         let (ready_tx, ready_rx) = mpsc::unbounded_channel();
         let (go_tx, go_rx) = watch::channel(0u64);
+        let (stop_tx, stop_rx) = watch::channel(false);
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::with_capacity(count);
         if count == 1 {
@@ -195,6 +251,7 @@ impl<O: Serialize + DeserializeOwned + Send + 'static> Workers<O> {
             let go = Go(GoVia::Local {
                 ready: ready_tx,
                 go: go_rx,
+                stop: stop_rx,
             });
             tasks.push(tokio::spawn(async move {
                 let printer =
@@ -212,7 +269,7 @@ impl<O: Serialize + DeserializeOwned + Send + 'static> Workers<O> {
                     i,
                     serde_json::to_string(plan)?,
                     ready_tx.clone(),
-                    go_rx.clone(),
+                    (go_rx.clone(), stop_rx.clone()),
                     progress_tx.clone(),
                 )?);
             }
@@ -223,6 +280,7 @@ impl<O: Serialize + DeserializeOwned + Send + 'static> Workers<O> {
             count,
             ready_rx,
             go_tx,
+            stop_tx: Arc::new(stop_tx),
             progress_rx,
             progress: vec![Progress::default(); count],
             tasks: Box::pin(futures_util::future::join_all(tasks)),
@@ -263,6 +321,11 @@ impl<O: Serialize + DeserializeOwned + Send + 'static> Workers<O> {
         Ok(())
     }
 
+    /// A handle that ends every worker's timeline early.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop_tx.clone())
+    }
+
     /// Releases every worker: the timeline starts at `t0_ms`.
     pub fn go(&self, t0_ms: u64) {
         let _ = self.go_tx.send(t0_ms);
@@ -291,7 +354,8 @@ fn spawn_child<O: DeserializeOwned + Send + 'static>(
     i: usize,
     plan_json: String,
     ready_tx: mpsc::UnboundedSender<usize>,
-    mut go_rx: watch::Receiver<u64>,
+    // The go signal and the later stop signal.
+    (mut go_rx, mut stop_rx): (watch::Receiver<u64>, watch::Receiver<bool>),
     progress_tx: mpsc::UnboundedSender<(usize, Progress)>,
 ) -> anyhow::Result<Task<O>> {
     let mut child = tokio::process::Command::new(exe)
@@ -310,6 +374,7 @@ fn spawn_child<O: DeserializeOwned + Send + 'static>(
         let mut lines = BufReader::new(stdout).lines();
         let mut result = None;
         let mut go_sent = false;
+        let mut stop_sent = false;
         loop {
             tokio::select! {
                 line = lines.next_line() => {
@@ -332,6 +397,15 @@ fn spawn_child<O: DeserializeOwned + Send + 'static>(
                     stdin.flush().await?;
                     go_sent = true;
                 }
+                ok = stop_rx.changed(), if go_sent && !stop_sent => {
+                    let stop = ok.is_ok() && *stop_rx.borrow_and_update();
+                    stop_sent = ok.is_err() || stop;
+                    if stop {
+                        // A worker that already ended has no stdin to read it.
+                        let _ = stdin.write_all(b"stop\n").await;
+                        let _ = stdin.flush().await;
+                    }
+                }
             }
         }
         let status = child.wait().await?;
@@ -342,13 +416,18 @@ fn spawn_child<O: DeserializeOwned + Send + 'static>(
 /// Entry point of a worker process (`flashcast-storm <J::SUBCOMMAND> --plan
 /// JSON`): exit 0 with a result line, 2 on an error.
 pub async fn worker_main<J: Job>(plan_json: &str) -> ExitCode {
-    match run_child::<J>(plan_json).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match run_child::<J>(plan_json).await {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("{} error: {e:#}", J::SUBCOMMAND);
-            ExitCode::from(2)
+            2
         }
-    }
+    };
+    // Exits here rather than by returning: the stop signal's read of stdin
+    // may still be in flight on a blocking thread, which the runtime's
+    // shutdown would wait for until the coordinator closes stdin. Every
+    // line was written and flushed by `emit`.
+    std::process::exit(code)
 }
 
 async fn run_child<J: Job>(plan_json: &str) -> anyhow::Result<()> {
