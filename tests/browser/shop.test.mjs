@@ -14,7 +14,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-import { CHROMIUM, SHOTS, api, byId, eventually, openPage, tokens } from './helpers.mjs';
+import { BASE, CHROMIUM, SHOTS, api, byId, eventually, openPage, tokens } from './helpers.mjs';
 
 // A room of our own: SKUs are unique per room, so every run starts clean.
 const ROOM = `shop-${Date.now().toString(36)}`;
