@@ -48,6 +48,14 @@ pub struct Limits {
     /// often.
     #[arg(long, env = "FLASHCAST_TICK_MS", default_value_t = 50)]
     pub tick_ms: u64,
+    /// Frames per second one room may write (viewers x batches per second),
+    /// trading latency for CPU: a room spaces its batches by at least
+    /// viewers / this, so a large room's batches carry more events (10,000
+    /// viewers at 100,000: at most 10 batches a second). Unset: no spacing,
+    /// batches follow the fanout alone (the lowest latency). At least
+    /// `max_viewers_per_room`: a full room still gets a batch a second.
+    #[arg(long, env = "FLASHCAST_ROOM_FRAMES_PER_SEC")]
+    pub room_frames_per_sec: Option<u64>,
     /// Fanout workers: persistent threads, each owning a shard of the
     /// connections and its own io_uring ring. Unset: one per CPU.
     #[arg(long, env = "FLASHCAST_FANOUT_THREADS")]
@@ -251,6 +259,15 @@ impl Limits {
         Duration::from_millis(self.tick_ms)
     }
 
+    /// Least time between two batches of a room of `viewers` viewers (see
+    /// `room_frames_per_sec`).
+    pub fn batch_gap(&self, viewers: usize) -> Duration {
+        match self.room_frames_per_sec {
+            Some(rate) => Duration::from_micros(viewers as u64 * 1_000_000 / rate.max(1)),
+            None => Duration::ZERO,
+        }
+    }
+
     /// Fanout worker threads: `fanout_threads`, or one per CPU.
     pub fn fanout_workers(&self) -> usize {
         self.fanout_threads
@@ -329,6 +346,12 @@ impl Limits {
         }
         if self.tick_ms > 1_000 {
             return Err("tick_ms must be at most 1000".into());
+        }
+        if self
+            .room_frames_per_sec
+            .is_some_and(|rate| rate < self.max_viewers_per_room as u64)
+        {
+            return Err("room_frames_per_sec must be at least max_viewers_per_room".into());
         }
         Ok(())
     }
@@ -475,5 +498,20 @@ mod tick_tests {
         l.fanout_threads = None;
         l.fanout_queue = 0;
         assert!(l.validate().unwrap_err().contains("fanout_queue"));
+    }
+
+    /// Unset, no spacing; set, viewers / rate, and never less than one
+    /// batch a second for a full room.
+    #[test]
+    fn batch_gap_follows_room_frames_per_sec() {
+        let mut l = Args::parse_from(["x"]).limits;
+        assert_eq!(l.batch_gap(10_000), Duration::ZERO);
+        l = Args::parse_from(["x", "--room-frames-per-sec", "100000"]).limits;
+        assert_eq!(l.batch_gap(10_000), Duration::from_millis(100));
+        assert_eq!(l.batch_gap(100), Duration::from_millis(1));
+        assert!(l.validate().is_ok());
+        l.room_frames_per_sec = Some(l.max_viewers_per_room as u64 - 1);
+        let err = l.validate().unwrap_err();
+        assert!(err.contains("room_frames_per_sec"), "{err}");
     }
 }

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Time to build, encode and hand out one batch.
     pub tick_seconds: Histogram,
+    /// Time from a batch handed to the fanout until every worker has
+    /// written it to its sockets (the room's fanout pace).
+    pub fanout_seconds: Histogram,
     /// Times a room found a fanout worker's queue full and waited
     /// (`fanout_queue`).
     pub fanout_queue_full: IntCounter,
@@ -121,6 +124,14 @@ impl Metrics {
             tick_seconds: Histogram::with_opts(
                 HistogramOpts::new("tick_seconds", "Time to encode and publish one tick")
                     .buckets(exponential_buckets(0.000_01, 2.0, 16).unwrap()),
+            )
+            .unwrap(),
+            fanout_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "fanout_seconds",
+                    "Time from a batch handed to the fanout until every viewer's write is done",
+                )
+                .buckets(exponential_buckets(0.000_05, 2.0, 16).unwrap()),
             )
             .unwrap(),
             fanout_queue_full: IntCounter::new(
@@ -255,6 +266,7 @@ impl Metrics {
         r.register(Box::new(m.queue_overflows.clone())).unwrap();
         r.register(Box::new(m.rejected.clone())).unwrap();
         r.register(Box::new(m.tick_seconds.clone())).unwrap();
+        r.register(Box::new(m.fanout_seconds.clone())).unwrap();
         r.register(Box::new(m.fanout_queue_full.clone())).unwrap();
         r.register(Box::new(m.batches_leading.clone())).unwrap();
         r.register(Box::new(m.fanout_uring_submissions.clone()))

@@ -134,11 +134,16 @@ struct Room {
 }
 
 async fn room(tick_ms: u64) -> Room {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = Arc::new(Limits {
+    room_with(Limits {
         tick_ms,
         ..Limits::default()
-    });
+    })
+    .await
+}
+
+async fn room_with(limits: Limits) -> Room {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Arc::new(limits);
     let metrics = Arc::new(Metrics::new());
     let store = Store::open_sqlite(dir.path(), Default::default()).unwrap();
     let commerce = Arc::new(
@@ -330,6 +335,52 @@ async fn batches_follow_the_fanout_not_the_tick() {
     assert_eq!(
         chat_batches(&room.memory.take(1)),
         [vec!["first"], vec!["second", "third"], vec!["fourth"]]
+    );
+}
+
+/// A room larger than `room_frames_per_sec` spaces its batches by viewers
+/// / that rate even when the fanout is free: here 2 viewers at 4 frames a
+/// second, a gap of 500 ms. A quiet room's first event still leaves at
+/// once; what follows within the gap waits for it and shares a batch.
+#[tokio::test]
+async fn a_large_room_spaces_its_batches() {
+    let room = room_with(Limits {
+        tick_ms: 1_000,
+        room_frames_per_sec: Some(4),
+        ..Limits::default()
+    })
+    .await;
+    let (ann, bob) = (user("ann", Role::Viewer), user("bob", Role::Viewer));
+    room.join(1, Encoding::Json, &ann).await;
+    room.join(2, Encoding::Json, &bob).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // the gap passes
+    let base = room.memory.publishes();
+
+    let sent = std::time::Instant::now();
+    room.chat(1, &ann, "first");
+    room.publishes(base + 1).await;
+    let first_out = sent.elapsed();
+    room.chat(1, &ann, "second");
+    room.chat(2, &bob, "third");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        room.memory.publishes(),
+        base + 1,
+        "the fanout is free, but the gap has not passed"
+    );
+    room.publishes(base + 2).await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(500),
+        "the second batch left {:?} after the first event",
+        sent.elapsed()
+    );
+    assert!(
+        first_out < Duration::from_millis(300),
+        "a quiet room's first event leaves at once, not after {first_out:?}"
+    );
+    assert_eq!(
+        chat_batches(&room.memory.take(1)),
+        [vec!["first"], vec!["second", "third"]]
     );
 }
 

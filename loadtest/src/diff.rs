@@ -45,6 +45,11 @@ const FIGURES: &[(&str, &str, Better)] = &[
     ("/latency_ms/p99", "delivery p99 ms", Better::Lower),
     ("/latency_ms/p999", "delivery p99.9 ms", Better::Lower),
     ("/latency_ms/max", "delivery max ms", Better::Lower),
+    (
+        "/chat_ms/p99",
+        "chat sender-to-viewer p99 ms",
+        Better::Lower,
+    ),
     ("/join_ms/p99", "join p99 ms", Better::Lower),
     ("/buy_ms/p99", "buy answer p99 ms", Better::Lower),
     ("/claim_ms/p99", "claim answer p99 ms", Better::Lower),

@@ -195,9 +195,12 @@ pub fn script_for(s: &Scenario, run_id: &str, i: u32, source: std::net::Ipv4Addr
                 senders,
             } => {
                 let pace = Pace::new(i, total, *at, *duration, *rate, *senders);
-                script.timed.extend(
-                    pace.acts(|k, _| Act::Chat(format!("storm {run_id} viewer {i} message {k}"))),
-                );
+                script.timed.extend(pace.acts(|k, _| {
+                    Act::Chat(format!(
+                        "storm {run_id} viewer {i} message {k}{}",
+                        crate::wire::SENT_AT
+                    ))
+                }));
             }
             Phase::Reactions {
                 at,

@@ -170,6 +170,7 @@ pub struct Live {
     claim_ms: Mutex<Histogram<u64>>,
     reconnect_ms: Mutex<Histogram<u64>>,
     send_lag_ms: Mutex<Histogram<u64>>,
+    chat_ms: Mutex<Histogram<u64>>,
     seconds: Vec<LiveSecond>,
     /// Unix ms of the go signal; 0 before it.
     t0_ms: AtomicU64,
@@ -181,6 +182,10 @@ pub struct Live {
 /// Lines of a recording one process keeps; later actions are not recorded
 /// (and counted in `trace_dropped`).
 pub const MAX_TRACE_LINES: usize = 1_000_000;
+
+/// One viewer in this many times chat from sender to viewer: every viewer
+/// would double the histogram work of the busiest path in the tool.
+pub const CHAT_SAMPLE: usize = 10;
 
 /// A latency kind measured once per request.
 #[derive(Debug, Clone, Copy)]
@@ -207,6 +212,7 @@ impl Live {
             claim_ms: Mutex::new(new_histogram()),
             reconnect_ms: Mutex::new(new_histogram()),
             send_lag_ms: Mutex::new(new_histogram()),
+            chat_ms: Mutex::new(new_histogram()),
             seconds: (0..seconds.max(1)).map(|_| LiveSecond::default()).collect(),
             t0_ms: AtomicU64::new(0),
             orders: Mutex::default(),
@@ -287,6 +293,18 @@ impl Live {
             for &v in latencies {
                 h.saturating_record(v);
             }
+        }
+    }
+
+    /// Chat messages timed from their sender's clock (`wire::SENT_AT`) to
+    /// `now_ms`, on the sampled viewers ([`CHAT_SAMPLE`]).
+    pub fn chat_received(&self, now_ms: u64, sent_at: &[u64]) {
+        if sent_at.is_empty() {
+            return;
+        }
+        let mut h = self.chat_ms.lock().expect("lock");
+        for &sent in sent_at {
+            h.saturating_record(now_ms.saturating_sub(sent));
         }
     }
 
@@ -436,6 +454,7 @@ impl Live {
             claim_ms: hist(&self.claim_ms),
             reconnect_ms: hist(&self.reconnect_ms),
             send_lag_ms: hist(&self.send_lag_ms),
+            chat_ms: hist(&self.chat_ms),
             seconds,
             second_latency,
             second_buy_ms,
@@ -487,6 +506,9 @@ pub struct Tally {
     /// Scheduled actions: how late they went out (the tool's own lag).
     #[serde(default)]
     pub send_lag_ms: HistData,
+    /// Chat messages from the sender's clock to a sampled viewer's.
+    #[serde(default)]
+    pub chat_ms: HistData,
     pub seconds: Vec<SecondSample>,
     /// Delivery latency of each second, parallel to `seconds`.
     pub second_latency: Vec<HistData>,
@@ -525,6 +547,7 @@ impl Tally {
             (&mut self.claim_ms, &o.claim_ms),
             (&mut self.reconnect_ms, &o.reconnect_ms),
             (&mut self.send_lag_ms, &o.send_lag_ms),
+            (&mut self.chat_ms, &o.chat_ms),
         ] {
             merge_hist(into, from);
         }

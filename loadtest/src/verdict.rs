@@ -198,6 +198,10 @@ pub struct Verdict {
 
     /// Delivery latency: receive time minus the event's server `ts`.
     pub latency_ms: LatencySummary,
+    /// Chat from the sender's clock to the viewer's, on one viewer in
+    /// `CHAT_SAMPLE`: delivery plus the server's queueing before `ts`.
+    #[serde(default)]
+    pub chat_ms: LatencySummary,
     pub latency_histogram: HistData,
     /// Seconds in which events were delivered.
     pub delivery_secs: u64,
@@ -312,6 +316,7 @@ impl Verdict {
             reconnect_ms: LatencySummary::of(&tally.reconnect_ms.to_histogram()),
             send_lag_ms: LatencySummary::of(&tally.send_lag_ms.to_histogram()),
             latency_ms: LatencySummary::of(&latency),
+            chat_ms: LatencySummary::of(&tally.chat_ms.to_histogram()),
             latency_histogram: tally.latency_ms,
             delivery_secs,
             events_per_sec: per_sec(events),
@@ -605,6 +610,14 @@ impl Verdict {
                 ),
             ),
             ("delivery latency".into(), lat(l)),
+            (
+                "chat, sender to viewer".into(),
+                format!(
+                    "{}  (every {}th viewer)",
+                    lat(&self.chat_ms),
+                    crate::tally::CHAT_SAMPLE
+                ),
+            ),
             (
                 "tool send lag".into(),
                 if self.send_lag_ms.p99 > TOOL_LAG_WARN_MS {

@@ -335,6 +335,9 @@ fn on_frame(
             }
         }
         live.delivered(shard, now, latencies, bytes.len());
+        if shard % crate::tally::CHAT_SAMPLE == 0 {
+            live.chat_received(now, &scan_buf.sent_at);
+        }
         if !scan_buf.needs_full_decode {
             return;
         }
@@ -426,7 +429,10 @@ fn on_frame(
 async fn perform(live: &Live, id: u32, conn: &mut Conn, act: Act) -> bool {
     let now = now_ms();
     let (msg, pending) = match act {
-        Act::Chat(text) => {
+        Act::Chat(mut text) => {
+            if text.ends_with(crate::wire::SENT_AT) {
+                text.push_str(&now.to_string());
+            }
             Live::add(&live.c.chat_sent, 1);
             live.per_second(now, PerSecond::ChatSent);
             (Chat { text }.into(), Pending::Other("chat"))

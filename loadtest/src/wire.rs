@@ -8,6 +8,11 @@
 //! skipped. Frames that are not batches, and batches carrying an event the
 //! viewer must act on (a poll, a sale, a coupon), are decoded in full.
 
+/// Ends the text of the chat messages the storm makes up; the sender puts
+/// its clock (Unix ms) right after it, so a receiver can time the message
+/// from sender to viewer, including the server's queueing before `ts`.
+pub const SENT_AT: &str = " sent@";
+
 /// What a scan of one frame found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Scan {
@@ -15,6 +20,8 @@ pub struct Scan {
     pub is_batch: bool,
     /// (seq, ts) of each sequenced event, in order.
     pub events: Vec<(u64, u64)>,
+    /// The sender's clock of each chat message stamped with [`SENT_AT`].
+    pub sent_at: Vec<u64>,
     /// A `poll_opened`, `sale_started`, `coupon_dropped` or `question_asked`
     /// is among them.
     pub needs_full_decode: bool,
@@ -36,6 +43,7 @@ const TRIGGERS: [&[u8]; 4] = [
 /// expected shape (counted as a decode error by the caller).
 pub fn scan(bytes: &[u8], out: &mut Scan) -> Option<()> {
     out.events.clear();
+    out.sent_at.clear();
     out.is_batch = false;
     out.needs_full_decode = false;
     out.reactions = 0;
@@ -80,12 +88,33 @@ pub fn scan(bytes: &[u8], out: &mut Scan) -> Option<()> {
                         out.needs_full_decode = true;
                     }
                 }
+                b"text" => {
+                    let at = r.i;
+                    match r.str() {
+                        Some(text) => out.sent_at.extend(sent_at(text)),
+                        None => {
+                            r.i = at;
+                            r.skip()?;
+                        }
+                    }
+                }
                 _ => r.skip()?,
             }
         }
         out.events.push((seq?, ts?));
     }
     Some(())
+}
+
+/// The sender's clock after [`SENT_AT`] at the end of `text`, if any.
+fn sent_at(text: &[u8]) -> Option<u64> {
+    let mark = SENT_AT.as_bytes();
+    let from = text.windows(mark.len()).rposition(|w| w == mark)? + mark.len();
+    let digits = &text[from..];
+    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 struct Reader<'a> {
@@ -262,6 +291,39 @@ mod tests {
                 deleted: false,
             },
         })
+    }
+
+    /// A stamped chat text gives the sender's clock; other texts, a mark
+    /// without digits or with more than 16, give nothing.
+    #[test]
+    fn reads_the_senders_clock_of_stamped_chat() {
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        for (seq, text) in [
+            "storm 1 viewer 2 message 3 sent@1795000000123",
+            "plain",
+            "ends with the mark sent@",
+            "too long sent@12345678901234567",
+            "sent@1 sent@42",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut e = (*chat(seq as u64 + 1)).clone();
+            if let EventBody::Chat { text: t, .. } = &mut e.body {
+                *t = text.to_string();
+            }
+            events.push(Arc::new(e));
+        }
+        let msg = ServerMsg::Batch {
+            events,
+            viewers: None,
+            reactions: Default::default(),
+            tallies: vec![],
+        };
+        let mut s = Scan::default();
+        scan(&encode(&msg), &mut s).unwrap();
+        assert_eq!(s.events.len(), 5);
+        assert_eq!(s.sent_at, [1_795_000_000_123, 42]);
     }
 
     #[test]

@@ -185,6 +185,13 @@ async fn a_small_show_runs_every_phase_and_passes() {
         v.latency_ms.count > 0 && v.latency_ms.p99 < 5_000,
         "{table}"
     );
+    // Chat timed from the sender's clock on every 10th viewer (30 of 300),
+    // each seeing at most the 80 messages.
+    assert!(
+        (80..=30 * 80).contains(&v.chat_ms.count) && v.chat_ms.p99 < 5_000,
+        "{table}"
+    );
+    assert!(table.contains("chat, sender to viewer"), "{table}");
     // Server figures came from /proc (this process) and /metrics.
     assert_eq!(v.server.source, "proc", "{table}");
     assert!(v.server.cpu_secs.is_some(), "{table}");

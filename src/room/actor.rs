@@ -7,7 +7,10 @@
 //! them ONCE per encoding in use and hands the frames to the fanout
 //! (`transport::Fanout`), which writes the same bytes to every viewer. A
 //! batch grows only while the fanout is busy, the way a group commit grows
-//! while the disk is; `tick_ms` bounds how long aggregates wait. The room
+//! while the disk is; `tick_ms` bounds how long aggregates wait. An
+//! operator who prefers CPU to latency sets `room_frames_per_sec`: a room
+//! then also spaces its batches by viewers / that rate, so a large room's
+//! batches carry more events each (docs/benchmarks.md, chat-10k). The room
 //! knows viewers only by `ConnId`: no socket, no WebSocket framing.
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +80,8 @@ pub(crate) struct RoomActor {
     /// The last batch handed to the fanout, until it is written: the next
     /// one waits for it (see `run`).
     in_flight: Option<Published>,
+    /// When the last batch was handed to the fanout.
+    batch_at: tokio::time::Instant,
     /// A tick passed since the last flush: aggregates may be waiting.
     tick_due: bool,
     moderation: Moderation,
@@ -119,6 +124,7 @@ impl RoomActor {
                 .unwrap_or_else(Instant::now),
             topic: crate::transport::new_topic(),
             in_flight: None,
+            batch_at: tokio::time::Instant::now(),
             tick_due: false,
             poll: None,
             next_poll_id: 0,
@@ -139,6 +145,11 @@ impl RoomActor {
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             let in_flight = self.in_flight.clone();
+            // A large room spaces its batches (`room_frames_per_sec`).
+            let gap_end = self.next_batch_at();
+            let spacing = in_flight.is_none()
+                && self.batch_waiting()
+                && tokio::time::Instant::now() < gap_end;
             let mut arrived = false;
             tokio::select! {
                 cmd = self.commands.recv() => {
@@ -161,21 +172,27 @@ impl RoomActor {
                         break;
                     }
                 }
-                _ = finished(in_flight.as_ref()), if in_flight.is_some() => {
-                    self.in_flight = None;
-                }
+                _ = finished(in_flight.as_ref()), if in_flight.is_some() => {}
+                _ = tokio::time::sleep_until(gap_end), if spacing => {}
                 _ = tick.tick() => self.tick_due = true,
                 _ = housekeeping.tick() => self.housekeeping(),
             }
-            // Fanout-paced: send as soon as the fanout is free. What
-            // arrives while it is busy waits for it and shares one batch.
-            let idle = self.in_flight.as_ref().is_none_or(Published::is_finished);
-            let waiting = !self.pending.is_empty() || !self.pending_joins.is_empty();
-            if idle && (waiting || self.tick_due) {
+            if self.in_flight.as_ref().is_some_and(Published::is_finished) {
+                self.in_flight = None;
+                self.ctx
+                    .metrics
+                    .fanout_seconds
+                    .observe(self.batch_at.elapsed().as_secs_f64());
+            }
+            // Fanout-paced: send as soon as the fanout is free (and, in a
+            // large room, the gap has passed). What arrives meanwhile
+            // waits and shares one batch.
+            let free =
+                self.in_flight.is_none() && tokio::time::Instant::now() >= self.next_batch_at();
+            if free && self.batch_waiting() {
                 if arrived && !self.pending.is_empty() {
                     self.ctx.metrics.batches_leading.inc();
                 }
-                self.in_flight = None;
                 self.tick_due = false;
                 self.flush();
                 self.admit_joins();
@@ -187,6 +204,18 @@ impl RoomActor {
             .viewers
             .store(0, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(room = %self.shared.info.id, "room task stopped");
+    }
+
+    /// Something is waiting for the next batch: events, joins, or
+    /// aggregates (a tick passed).
+    fn batch_waiting(&self) -> bool {
+        !self.pending.is_empty() || !self.pending_joins.is_empty() || self.tick_due
+    }
+
+    /// The earliest moment the next batch may leave: the last one's start
+    /// plus viewers / `room_frames_per_sec` (none unless that is set).
+    fn next_batch_at(&self) -> tokio::time::Instant {
+        self.batch_at + self.ctx.limits.batch_gap(self.subscribers.len())
     }
 
     /// Applies one command; true when the room task should stop.
@@ -734,6 +763,7 @@ impl RoomActor {
         // Overflowing viewers are closed by the transport (4008); their
         // tasks then tell the room they left.
         self.in_flight = Some(ctx.fanout.publish(self.topic, frames));
+        self.batch_at = tokio::time::Instant::now();
         metrics.fanout_batch_events.observe(n_events as f64);
         self.flushed_seq = self.seq;
         metrics

@@ -229,13 +229,22 @@ struct Member {
 }
 
 impl Topic {
+    /// Joins at a random place, not at the end: each batch then reaches a
+    /// shard's viewers in an order unrelated to when they joined. In join
+    /// order, viewers who came together (one load generator's block, one
+    /// office behind one proxy) would get every batch in one burst, at the
+    /// same end of every fanout.
     fn add(&mut self, member: Member) {
         if let Some(&i) = self.index.get(&member.conn) {
             self.members[i] = member;
             return;
         }
-        self.index.insert(member.conn, self.members.len());
+        let at = rand::random_range(0..=self.members.len());
         self.members.push(member);
+        let last = self.members.len() - 1;
+        self.members.swap(at, last);
+        self.index.insert(self.members[at].conn, at);
+        self.index.insert(self.members[last].conn, last);
     }
 
     fn remove(&mut self, conn: ConnId) {
@@ -407,6 +416,36 @@ mod tests {
             out.push(String::from_utf8(payload).unwrap());
         }
         out
+    }
+
+    /// Members join at random places and leave in constant time: the index
+    /// always points at each member, and each is there exactly once.
+    #[tokio::test]
+    async fn a_topic_index_stays_true_through_joins_and_leaves() {
+        let (server, _client) = pair(4096).await;
+        let outbox = Arc::new(Outbox::new(server, 4));
+        let mut t = Topic::default();
+        let member = |conn| Member {
+            conn,
+            outbox: outbox.clone(),
+            encoding: Encoding::Json,
+        };
+        for conn in 0..200 {
+            t.add(member(conn));
+        }
+        t.add(member(7)); // again: replaced, not added
+        for conn in (0..200).step_by(3) {
+            t.remove(conn);
+        }
+        let want: Vec<ConnId> = (0..200).filter(|c| c % 3 != 0).collect();
+        let mut have: Vec<ConnId> = t.members.iter().map(|m| m.conn).collect();
+        assert_ne!(have, want, "200 joins in join order: not random places");
+        have.sort_unstable();
+        assert_eq!(have, want);
+        assert_eq!(t.index.len(), want.len());
+        for (i, m) in t.members.iter().enumerate() {
+            assert_eq!(t.index[&m.conn], i);
+        }
     }
 
     /// Two shards, connections on both: replies, publishes and the close
