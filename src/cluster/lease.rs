@@ -1,0 +1,182 @@
+//! Room ownership: a lease per room in a NATS KV bucket.
+//!
+//! The key is the room's [`subject_token`], the value the owner's node id.
+//! Acquiring is a KV *create* (it fails while anyone holds the key);
+//! renewing is a KV *update* that names the revision the holder last
+//! wrote, so a node that lost the lease (it stalled past the TTL and
+//! another node created the key again) finds out on its next renewal and
+//! never overwrites the new owner. The bucket's `max_age` is the TTL: a
+//! lease that is not renewed disappears and another node may create it.
+//!
+//! The revision at acquisition is the owner's **term**, its fencing token:
+//! revisions only grow within a bucket, so a later owner always holds a
+//! higher term, and writes elsewhere (the room's PostgreSQL rows) refuse a
+//! lower one.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+
+use super::{subject_token, unavailable, ClusterError, ClusterResult};
+use flashcast_wire::ids::RoomId;
+
+/// The lease bucket of one cluster.
+pub struct Leases {
+    kv: kv::Store,
+    node: String,
+    ttl: Duration,
+}
+
+/// A room held by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub room: RoomId,
+    /// The revision that created the lease: the fencing token.
+    pub term: u64,
+    /// The revision this node last wrote; the next renewal must match it.
+    revision: u64,
+}
+
+/// Who holds a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub node: String,
+    /// The revision last written (a renewal or the creation).
+    pub revision: u64,
+}
+
+impl Leases {
+    /// Opens (creating if needed) the bucket `bucket`, whose entries live
+    /// `ttl` after their last write. `node` is this node's id.
+    pub async fn open(
+        js: &async_nats::jetstream::Context,
+        bucket: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> ClusterResult<Leases> {
+        assert!(!node.is_empty(), "node ids are validated non-empty");
+        assert!(ttl >= Duration::from_millis(500), "validated TTL");
+        let kv = match js.get_key_value(bucket).await {
+            Ok(kv) => kv,
+            Err(_) => {
+                create_bucket(js, bucket, ttl).await?;
+                js.get_key_value(bucket).await.map_err(unavailable)?
+            }
+        };
+        Ok(Leases {
+            kv,
+            node: node.to_string(),
+            ttl,
+        })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Takes `room` if nobody holds it; `Fenced` names the holder if
+    /// someone does.
+    pub async fn acquire(&self, room: &RoomId) -> ClusterResult<Lease> {
+        let key = subject_token(room);
+        match self.kv.create(&key, self.value()).await {
+            Ok(revision) => Ok(Lease {
+                room: room.clone(),
+                term: revision,
+                revision,
+            }),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let holder = self.holder(room).await?;
+                Err(ClusterError::Fenced(match holder {
+                    Some(h) => format!("room {room} is held by node {}", h.node),
+                    None => format!("room {room} was taken meanwhile"),
+                }))
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Extends `lease` by another TTL. `Fenced` when it was lost: the
+    /// lease expired and the key was created again (by any node), so the
+    /// caller must stop acting as the owner at once.
+    pub async fn renew(&self, lease: &mut Lease) -> ClusterResult<()> {
+        let key = subject_token(&lease.room);
+        match self.kv.update(&key, self.value(), lease.revision).await {
+            Ok(revision) => {
+                lease.revision = revision;
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(
+                ClusterError::Fenced(format!("lease of room {} was lost", lease.room)),
+            ),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Gives `lease` up at once (a show ended, a node drains), unless it
+    /// was lost already.
+    pub async fn release(&self, lease: Lease) -> ClusterResult<()> {
+        let key = subject_token(&lease.room);
+        match self
+            .kv
+            .purge_expect_revision(&key, Some(lease.revision))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// The current holder of `room`, if any.
+    pub async fn holder(&self, room: &RoomId) -> ClusterResult<Option<Holder>> {
+        let entry = self
+            .kv
+            .entry(subject_token(room))
+            .await
+            .map_err(unavailable)?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| Holder {
+                node: String::from_utf8_lossy(&e.value).into_owned(),
+                revision: e.revision,
+            }))
+    }
+
+    fn value(&self) -> Bytes {
+        Bytes::from(self.node.clone())
+    }
+}
+
+/// Creates the bucket's stream the way a KV bucket is laid out (`KV_<bucket>`
+/// on `$KV.<bucket>.>`, one value per key, rollups, direct gets). Not
+/// `create_key_value`: async-nats 0.52 first reads the account's info,
+/// whose answer from Debian's nats-server 2.9 it fails to parse.
+async fn create_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    ttl: Duration,
+) -> ClusterResult<()> {
+    use async_nats::jetstream::stream;
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("Flashcast room leases: room -> owner node".into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        max_message_size: 256,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    match js.create_stream(config).await {
+        Ok(_) => Ok(()),
+        // Another node created it first.
+        Err(_) if js.get_key_value(bucket).await.is_ok() => Ok(()),
+        Err(e) => Err(unavailable(e)),
+    }
+}
