@@ -187,3 +187,40 @@ async fn an_unreachable_nats_is_unavailable_not_a_hang() {
     }
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+/// The first node records its secrets' fingerprints; a node with the same
+/// secrets starts, one with another admin key or webhook secret is refused,
+/// naming them.
+#[tokio::test]
+async fn a_node_with_other_secrets_is_refused() {
+    use flashcast::cluster::secrets::{check_shared, Secrets};
+    let js = js().await;
+    let bucket = unique("flashcast_test_cluster");
+    let first = Secrets {
+        admin_key: "admin-1",
+        token_secret: "tokens-1",
+        webhook_secret: "hooks-1",
+    };
+    check_shared(&js, &bucket, &first).await.unwrap();
+    check_shared(&js, &bucket, &first).await.unwrap();
+    let other = Secrets {
+        admin_key: "admin-2",
+        token_secret: "tokens-1",
+        webhook_secret: "hooks-2",
+    };
+    match check_shared(&js, &bucket, &other).await {
+        Err(ClusterError::Mismatch(why)) => {
+            assert!(
+                why.contains("admin key") && why.contains("webhook secret"),
+                "{why}"
+            );
+            assert!(!why.contains("token secret"), "{why}");
+            assert!(
+                !why.contains("admin-1") && !why.contains("admin-2"),
+                "{why}"
+            );
+        }
+        other => panic!("a node with other secrets started: {other:?}"),
+    }
+    js.delete_key_value(&bucket).await.unwrap();
+}

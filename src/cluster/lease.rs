@@ -57,13 +57,8 @@ impl Leases {
     ) -> ClusterResult<Leases> {
         assert!(!node.is_empty(), "node ids are validated non-empty");
         assert!(ttl >= Duration::from_millis(500), "validated TTL");
-        let kv = match js.get_key_value(bucket).await {
-            Ok(kv) => kv,
-            Err(_) => {
-                create_bucket(js, bucket, ttl).await?;
-                js.get_key_value(bucket).await.map_err(unavailable)?
-            }
-        };
+        let about = "Flashcast room leases: room -> owner node";
+        let kv = super::open_bucket(js, bucket, about, ttl, 256).await?;
         Ok(Leases {
             kv,
             node: node.to_string(),
@@ -145,38 +140,5 @@ impl Leases {
 
     fn value(&self) -> Bytes {
         Bytes::from(self.node.clone())
-    }
-}
-
-/// Creates the bucket's stream the way a KV bucket is laid out (`KV_<bucket>`
-/// on `$KV.<bucket>.>`, one value per key, rollups, direct gets). Not
-/// `create_key_value`: async-nats 0.52 first reads the account's info,
-/// whose answer from Debian's nats-server 2.9 it fails to parse.
-async fn create_bucket(
-    js: &async_nats::jetstream::Context,
-    bucket: &str,
-    ttl: Duration,
-) -> ClusterResult<()> {
-    use async_nats::jetstream::stream;
-    let config = stream::Config {
-        name: format!("KV_{bucket}"),
-        description: Some("Flashcast room leases: room -> owner node".into()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_age: ttl,
-        max_message_size: 256,
-        discard: stream::DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        storage: stream::StorageType::File,
-        num_replicas: 1,
-        ..Default::default()
-    };
-    match js.create_stream(config).await {
-        Ok(_) => Ok(()),
-        // Another node created it first.
-        Err(_) if js.get_key_value(bucket).await.is_ok() => Ok(()),
-        Err(e) => Err(unavailable(e)),
     }
 }

@@ -7,11 +7,17 @@
 //!   append fenced by the subject's last sequence and de-duplicated by a
 //!   message id, read back in order by edges and by a new owner.
 //!
+//! - `secrets`: every node must share the admin key, token secret and
+//!   webhook secret; a node started with others is refused;
+//! - `settings`: the cluster options and their rules.
+//!
 //! Both name rooms by [`subject_token`], since room ids may hold `.` and
 //! `:`, which NATS subjects and KV keys give other meanings or refuse.
 
 pub mod lease;
 pub mod log;
+pub mod secrets;
+pub mod settings;
 
 use std::time::Duration;
 
@@ -28,6 +34,9 @@ pub enum ClusterError {
     /// write was refused and nothing of it applied.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// This node's settings disagree with the cluster's.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 pub type ClusterResult<T> = Result<T, ClusterError>;
@@ -65,6 +74,57 @@ pub fn subject_token(room: &RoomId) -> String {
         }
     }
     out
+}
+
+/// Creates a KV bucket's stream the way async-nats lays one out
+/// (`KV_<bucket>` on `$KV.<bucket>.>`, one value per key, rollups, direct
+/// gets), unless it exists. Not `create_key_value`: async-nats 0.52 first
+/// reads the account's info, whose answer from Debian's nats-server 2.9 it
+/// fails to parse. `max_age` zero: entries never expire.
+async fn create_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    about: &str,
+    max_age: Duration,
+    max_value_bytes: i32,
+) -> ClusterResult<()> {
+    use async_nats::jetstream::stream;
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(about.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        max_message_size: max_value_bytes,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    match js.create_stream(config).await {
+        Ok(_) => Ok(()),
+        // Another node created it first.
+        Err(_) if js.get_key_value(bucket).await.is_ok() => Ok(()),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Opens the KV bucket `bucket`, creating it first if missing.
+async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    about: &str,
+    max_age: Duration,
+    max_value_bytes: i32,
+) -> ClusterResult<async_nats::jetstream::kv::Store> {
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    create_bucket(js, bucket, about, max_age, max_value_bytes).await?;
+    js.get_key_value(bucket).await.map_err(unavailable)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ClusterError {
