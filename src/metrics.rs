@@ -28,6 +28,12 @@ pub struct Metrics {
     /// Time from a batch handed to the fanout until every worker has
     /// written it to its sockets (the room's fanout pace).
     pub fanout_seconds: Histogram,
+    /// Cluster mode: time from a batch built until the journal (JetStream)
+    /// acknowledged it; the batch is published only then.
+    pub journal_seconds: Histogram,
+    /// Cluster mode: journal appends that failed, by outcome (`unavailable`:
+    /// retried; `fenced`: the room stepped down).
+    pub journal_failures: IntCounterVec,
     /// Times a room found a fanout worker's queue full and waited
     /// (`fanout_queue`).
     pub fanout_queue_full: IntCounter,
@@ -132,6 +138,19 @@ impl Metrics {
                     "Time from a batch handed to the fanout until every viewer's write is done",
                 )
                 .buckets(exponential_buckets(0.000_05, 2.0, 16).unwrap()),
+            )
+            .unwrap(),
+            journal_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "journal_seconds",
+                    "Time from a batch built until the room journal acknowledged it",
+                )
+                .buckets(exponential_buckets(0.000_05, 2.0, 16).unwrap()),
+            )
+            .unwrap(),
+            journal_failures: IntCounterVec::new(
+                Opts::new("journal_failures_total", "Failed room journal appends, by outcome"),
+                &["outcome"],
             )
             .unwrap(),
             fanout_queue_full: IntCounter::new(
@@ -267,6 +286,8 @@ impl Metrics {
         r.register(Box::new(m.rejected.clone())).unwrap();
         r.register(Box::new(m.tick_seconds.clone())).unwrap();
         r.register(Box::new(m.fanout_seconds.clone())).unwrap();
+        r.register(Box::new(m.journal_seconds.clone())).unwrap();
+        r.register(Box::new(m.journal_failures.clone())).unwrap();
         r.register(Box::new(m.fanout_queue_full.clone())).unwrap();
         r.register(Box::new(m.batches_leading.clone())).unwrap();
         r.register(Box::new(m.fanout_uring_submissions.clone()))

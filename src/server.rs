@@ -104,6 +104,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         store: store.clone(),
         commerce: commerce.clone(),
         clock: clock.clone(),
+        journal: None,
     })));
     let app = AppState::new(
         registry.clone(),

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flashcast::clock::Clock;
+use flashcast::cluster::{ClusterError, ClusterResult};
 use flashcast::commerce::Commerce;
 use flashcast::limits::Limits;
 use flashcast::metrics::Metrics;
+use flashcast::room::journal::{Journal, RoomJournal};
 use flashcast::room::{ConnId, JoinRequest, Registry, RoomContext, RoomHandle, RoomInfo};
 use flashcast::store::Store;
 use flashcast::transport::{Fanout, Frames, Published, TopicId};
@@ -142,6 +144,10 @@ async fn room(tick_ms: u64) -> Room {
 }
 
 async fn room_with(limits: Limits) -> Room {
+    room_journaled(limits, None).await
+}
+
+async fn room_journaled(limits: Limits, journal: Option<Arc<dyn Journal>>) -> Room {
     let dir = tempfile::tempdir().unwrap();
     let limits = Arc::new(limits);
     let metrics = Arc::new(Metrics::new());
@@ -165,6 +171,7 @@ async fn room_with(limits: Limits) -> Room {
         store,
         commerce,
         fanout: memory.clone(),
+        journal,
     }));
     let info = RoomInfo {
         id: RoomId::new("mem").unwrap(),
@@ -408,4 +415,243 @@ async fn reactions_go_out_aggregated_within_a_tick() {
         })
         .collect();
     assert_eq!(counts, [5], "one aggregated count");
+}
+
+/// A journal the test answers: each append is recorded and waits for
+/// `answer`.
+#[derive(Default)]
+struct HeldJournal {
+    appends: Mutex<Vec<(u64, bytes::Bytes)>>,
+    waiting: Mutex<Vec<tokio::sync::oneshot::Sender<ClusterResult<()>>>>,
+}
+
+struct Held(Arc<HeldJournal>);
+struct HeldRoom(Arc<HeldJournal>);
+
+impl Journal for Held {
+    fn room(&self, _room: &RoomId, _epoch: u64) -> Box<dyn RoomJournal> {
+        Box::new(HeldRoom(self.0.clone()))
+    }
+}
+
+impl RoomJournal for HeldRoom {
+    fn append(
+        &mut self,
+        first_seq: u64,
+        batch: bytes::Bytes,
+    ) -> futures_util::future::BoxFuture<'static, ClusterResult<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0.appends.lock().unwrap().push((first_seq, batch));
+        self.0.waiting.lock().unwrap().push(tx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or(Err(ClusterError::Unavailable("gone".into())))
+        })
+    }
+}
+
+impl HeldJournal {
+    /// Waits until `n` appends were made in all.
+    async fn appends(&self, n: usize) -> Vec<(u64, bytes::Bytes)> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let appends = self.appends.lock().unwrap().clone();
+                if appends.len() >= n {
+                    return appends;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} appends, not {n}", self.appends.lock().unwrap().len()))
+    }
+
+    fn answer(&self, result: ClusterResult<()>) {
+        let tx = self.waiting.lock().unwrap().remove(0);
+        tx.send(result).unwrap();
+    }
+}
+
+fn chats_of(record: &[u8]) -> Vec<(u64, String)> {
+    match decode_server(Encoding::MsgPack, record).unwrap() {
+        ServerMsg::Batch { events, .. } => events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Chat { text, .. } => Some((e.seq, text.clone())),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("not a batch: {other:?}"),
+    }
+}
+
+/// Cluster mode's rule: a batch is published only once the journal has it.
+/// Until then nothing else is sent and no join is admitted; a failed
+/// append is retried with the same batch; a fenced one makes the room step
+/// down, closing its viewers (1012) without publishing the batch.
+#[tokio::test]
+async fn a_batch_is_published_only_once_journaled() {
+    let journal = Arc::new(HeldJournal::default());
+    let room = room_journaled(
+        Limits {
+            tick_ms: 1_000,
+            ..Limits::default()
+        },
+        Some(Arc::new(Held(journal.clone()))),
+    )
+    .await;
+    let (ann, bob) = (user("ann", Role::Viewer), user("bob", Role::Viewer));
+    room.join(1, Encoding::Json, &ann).await;
+    let base = room.memory.publishes();
+    room.memory.take(1);
+
+    room.chat(1, &ann, "first");
+    let appends = journal.appends(1).await;
+    assert_eq!(appends[0].0, 1, "the batch's first seq");
+    assert_eq!(chats_of(&appends[0].1), [(1, "first".to_string())]);
+    // Bob asks to join while the batch waits for the journal.
+    room.memory.connect(2, Encoding::MsgPack);
+    let join = {
+        let handle = room.handle.clone();
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            let req = JoinRequest {
+                conn: 2,
+                user: bob,
+                encoding: Encoding::MsgPack,
+                last_seq: None,
+                epoch: None,
+            };
+            handle.join(req).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        room.memory.publishes(),
+        base,
+        "nothing published before the journal"
+    );
+    assert!(chat_batches(&room.memory.take(1)).is_empty());
+    assert!(!join.is_finished(), "no join admitted before the journal");
+
+    journal.answer(Ok(()));
+    room.publishes(base + 1).await;
+    assert_eq!(chat_batches(&room.memory.take(1)), [vec!["first"]]);
+    join.await.unwrap().unwrap();
+    match room.memory.take(2).first() {
+        Some(Seen::Msg(ServerMsg::Joined { seq, .. })) => assert_eq!(*seq, 1),
+        other => panic!("bob's first frame: {other:?}"),
+    }
+
+    // Unavailable: the same batch is appended again, then published.
+    room.chat(1, &ann, "second");
+    let first_try = journal.appends(2).await[1].clone();
+    journal.answer(Err(ClusterError::Unavailable("nats down".into())));
+    let retry = journal.appends(3).await[2].clone();
+    assert_eq!(retry, first_try, "a retry appends the same batch");
+    assert_eq!(room.memory.publishes(), base + 1);
+    journal.answer(Ok(()));
+    room.publishes(base + 2).await;
+    for conn in [1, 2] {
+        assert_eq!(chat_batches(&room.memory.take(conn)), [vec!["second"]]);
+    }
+
+    // Fenced: the room steps down; the batch is never published.
+    room.chat(1, &ann, "third");
+    journal.appends(4).await;
+    journal.answer(Err(ClusterError::Fenced("another owner".into())));
+    let closed = |conn| {
+        room.memory
+            .inbox
+            .lock()
+            .unwrap()
+            .get(&conn)
+            .is_some_and(|seen| {
+                seen.iter()
+                    .any(|s| matches!(s, Seen::Closed(CloseCode::ServiceRestart)))
+            })
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !(closed(1) && closed(2)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the viewers were closed");
+    for conn in [1, 2] {
+        let seen = room.memory.take(conn);
+        assert!(chat_batches(&seen).is_empty(), "{seen:?}");
+        assert!(
+            seen.iter()
+                .any(|s| matches!(s, Seen::Closed(CloseCode::ServiceRestart))),
+            "conn {conn}: {seen:?}"
+        );
+    }
+    assert_eq!(room.memory.publishes(), base + 2);
+}
+
+/// The JetStream journal against the real NATS at 127.0.0.1:4222: what the
+/// viewers received is exactly what the room's subject holds, in order.
+#[tokio::test]
+async fn a_room_journals_its_batches_to_jetstream() {
+    use flashcast::cluster::journal::JetStreamJournal;
+    use flashcast::cluster::log::{LogConfig, RoomLog};
+    use futures_util::StreamExt;
+    let js = flashcast::cluster::connect("nats://127.0.0.1:4222", Duration::from_secs(5))
+        .await
+        .expect("this test needs NATS with JetStream at 127.0.0.1:4222");
+    let name = format!("FLASHCAST_TEST_JOURNAL_{:x}", rand::random::<u64>());
+    let log = Arc::new(
+        RoomLog::open(
+            &js,
+            LogConfig {
+                stream: name.clone(),
+                prefix: name.to_lowercase(),
+                max_batches_per_room: 1_000,
+                max_age: Duration::from_secs(600),
+                max_batch_bytes: 1 << 20,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let room = room_journaled(
+        Limits::default(),
+        Some(Arc::new(JetStreamJournal::new(log.clone()))),
+    )
+    .await;
+    let ann = user("ann", Role::Viewer);
+    room.join(1, Encoding::MsgPack, &ann).await;
+    for i in 0..5 {
+        room.chat(1, &ann, &format!("m{i}"));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut seen: Vec<String> = Vec::new();
+        while seen.len() < 5 {
+            seen.extend(chat_batches(&room.memory.take(1)).into_iter().flatten());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen
+    })
+    .await
+    .expect("the viewer got the 5 messages");
+    assert_eq!(seen, want);
+
+    let mut reader = Box::pin(log.read(room.handle.id(), 1).await.unwrap());
+    let mut logged: Vec<(u64, String)> = Vec::new();
+    while logged.len() < 5 {
+        let entry = tokio::time::timeout(Duration::from_secs(5), reader.next())
+            .await
+            .expect("the log holds every published batch")
+            .unwrap()
+            .unwrap();
+        logged.extend(chats_of(&entry.payload));
+    }
+    let seqs: Vec<u64> = logged.iter().map(|(s, _)| *s).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let texts: Vec<String> = logged.into_iter().map(|(_, t)| t).collect();
+    assert_eq!(texts, want);
+    js.delete_stream(&name).await.unwrap();
 }

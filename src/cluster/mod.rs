@@ -7,6 +7,8 @@
 //!   append fenced by the subject's last sequence and de-duplicated by a
 //!   message id, read back in order by edges and by a new owner.
 //!
+//! - `journal`: the room journal (`room::journal`) on that log: an
+//!   owner publishes a batch only once JetStream acknowledged it;
 //! - `secrets`: every node must share the admin key, token secret and
 //!   webhook secret; a node started with others is refused;
 //! - `settings`: the cluster options and their rules.
@@ -14,6 +16,7 @@
 //! Both name rooms by [`subject_token`], since room ids may hold `.` and
 //! `:`, which NATS subjects and KV keys give other meanings or refuse.
 
+pub mod journal;
 pub mod lease;
 pub mod log;
 pub mod secrets;

@@ -82,6 +82,10 @@ pub(crate) struct RoomActor {
     in_flight: Option<Published>,
     /// When the last batch was handed to the fanout.
     batch_at: tokio::time::Instant,
+    /// Cluster mode: batches are published only once journaled.
+    journal: Option<Box<dyn super::journal::RoomJournal>>,
+    /// The batch being journaled: nothing else is flushed meanwhile.
+    journaling: Option<Journaling>,
     /// A tick passed since the last flush: aggregates may be waiting.
     tick_due: bool,
     moderation: Moderation,
@@ -125,6 +129,8 @@ impl RoomActor {
             topic: crate::transport::new_topic(),
             in_flight: None,
             batch_at: tokio::time::Instant::now(),
+            journal: None,
+            journaling: None,
             tick_due: false,
             poll: None,
             next_poll_id: 0,
@@ -135,6 +141,9 @@ impl RoomActor {
     }
 
     pub(crate) async fn run(mut self) {
+        if let Some(journal) = &self.ctx.journal {
+            self.journal = Some(journal.room(&self.shared.info.id, self.epoch));
+        }
         // The upper bound: aggregates (reactions, tallies, stock, poll and
         // sale deadlines) are collected at least this often. The first tick
         // is one period away, not at once: nothing is due yet.
@@ -148,6 +157,7 @@ impl RoomActor {
             // A large room spaces its batches (`room_frames_per_sec`).
             let gap_end = self.next_batch_at();
             let spacing = in_flight.is_none()
+                && self.journaling.is_none()
                 && self.batch_waiting()
                 && tokio::time::Instant::now() < gap_end;
             let mut arrived = false;
@@ -187,15 +197,18 @@ impl RoomActor {
             // Fanout-paced: send as soon as the fanout is free (and, in a
             // large room, the gap has passed). What arrives meanwhile
             // waits and shares one batch.
-            let free =
-                self.in_flight.is_none() && tokio::time::Instant::now() >= self.next_batch_at();
+            let free = self.in_flight.is_none()
+                && self.journaling.is_none()
+                && tokio::time::Instant::now() >= self.next_batch_at();
             if free && self.batch_waiting() {
                 if arrived && !self.pending.is_empty() {
                     self.ctx.metrics.batches_leading.inc();
                 }
                 self.tick_due = false;
                 self.flush();
-                self.admit_joins();
+                if self.journaling.is_none() {
+                    self.admit_joins();
+                }
             }
         }
         self.ctx.metrics.viewers.sub(self.subscribers.len() as i64);
@@ -278,6 +291,8 @@ impl RoomActor {
                 change,
                 result,
             } => self.persisted(asker, change, result),
+            Command::Journaled(result) => return self.journaled(result),
+            Command::JournalRetry => self.append_to_journal(),
             Command::Shutdown => {
                 self.refuse_pending_joins(CloseCode::ServiceRestart);
                 self.flush();
@@ -288,9 +303,15 @@ impl RoomActor {
         self.ended
     }
 
-    /// Admits the waiting joins, right after a batch was handed out.
+    /// Admits the waiting joins, right after a batch was handed out: their
+    /// snapshot ends at `flushed_seq` and the next batch continues it.
     fn admit_joins(&mut self) {
-        debug_assert!(self.pending.is_empty(), "joins are admitted after a flush");
+        debug_assert!(
+            self.pending
+                .first()
+                .is_none_or(|e| e.seq == self.flushed_seq + 1),
+            "joins are admitted right after a batch was published"
+        );
         for (req, reply) in std::mem::take(&mut self.pending_joins) {
             self.join(req, reply);
         }
@@ -676,6 +697,11 @@ impl RoomActor {
     /// Hands what is pending to the fanout: one encoded frame per encoding
     /// in use.
     fn flush(&mut self) {
+        if self.journaling.is_some() {
+            // One batch at a time in the journal; this one waits (at a
+            // shutdown or show end it is never sent: viewers resume).
+            return;
+        }
         let started = Instant::now();
         let now = self.ctx.clock.now_ms();
         if self.poll.as_ref().is_some_and(|p| p.due(now)) {
@@ -725,6 +751,7 @@ impl RoomActor {
         }
         let events = std::mem::take(&mut self.pending);
         let n_events = events.len();
+        let first_seq = events.first().map(|e| e.seq);
         let kinds: Vec<&'static str> = events.iter().map(|e| e.body.kind()).collect();
         let batch = ServerMsg::Batch {
             events,
@@ -760,15 +787,106 @@ impl RoomActor {
                 Err(e) => tracing::error!(error = %e, "batch encode failed"),
             }
         }
-        // Overflowing viewers are closed by the transport (4008); their
-        // tasks then tell the room they left.
-        self.in_flight = Some(ctx.fanout.publish(self.topic, frames));
-        self.batch_at = tokio::time::Instant::now();
         metrics.fanout_batch_events.observe(n_events as f64);
-        self.flushed_seq = self.seq;
         metrics
             .tick_seconds
             .observe(started.elapsed().as_secs_f64());
+        if let (Some(first_seq), Some(_)) = (first_seq, &self.journal) {
+            // Journaled in MessagePack whatever the viewers use.
+            let record = match &frames[Encoding::MsgPack.index()] {
+                Some(frame) => Ok(frame.bytes().clone()),
+                None => Encoding::MsgPack.encode(&batch).map(|f| f.bytes().clone()),
+            };
+            match record {
+                Ok(record) => {
+                    self.journaling = Some(Journaling {
+                        frames,
+                        first_seq,
+                        last_seq: self.seq,
+                        record,
+                        started: Instant::now(),
+                    });
+                    self.append_to_journal();
+                }
+                Err(e) => tracing::error!(error = %e, "batch encode failed"),
+            }
+            return;
+        }
+        self.publish(frames, self.seq);
+    }
+
+    /// Hands `frames` to the fanout; joins and resumes now see up to
+    /// `last_seq`.
+    fn publish(&mut self, frames: crate::transport::Frames, last_seq: Seq) {
+        // Overflowing viewers are closed by the transport (4008); their
+        // tasks then tell the room they left.
+        self.in_flight = Some(self.ctx.fanout.publish(self.topic, frames));
+        self.batch_at = tokio::time::Instant::now();
+        self.flushed_seq = last_seq;
+    }
+
+    /// Appends the batch being journaled (again, after a failure); its
+    /// answer comes back as `Command::Journaled`.
+    fn append_to_journal(&mut self) {
+        let (Some(journal), Some(j)) = (self.journal.as_mut(), self.journaling.as_ref()) else {
+            return;
+        };
+        let append = journal.append(j.first_seq, j.record.clone());
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let result = append.await;
+            if let Some(room) = me.upgrade() {
+                let _ = room.send(Command::Journaled(result)).await;
+            }
+        });
+    }
+
+    /// The journal's answer: publish the batch, retry it, or step down.
+    /// True when the room task must stop.
+    fn journaled(&mut self, result: crate::cluster::ClusterResult<()>) -> bool {
+        let Some(j) = self.journaling.as_ref() else {
+            return false;
+        };
+        let metrics = &self.ctx.metrics;
+        match result {
+            Ok(()) => {
+                metrics
+                    .journal_seconds
+                    .observe(j.started.elapsed().as_secs_f64());
+                let j = self.journaling.take().expect("checked above");
+                self.publish(j.frames, j.last_seq);
+                self.admit_joins();
+                false
+            }
+            Err(crate::cluster::ClusterError::Fenced(why)) => {
+                // Another node owns the room now: nothing of this batch was
+                // stored or seen. Viewers reconnect and find the new owner.
+                tracing::warn!(room = %self.shared.info.id, %why, "room lost to another owner; stepping down");
+                metrics
+                    .journal_failures
+                    .with_label_values(&["fenced"])
+                    .inc();
+                self.journaling = None;
+                self.refuse_pending_joins(CloseCode::ServiceRestart);
+                self.close_all(CloseCode::ServiceRestart);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(room = %self.shared.info.id, error = %e, "journal append failed; retrying");
+                metrics
+                    .journal_failures
+                    .with_label_values(&["unavailable"])
+                    .inc();
+                let me = self.me.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(JOURNAL_RETRY).await;
+                    if let Some(room) = me.upgrade() {
+                        let _ = room.send(Command::JournalRetry).await;
+                    }
+                });
+                false
+            }
+        }
     }
 
     fn housekeeping(&mut self) {
@@ -788,6 +906,19 @@ impl RoomActor {
 }
 
 type JoinReply = oneshot::Sender<Result<(), CloseCode>>;
+
+/// A batch waiting for the journal before it is published.
+struct Journaling {
+    frames: crate::transport::Frames,
+    first_seq: Seq,
+    last_seq: Seq,
+    /// What is appended: the batch in MessagePack.
+    record: bytes::Bytes,
+    started: Instant,
+}
+
+/// Wait before appending again after the journal was unavailable.
+const JOURNAL_RETRY: Duration = Duration::from_millis(500);
 
 enum Reply {
     None,

@@ -14,6 +14,7 @@
 
 pub mod actor;
 pub mod history;
+pub mod journal;
 pub mod market;
 pub mod registry;
 pub mod stream;
@@ -46,6 +47,9 @@ pub struct RoomContext {
     pub fanout: Arc<dyn crate::transport::Fanout>,
     /// What "now" is for mutes, slow mode, polls and event timestamps.
     pub clock: crate::clock::Clock,
+    /// Where batches become durable before they are published (cluster
+    /// mode); `None` on one node.
+    pub journal: Option<Arc<dyn journal::Journal>>,
 }
 
 /// The fixed facts of a room.
@@ -145,6 +149,10 @@ pub(crate) enum Command {
         change: actor::Durable,
         result: StoreResult<()>,
     },
+    /// The journal's answer for the batch being journaled (see `journal`).
+    Journaled(crate::cluster::ClusterResult<()>),
+    /// Retry the journal append that failed (NATS unavailable).
+    JournalRetry,
     /// The node is shutting down: tell everyone to reconnect elsewhere.
     Shutdown,
 }

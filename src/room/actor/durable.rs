@@ -267,6 +267,7 @@ mod tests {
             metrics: metrics.clone(),
             store: store.clone(),
             commerce: Arc::new(commerce),
+            journal: None,
         }));
         let info = RoomInfo {
             id: RoomId::new("r").unwrap(),
