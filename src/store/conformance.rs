@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::{
     CommitStats, CouponTerms, GroupCommitConfig, OrderFilter, ReadBackend, RoomRecord, SaleTerms,
-    Store, StoreError, Write, WriteBackend,
+    ShopRecord, Store, StoreError, Write, WriteBackend,
 };
 use flashcast_wire::commerce::{CouponScope, Discount, OrderStatus, OrderView};
 use flashcast_wire::ids::{CouponId, IdemKey, OrderId, ProductId, RoomId, SaleId, Sku, UserId};
@@ -461,8 +461,9 @@ pub(crate) async fn shop_and_order_reads_give_back_what_was_written(place: &dyn 
     let few = read.shop(&room(), 0, 2).await.unwrap();
     assert_eq!(few.keys.len(), 2);
     assert!(!few.keys_complete, "more than asked");
+    // Created at 1_000 + id: 22 and 23 are recent.
     let recent = read.shop(&room(), 1_022, 10).await.unwrap();
-    assert_eq!(recent.keys.len(), 1);
+    assert_eq!(recent.keys.len(), 2);
     assert!(!recent.keys_complete, "older orders left out");
     store
         .write(Write::SetPin {
@@ -476,7 +477,13 @@ pub(crate) async fn shop_and_order_reads_give_back_what_was_written(place: &dyn 
         .shop(&RoomId::new("none").unwrap(), 0, 10)
         .await
         .unwrap();
-    assert_eq!(empty, Default::default());
+    assert_eq!(
+        empty,
+        ShopRecord {
+            keys_complete: true,
+            ..Default::default()
+        }
+    );
 
     assert_eq!(read.next_id().await.unwrap(), 24);
     let by_key = read

@@ -107,7 +107,7 @@ async fn the_database_refuses_an_oversell_even_past_the_in_memory_checks() {
         .await
         .unwrap();
     assert!(shop.sales[0].held.is_empty());
-    assert_eq!(shop.sales[0].orders, 5);
+    assert_eq!(shop.sales[0].orders, 4, "10, 12, 14 and 16");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
