@@ -44,11 +44,26 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// shapes of SQL; anything past this is cleared, not grown).
 const MAX_STATEMENTS: usize = 64;
 
+/// The error and its causes on one line ("error connecting to server:
+/// Connection refused"); the client's own message stops at the first.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
-        StoreError::Backend(format!("postgres connection lost: {e}"))
+        StoreError::Backend(format!("postgres connection lost: {}", describe(&e)))
     } else {
-        StoreError::Backend(format!("postgres: {e}"))
+        StoreError::Backend(format!("postgres: {}", describe(&e)))
     }
 }
 
@@ -104,7 +119,7 @@ impl PgIo {
             .await
             .map_err(|_| timed_out("connecting", CONNECT_TIMEOUT))?
             .map_err(|e| StoreError::Backend(format!("postgres connect task: {e}")))?
-            .map_err(|e| StoreError::Backend(format!("postgres connect: {e}")))?;
+            .map_err(|e| StoreError::Backend(format!("postgres connect: {}", describe(&e))))?;
         // Explicit, not inherited from the server's defaults: an answered
         // write must be flushed to the WAL (and to a synchronous standby).
         let settings = format!(

@@ -21,8 +21,9 @@ pub(crate) async fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
     let (client, conn) = match tokio_postgres::connect(url, NoTls).await {
         Ok(c) => c,
         Err(e) => panic!(
-            "PostgreSQL at 127.0.0.1:5432 is unreachable ({url}): {e}. The store tests need \
-             it running (trust auth, user postgres); CI starts one."
+            "PostgreSQL is unreachable at {url} (default 127.0.0.1:5432): {}. The store \
+             tests need it running (trust auth, user postgres); CI starts one.",
+            super::describe(&e)
         ),
     };
     let driver = tokio::spawn(conn);
