@@ -2,9 +2,10 @@
 //! and applies many callers' [`Write`]s in one transaction with one fsync,
 //! then answers each caller. Throughput comes from batching, not from
 //! relaxing durability: a caller's future resolves only after the COMMIT of
-//! its batch returned (SQLite: WAL, `synchronous=FULL`).
+//! its batch returned (SQLite: WAL, `synchronous=FULL`; PostgreSQL:
+//! `synchronous_commit = on`).
 //!
-//! Each write succeeds or fails alone (SQLite: its own SAVEPOINT), so one
+//! Each write succeeds or fails alone (its own SAVEPOINT), so one
 //! failing write (a constraint, a conditional write that found another
 //! state) is rolled back alone and the rest of its batch commits. The queue
 //! is bounded: callers wait for room (backpressure), nothing grows without

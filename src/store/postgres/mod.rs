@@ -59,9 +59,12 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// How the message of an error of a lost session starts.
+const LOST: &str = "postgres connection lost";
+
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
-        StoreError::Backend(format!("postgres connection lost: {}", describe(&e)))
+        StoreError::Backend(format!("{LOST}: {}", describe(&e)))
     } else {
         StoreError::Backend(format!("postgres: {}", describe(&e)))
     }

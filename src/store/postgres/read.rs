@@ -12,7 +12,7 @@ use tokio_postgres::types::FromSql;
 use tokio_postgres::{Config, Row};
 
 use super::apply::order_columns;
-use super::{pg_error, timed_out, Conn, PgIo, READ_POOL, READ_TIMEOUT};
+use super::{pg_error, timed_out, Conn, PgIo, LOST, READ_POOL, READ_TIMEOUT};
 use crate::store::{
     CouponRecord, CouponTerms, OrderFilter, ReadBackend, RoomRecord, SaleRecord, SaleTerms,
     ShopRecord, StoreError, StoreResult,
@@ -31,23 +31,35 @@ pub struct PostgresReader {
     next: AtomicUsize,
 }
 
+/// Runs `$body` on a leased connection, within `READ_TIMEOUT`. A session
+/// found lost is replaced and the read tried once more (reads change
+/// nothing, so a retry is safe); any other failure drops the session too,
+/// whatever state it was left in goes with it.
 macro_rules! read {
     ($self:ident, $c:ident => $body:expr) => {{
-        let mut slot = $self.lease().await?;
-        let outcome = match slot.as_mut() {
-            Some($c) => tokio::time::timeout(READ_TIMEOUT, async { $body }).await,
-            None => return Err(StoreError::Backend("postgres: no session".into())),
-        };
-        match outcome {
-            Ok(Ok(v)) => Ok(v),
-            // Dropped: whatever state the session was left in goes with it.
-            Ok(Err(e)) => {
-                *slot = None;
-                Err(e)
-            }
-            Err(_) => {
-                *slot = None;
-                Err(timed_out("a read", READ_TIMEOUT))
+        let mut retried = false;
+        loop {
+            let mut slot = $self.lease().await?;
+            let outcome = match slot.as_mut() {
+                Some($c) => tokio::time::timeout(READ_TIMEOUT, async { $body }).await,
+                None => break Err(StoreError::Backend("postgres: no session".into())),
+            };
+            match outcome {
+                Ok(Ok(v)) => break Ok(v),
+                Ok(Err(e)) => {
+                    let lost = slot.as_ref().is_some_and(|c| c.client.is_closed())
+                        || matches!(&e, StoreError::Backend(m) if m.starts_with(LOST));
+                    *slot = None;
+                    if lost && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    break Err(e);
+                }
+                Err(_) => {
+                    *slot = None;
+                    break Err(timed_out("a read", READ_TIMEOUT));
+                }
             }
         }
     }};

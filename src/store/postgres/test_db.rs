@@ -38,7 +38,7 @@ pub(crate) async fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
 
 /// A database of its own, dropped (best effort) with this value.
 pub(crate) struct TestDb {
-    name: String,
+    pub name: String,
     pub url: String,
 }
 
