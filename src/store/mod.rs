@@ -11,15 +11,21 @@
 //!   implements (async, batch in one transaction, reads apart from writes);
 //! - `group_commit`: the single writer thread and its bounded queue;
 //! - `sqlite`: the embedded default, one file (WAL, synchronous=FULL) in
-//!   the data directory. Cluster mode will add PostgreSQL behind the same
-//!   two traits.
+//!   the data directory;
+//! - `postgres`: the same two traits over PostgreSQL (`tokio-postgres`,
+//!   `synchronous_commit = on`), for cluster mode; it adds a database-level
+//!   oversell guard (`sales.sold`, see `postgres::apply`). Not wired into
+//!   start-up yet.
 //!
 //! Nothing on the chat hot path touches the store. What is answered after
 //! its commit: rooms, bans, room closes, catalog and sale changes, orders,
 //! coupon claims, payments.
 
 pub mod backend;
+#[cfg(test)]
+mod conformance;
 pub mod group_commit;
+pub mod postgres;
 mod records;
 pub mod sqlite;
 mod write;
@@ -59,6 +65,13 @@ impl Store {
     /// Opens (creating if needed) the embedded store, `flashcast.db` in `dir`.
     pub fn open_sqlite(dir: &Path, config: GroupCommitConfig) -> StoreResult<Store> {
         let (writer, reader) = sqlite::open(dir)?;
+        Ok(Store::new(Box::new(writer), Arc::new(reader), config)?.0)
+    }
+
+    /// Connects to the PostgreSQL database at `url` (creating the schema if
+    /// missing, safe against concurrent creators).
+    pub async fn open_postgres(url: &str, config: GroupCommitConfig) -> StoreResult<Store> {
+        let (writer, reader) = postgres::open(url).await?;
         Ok(Store::new(Box::new(writer), Arc::new(reader), config)?.0)
     }
 

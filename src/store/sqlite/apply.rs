@@ -148,6 +148,10 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
             params![coupon.0 as i64, user.as_str(), *at as i64],
         )
         .map(drop),
+        // No database-level oversell guard here, unlike PostgreSQL's
+        // `sales.sold`: it would need a migration of existing files, and
+        // summing a sale's live orders per insert is too slow for a flash
+        // sale; the in-memory stock counter is the guard.
         Write::PutOrder(o) => run(
             &format!(
                 "INSERT INTO orders ({ORDER_COLUMNS}) VALUES
