@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flashcast::clock::Clock;
+use flashcast::cluster::journal::{Journal, RoomJournal};
 use flashcast::cluster::{ClusterError, ClusterResult};
 use flashcast::commerce::Commerce;
 use flashcast::limits::Limits;
 use flashcast::metrics::Metrics;
-use flashcast::room::journal::{Journal, RoomJournal};
 use flashcast::room::{ConnId, JoinRequest, Registry, RoomContext, RoomHandle, RoomInfo};
 use flashcast::store::Store;
 use flashcast::transport::{Fanout, Frames, Published, TopicId};

@@ -1,6 +1,19 @@
-//! The room journal on JetStream (see `room::journal`): each batch is
-//! appended to the room's subject, fenced by the subject's last sequence
-//! this owner wrote or found there, de-duplicated by `<epoch>:<first seq>`.
+//! The room journal: where a room's batches become durable before any
+//! viewer sees them.
+//!
+//! On one node there is none: a batch is handed to the fanout as soon as
+//! it is built (the events' durability is the history ring's, by design).
+//! In cluster mode the owner appends each batch that carries events to the
+//! room's JetStream subject (`log`) and publishes it only once JetStream
+//! acknowledged it, so a crashed owner's sequence numbers can never have
+//! been seen under the same epoch without being in the log. Until then the
+//! room sends nothing else and admits no join (a join's snapshot ends at
+//! the last published batch). The traits live here, not in `room`, so that
+//! dependencies point one way: `room` -> `cluster`.
+//!
+//! [`JetStreamJournal`] appends to the room's subject, fenced by the
+//! subject's last sequence this owner wrote or found there, de-duplicated
+//! by `<epoch>:<first seq>`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,8 +23,23 @@ use futures_util::future::BoxFuture;
 
 use super::log::RoomLog;
 use super::ClusterResult;
-use crate::room::journal::{Journal, RoomJournal};
 use flashcast_wire::ids::RoomId;
+
+/// Opens a journal per room.
+pub trait Journal: Send + Sync {
+    /// The journal of `room` in this run (`epoch`) of it.
+    fn room(&self, room: &RoomId, epoch: u64) -> Box<dyn RoomJournal>;
+}
+
+/// One room's journal, owned by its actor: one append at a time, in order.
+pub trait RoomJournal: Send {
+    /// Appends the batch whose first event is `first_seq` (MessagePack of
+    /// `ServerMsg::Batch`); resolves once it is durable. Calling it again
+    /// with the same batch after an `Unavailable` is a retry: the batch is
+    /// stored once. `Fenced`: another owner took the room; this one must
+    /// stop.
+    fn append(&mut self, first_seq: u64, batch: Bytes) -> BoxFuture<'static, ClusterResult<()>>;
+}
 
 /// Journals every room of this node to one [`RoomLog`].
 pub struct JetStreamJournal {

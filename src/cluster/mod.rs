@@ -7,8 +7,9 @@
 //!   append fenced by the subject's last sequence and de-duplicated by a
 //!   message id, read back in order by edges and by a new owner.
 //!
-//! - `journal`: the room journal (`room::journal`) on that log: an
-//!   owner publishes a batch only once JetStream acknowledged it;
+//! - `journal`: the room journal, the seam the room actor publishes
+//!   through in cluster mode, and its JetStream form on that log: an owner
+//!   publishes a batch only once JetStream acknowledged it;
 //! - `secrets`: every node must share the admin key, token secret and
 //!   webhook secret; a node started with others is refused;
 //! - `settings`: the cluster options and their rules.

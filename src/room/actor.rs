@@ -83,7 +83,7 @@ pub(crate) struct RoomActor {
     /// When the last batch was handed to the fanout.
     batch_at: tokio::time::Instant,
     /// Cluster mode: batches are published only once journaled.
-    journal: Option<Box<dyn super::journal::RoomJournal>>,
+    journal: Option<Box<dyn crate::cluster::journal::RoomJournal>>,
     /// The batch being journaled: nothing else is flushed meanwhile.
     journaling: Option<Journaling>,
     /// A tick passed since the last flush: aggregates may be waiting.

@@ -14,7 +14,6 @@
 
 pub mod actor;
 pub mod history;
-pub mod journal;
 pub mod market;
 pub mod registry;
 pub mod stream;
@@ -49,7 +48,7 @@ pub struct RoomContext {
     pub clock: crate::clock::Clock,
     /// Where batches become durable before they are published (cluster
     /// mode); `None` on one node.
-    pub journal: Option<Arc<dyn journal::Journal>>,
+    pub journal: Option<Arc<dyn crate::cluster::journal::Journal>>,
 }
 
 /// The fixed facts of a room.
