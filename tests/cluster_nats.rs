@@ -224,3 +224,56 @@ async fn a_node_with_other_secrets_is_refused() {
     }
     js.delete_key_value(&bucket).await.unwrap();
 }
+
+/// A held lease is renewed in the background past many TTLs; it is lost
+/// (and says why) when another node takes the room, or when NATS stops
+/// answering for two thirds of the TTL; a released one is free at once.
+#[tokio::test]
+async fn a_held_lease_is_renewed_and_its_loss_is_reported() {
+    use std::sync::Arc;
+    let js = js().await;
+    let bucket = unique("flashcast_test_held");
+    let ttl = Duration::from_secs(1);
+    let a = Arc::new(Leases::open(&js, &bucket, "node-a", ttl).await.unwrap());
+    let b = Leases::open(&js, &bucket, "node-b", ttl).await.unwrap();
+    let (one, two) = (room("one"), room("two"));
+
+    // Held past 3 TTLs; nobody else gets it; released, it is free at once.
+    let held = a.hold(a.acquire(&one).await.unwrap());
+    tokio::time::sleep(ttl * 3).await;
+    assert!(held.is_held());
+    assert!(b.acquire(&one).await.is_err(), "taken while held");
+    held.release().await;
+    let taken = b.acquire(&one).await.unwrap();
+
+    // Another node takes the room (here by force: its key purged and
+    // created anew): the next renewal is refused and the loss reported.
+    let mut held = a.hold(a.acquire(&two).await.unwrap());
+    let kv = js.get_key_value(&bucket).await.unwrap();
+    kv.purge("two").await.unwrap();
+    let stolen = b.acquire(&two).await.unwrap();
+    let why = tokio::time::timeout(ttl * 2, held.lost())
+        .await
+        .expect("loss reported");
+    assert!(why.contains("lost"), "{why}");
+    assert!(!held.is_held());
+    assert!(stolen.term > held.term());
+    drop(held);
+    b.release(stolen).await.unwrap();
+    b.release(taken).await.unwrap();
+
+    // NATS stops answering for this bucket (its stream is gone): the
+    // holder gives up within the TTL, before another node could take over.
+    let mut held = a.hold(a.acquire(&two).await.unwrap());
+    js.delete_key_value(&bucket).await.unwrap();
+    let started = Instant::now();
+    let why = tokio::time::timeout(ttl * 3, held.lost())
+        .await
+        .expect("loss reported");
+    assert!(why.contains("not renewed"), "{why}");
+    assert!(
+        started.elapsed() <= ttl + ttl / 2,
+        "{:?}",
+        started.elapsed()
+    );
+}

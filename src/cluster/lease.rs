@@ -13,10 +13,12 @@
 //! higher term, and writes elsewhere (the room's PostgreSQL rows) refuse a
 //! lower one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
 
 use super::{subject_token, unavailable, ClusterError, ClusterResult};
 use flashcast_wire::ids::RoomId;
@@ -140,5 +142,106 @@ impl Leases {
 
     fn value(&self) -> Bytes {
         Bytes::from(self.node.clone())
+    }
+}
+
+/// A lease kept in the background: renewed every third of the TTL until
+/// released or lost. The owner watches [`Held::lost`] and stops acting as
+/// the owner the moment it resolves.
+pub struct Held {
+    term: u64,
+    lost: watch::Receiver<Option<String>>,
+    release: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Leases {
+    /// Keeps `lease` alive until [`Held::release`]. The lease counts as
+    /// lost when a renewal is refused (another node holds the room) or
+    /// when no renewal succeeded for two thirds of the TTL (NATS
+    /// unreachable): the last third is the margin before another node may
+    /// take the room, so this node has stepped down by then.
+    pub fn hold(self: &Arc<Self>, mut lease: Lease) -> Held {
+        let (lost_tx, lost) = watch::channel(None);
+        let (release, mut released) = oneshot::channel();
+        let leases = self.clone();
+        let term = lease.term;
+        let task = tokio::spawn(async move {
+            let every = leases.ttl / 3;
+            let mut last_ok = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = &mut released => {
+                        if let Err(e) = leases.release(lease).await {
+                            tracing::warn!(error = %e, "lease not released; it lapses after its TTL");
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match leases.renew(&mut lease).await {
+                    Ok(()) => last_ok = tokio::time::Instant::now(),
+                    Err(ClusterError::Fenced(why)) => {
+                        let _ = lost_tx.send(Some(why));
+                        return;
+                    }
+                    Err(e) if last_ok.elapsed() >= every * 2 => {
+                        let why = format!(
+                            "lease of room {} not renewed for {:?}: {e}",
+                            lease.room,
+                            last_ok.elapsed()
+                        );
+                        let _ = lost_tx.send(Some(why));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(room = %lease.room, error = %e, "lease renewal failed; retrying")
+                    }
+                }
+            }
+        });
+        Held {
+            term,
+            lost,
+            release: Some(release),
+            task,
+        }
+    }
+}
+
+impl Held {
+    /// The fencing token of this ownership.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Still the owner (as far as this node knows).
+    pub fn is_held(&self) -> bool {
+        self.lost.borrow().is_none()
+    }
+
+    /// Resolves, with the reason, once the lease is lost. Cancel-safe.
+    pub async fn lost(&mut self) -> String {
+        match self.lost.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => "the lease keeper stopped".into(),
+        }
+    }
+
+    /// Stops renewing and gives the room up at once.
+    pub async fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Held {
+    /// Dropped without `release`: stop renewing; the lease lapses.
+    fn drop(&mut self) {
+        if self.release.is_some() {
+            self.task.abort();
+        }
     }
 }
