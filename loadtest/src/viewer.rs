@@ -335,7 +335,7 @@ fn on_frame(
             }
         }
         live.delivered(shard, now, latencies, bytes.len());
-        if shard % crate::tally::CHAT_SAMPLE == 0 {
+        if shard.is_multiple_of(crate::tally::CHAT_SAMPLE) {
             live.chat_received(now, &scan_buf.sent_at);
         }
         if !scan_buf.needs_full_decode {
