@@ -543,6 +543,58 @@ pub(crate) async fn shop_and_order_reads_give_back_what_was_written(place: &dyn 
     stop(store, thread).await;
 }
 
+/// Cluster mode's fence: a room's writes commit only under its recorded
+/// term; a new owner's claim (a higher term) shuts the old owner out, a
+/// stale claim fails, and a refused write leaves nothing behind.
+pub(crate) async fn writes_are_fenced_by_the_rooms_term(place: &dyn Place) {
+    let (store, thread) = start(place, GroupCommitConfig::default()).await;
+    let fenced = |term, w: Write| Write::Fenced {
+        room: room(),
+        term,
+        write: Box::new(w),
+    };
+    let claim = |term| Write::ClaimRoom { room: room(), term };
+    store.write(Write::PutSale(sale(2, 10))).await.unwrap();
+
+    // Nobody claimed the room: a fenced write is refused.
+    conflict(
+        store
+            .write(fenced(5, Write::PutOrder(order(10, 2, "a", "k", 1))))
+            .await,
+    );
+    store.write(claim(5)).await.unwrap();
+    store
+        .write(fenced(5, Write::PutOrder(order(10, 2, "a", "k", 1))))
+        .await
+        .unwrap();
+    // A new owner claims the room: the old one is shut out.
+    store.write(claim(7)).await.unwrap();
+    let stale = store
+        .write(fenced(5, Write::PutOrder(order(11, 2, "b", "k", 1))))
+        .await;
+    match &stale {
+        Err(StoreError::Conflict(why)) => assert!(why.contains("fenced"), "{why}"),
+        other => panic!("a stale owner committed: {other:?}"),
+    }
+    assert!(store.read().order(OrderId(11)).await.unwrap().is_none());
+    store
+        .write(fenced(7, Write::PutOrder(order(12, 2, "c", "k", 1))))
+        .await
+        .unwrap();
+    // A stale or repeated claim fails; the term stays.
+    conflict(store.write(claim(6)).await);
+    conflict(store.write(claim(7)).await);
+    store
+        .write(fenced(7, Write::PutOrder(order(13, 2, "d", "k", 1))))
+        .await
+        .unwrap();
+    let held = store.read().shop(&room(), 0, 10).await.unwrap().sales[0]
+        .held
+        .len();
+    assert_eq!(held, 3, "the orders of terms 5 and 7, not the stale one");
+    stop(store, thread).await;
+}
+
 /// The cases, as tests of one backend (`$place` opens a fresh place).
 macro_rules! cases {
     ($place:path) => {
@@ -567,6 +619,11 @@ macro_rules! cases {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conditional_order_writes_commit_once() {
             super::conditional_order_writes_commit_once(&$place().await).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn writes_are_fenced_by_the_rooms_term() {
+            super::writes_are_fenced_by_the_rooms_term(&$place().await).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

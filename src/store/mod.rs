@@ -52,6 +52,23 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// A write of an owner whose term is not the room's (any more), see
+    /// [`Write::Fenced`]. `recorded`: the room's term, if claimed.
+    pub(crate) fn fenced(
+        room: &flashcast_wire::ids::RoomId,
+        term: u64,
+        recorded: Option<i64>,
+    ) -> StoreError {
+        StoreError::Conflict(match recorded {
+            Some(current) => {
+                format!("room {room} is fenced: term {term} is not its term {current}")
+            }
+            None => format!("room {room} is fenced: no owner has claimed it"),
+        })
+    }
+}
+
 /// The node's store: one writer (group commit) and the readers. Cheap to
 /// clone; the writer stops when the last clone is dropped, after the writes
 /// already queued.

@@ -79,4 +79,20 @@ pub enum Write {
     ExpireOverdue {
         now: u64,
     },
+    /// Conditional (cluster mode): records `term`, a new owner's lease term
+    /// (`cluster::lease`), as the room's, if it is higher than the one
+    /// recorded; a stale claim fails.
+    ClaimRoom {
+        room: RoomId,
+        term: u64,
+    },
+    /// Conditional (cluster mode): applies `write` only while `term` is the
+    /// room's recorded term, so an owner that lost the room (stalled past
+    /// its lease) cannot commit anything once the new owner claimed it.
+    /// `write` is not itself `Fenced`.
+    Fenced {
+        room: RoomId,
+        term: u64,
+        write: Box<Write>,
+    },
 }

@@ -284,6 +284,33 @@ async fn apply(c: &mut Conn, write: &Write) -> Result<(), Failed> {
             )
             .await?;
         }
+        Write::ClaimRoom { room, term } => {
+            let changed = c
+                .execute(
+                    "INSERT INTO room_terms (room, term) VALUES ($1, $2)
+                     ON CONFLICT (room) DO UPDATE SET term = EXCLUDED.term
+                     WHERE room_terms.term < EXCLUDED.term",
+                    &[&room.as_str(), &(*term as i64)],
+                )
+                .await?;
+            one_row(changed, &format!("claim of room {room} at term {term}"))?;
+        }
+        Write::Fenced { room, term, write } => {
+            assert!(!matches!(**write, Write::Fenced { .. }), "fenced once");
+            // FOR SHARE: a new owner's claim waits for this transaction, so
+            // what it commits is in place before the new owner reads.
+            let recorded: Option<i64> = c
+                .query_opt(
+                    "SELECT term FROM room_terms WHERE room = $1 FOR SHARE",
+                    &[&room.as_str()],
+                )
+                .await?
+                .map(|r| r.get(0));
+            if recorded != Some(*term as i64) {
+                return Err(Failed::Store(StoreError::fenced(room, *term, recorded)));
+            }
+            Box::pin(apply(c, write)).await?;
+        }
         Write::ExpireOverdue { now } => {
             c.execute(
                 "WITH closed AS (

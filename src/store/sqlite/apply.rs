@@ -226,5 +226,32 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> StoreResult<()> {
             params![*now as i64],
         )
         .map(drop),
+        Write::ClaimRoom { room, term } => {
+            let changed = run(
+                "INSERT INTO room_terms (room, term) VALUES (?1, ?2)
+                 ON CONFLICT(room) DO UPDATE SET term = excluded.term
+                 WHERE excluded.term > room_terms.term",
+                params![room.as_str(), *term as i64],
+            )?;
+            one_row(changed, &format!("claim of room {room} at term {term}"))
+        }
+        Write::Fenced { room, term, write } => {
+            assert!(!matches!(**write, Write::Fenced { .. }), "fenced once");
+            let recorded: Option<i64> = tx
+                .prepare_cached("SELECT term FROM room_terms WHERE room = ?1")
+                .and_then(|mut s| {
+                    s.query_row([room.as_str()], |r| r.get(0))
+                        .map(Some)
+                        .or_else(|e| match e {
+                            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                            e => Err(e),
+                        })
+                })
+                .map_err(backend)?;
+            if recorded != Some(*term as i64) {
+                return Err(StoreError::fenced(room, *term, recorded));
+            }
+            apply(tx, write)
+        }
     }
 }

@@ -92,6 +92,7 @@ CREATE INDEX IF NOT EXISTS orders_by_coupon ON orders (coupon_id) WHERE coupon_i
 CREATE INDEX IF NOT EXISTS products_by_room ON products (room, id);
 CREATE INDEX IF NOT EXISTS sales_by_room ON sales (room, id);
 CREATE INDEX IF NOT EXISTS coupons_by_room ON coupons (room, id);
+CREATE TABLE IF NOT EXISTS room_terms (room TEXT PRIMARY KEY, term INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS payments (
     event_id TEXT PRIMARY KEY,
     order_id INTEGER NOT NULL,
