@@ -315,6 +315,7 @@ fn on_frame(
     latencies: &mut Vec<u64>,
 ) {
     let live = &shared.live;
+    scan_buf.time_chat = shard.is_multiple_of(crate::tally::CHAT_SAMPLE);
     if scan(bytes, scan_buf).is_none() {
         Live::add(&live.c.decode_errors, 1);
         return;
@@ -335,9 +336,7 @@ fn on_frame(
             }
         }
         live.delivered(shard, now, latencies, bytes.len());
-        if shard.is_multiple_of(crate::tally::CHAT_SAMPLE) {
-            live.chat_received(now, &scan_buf.sent_at);
-        }
+        live.chat_received(now, &scan_buf.sent_at);
         if !scan_buf.needs_full_decode {
             return;
         }

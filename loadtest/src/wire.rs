@@ -20,8 +20,13 @@ pub struct Scan {
     pub is_batch: bool,
     /// (seq, ts) of each sequenced event, in order.
     pub events: Vec<(u64, u64)>,
-    /// The sender's clock of each chat message stamped with [`SENT_AT`].
+    /// The sender's clock of each chat message stamped with [`SENT_AT`],
+    /// when `time_chat` is set.
     pub sent_at: Vec<u64>,
+    /// Set by the caller: read chat texts for their stamp. Only sampled
+    /// viewers do; the others skip the texts, as they skip every other
+    /// field they do not use.
+    pub time_chat: bool,
     /// A `poll_opened`, `sale_started`, `coupon_dropped` or `question_asked`
     /// is among them.
     pub needs_full_decode: bool,
@@ -88,7 +93,7 @@ pub fn scan(bytes: &[u8], out: &mut Scan) -> Option<()> {
                         out.needs_full_decode = true;
                     }
                 }
-                b"text" => {
+                b"text" if out.time_chat => {
                     let at = r.i;
                     match r.str() {
                         Some(text) => out.sent_at.extend(sent_at(text)),
@@ -323,6 +328,9 @@ mod tests {
         let mut s = Scan::default();
         scan(&encode(&msg), &mut s).unwrap();
         assert_eq!(s.events.len(), 5);
+        assert!(s.sent_at.is_empty(), "not read unless asked");
+        s.time_chat = true;
+        scan(&encode(&msg), &mut s).unwrap();
         assert_eq!(s.sent_at, [1_795_000_000_123, 42]);
     }
 
